@@ -1,0 +1,4 @@
+from diffjscc.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,295 @@
+"""Typed, validated experiment configuration (one flat YAML file per experiment).
+
+Key names follow the original Diff_JSCC / improved-diffusion YAML where one exists
+(``data_dir``, ``log_dir``, ``batch_size``, ``lr``, ``ema_rate``, ``image_size``,
+``num_channels``, ``num_res_blocks``, ``attention_resolutions``, ``learn_sigma``,
+``diffusion_steps``, ``noise_schedule``, ``timestep_respacing``, ``class_cond``, ``c_out``,
+``jscc_encoder_path``...). ``total_steps`` is the original's ``lr_anneal_steps``.
+
+Every problem is a :class:`~diffjscc.errors.UserError` whose one-line message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffjscc.errors import UserError
+
+MODES = ("jscc", "joint", "frozen", "unconditional")
+ENCODERS = ("jscc", "half_unet")
+CHANNELS = ("awgn", "rayleigh_block", "rayleigh_fast", "none")
+NOISE_SCHEDULES = ("linear", "cosine")
+JSCC_NORMS = ("gdn", "batchnorm")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Config:
+    """All parameters of one experiment. Field comments are the documentation of the YAML keys."""
+
+    # --- what to train -------------------------------------------------------------------
+    mode: str = "joint"  # jscc | joint (Encdiffusion) | frozen (Condiffusion) | unconditional
+    encoder: str = "jscc"  # jscc | half_unet: the transmitter's encoder in joint mode
+    jscc_encoder_path: str = ""  # frozen mode: checkpoint of a `mode: jscc` run
+
+    # --- data and outputs ----------------------------------------------------------------
+    data_dir: str = "data/cifar_train"
+    test_dir: str = ""  # optional held-out folder for sample grids
+    log_dir: str = "runs/default"
+    seed: int = 0
+    num_workers: int = 0
+
+    # --- image and JSCC encoder ------------------------------------------------------------
+    image_size: int = 32
+    c_out: int = 8  # JSCC latent channels at (image_size/4)^2 positions
+    latent_dim: int = 512  # real channel symbols per image = c_out * (image_size/4)^2
+    jscc_num_filters: int = 64
+    jscc_norm: str = "gdn"  # gdn | batchnorm
+
+    # --- channel ---------------------------------------------------------------------------
+    channel: str = "awgn"  # awgn | rayleigh_block | rayleigh_fast | none
+    snr_db: float = 10.0  # evaluation SNR, and training SNR when snr_range is empty
+    snr_range: list[float] = field(default_factory=list)  # [lo, hi]: per-sample training SNR
+
+    # --- conditional UNet (diffusers UNet2DModel) -----------------------------------------
+    num_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 3
+    attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
+    num_heads: int = 4
+    dropout: float = 0.3
+    use_scale_shift_norm: bool = True
+    class_cond: bool = False
+    num_classes: int = 10
+
+    # --- Gaussian diffusion ----------------------------------------------------------------
+    diffusion_steps: int = 4000
+    noise_schedule: str = "cosine"  # linear | cosine
+    learn_sigma: bool = True  # learned variance trained with the hybrid loss (L_simple + λ·L_vlb)
+    vlb_weight: float = 0.001  # λ of the hybrid loss (Nichol & Dhariwal 2021)
+    timestep_respacing: str = ""  # e.g. "250" or "ddim50"; sampling only
+    sample_steps: int = 50  # DDIM steps for sample grids and `diffjscc sample`
+
+    # --- optimisation ----------------------------------------------------------------------
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_rate: float = 0.9999
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    total_steps: int = 100000  # the original's lr_anneal_steps
+    lr_anneal: bool = True  # linear decay of lr to 0 at total_steps, as the original
+    bf16: bool = False  # bf16 autocast for forward passes
+    device: str = "auto"  # auto | cpu | cuda
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    log_interval: int = 10
+    save_interval: int = 10000
+    sample_interval: int = 0  # 0: a grid only at the end
+    keep_checkpoints: int = 3
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent feature map: the JSCC encoder downsamples by 4."""
+        return self.image_size // 4
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.mode != "unconditional"
+
+    @property
+    def has_diffusion(self) -> bool:
+        return self.mode != "jscc"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Config":
+        """Check every value; raises UserError naming the first bad key."""
+        _choice("mode", self.mode, MODES)
+        _choice("encoder", self.encoder, ENCODERS)
+        _choice("channel", self.channel, CHANNELS)
+        _choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
+        _choice("jscc_norm", self.jscc_norm, JSCC_NORMS)
+        _choice("device", self.device, DEVICES)
+        for key in ("image_size", "c_out", "latent_dim", "jscc_num_filters", "num_channels",
+                    "num_res_blocks", "num_heads", "num_classes", "diffusion_steps",
+                    "sample_steps", "batch_size", "total_steps", "log_interval",
+                    "save_interval", "keep_checkpoints"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"config key '{key}' must be positive, got {getattr(self, key)}")
+        for key in ("num_workers", "sample_interval", "weight_decay", "grad_clip", "vlb_weight"):
+            if getattr(self, key) < 0:
+                raise UserError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
+        if self.image_size % 4:
+            raise UserError(f"config key 'image_size' must be divisible by 4, got {self.image_size}")
+        expected = self.c_out * self.latent_size**2
+        if self.latent_dim != expected:
+            raise UserError(
+                f"config key 'latent_dim' is {self.latent_dim} but the encoder produces "
+                f"c_out*(image_size/4)^2 = {self.c_out}*{self.latent_size}^2 = {expected}"
+            )
+        if self.channel != "awgn" and self.channel != "none" and self.latent_dim % 2:
+            raise UserError(f"config key 'latent_dim' must be even for the complex channel '{self.channel}'")
+        if self.snr_range:
+            if len(self.snr_range) != 2:
+                raise UserError(f"config key 'snr_range' must be [lo, hi], got {self.snr_range}")
+            lo, hi = self.snr_range
+            if lo > hi:
+                raise UserError(f"config key 'snr_range' must be increasing [lo, hi], got [{lo}, {hi}]")
+        if not 0.0 < self.lr < 1.0:
+            raise UserError(f"config key 'lr' must be in (0, 1), got {self.lr}")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise UserError(f"config key 'ema_rate' must be in [0, 1), got {self.ema_rate}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
+        if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
+            raise UserError(f"config key 'channel_mult' must be a list of positive ints, got {self.channel_mult}")
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise UserError(
+                f"config key 'channel_mult' has {len(self.channel_mult)} levels; image_size "
+                f"{self.image_size} must be divisible by {2 ** (len(self.channel_mult) - 1)}"
+            )
+        resolutions = {self.image_size // 2**i for i in range(len(self.channel_mult))}
+        for res in self.attention_resolutions:
+            if res not in resolutions:
+                raise UserError(
+                    f"config key 'attention_resolutions' has {res}, not one of the UNet's "
+                    f"resolutions {sorted(resolutions, reverse=True)}"
+                )
+        for mult in self.channel_mult:
+            width = self.num_channels * mult
+            if width % min(32, self.num_channels) or width % self.num_heads:
+                raise UserError(
+                    f"config key 'num_channels' ({self.num_channels}) times channel_mult ({mult}) "
+                    f"must be divisible by the group-norm groups and num_heads ({self.num_heads})"
+                )
+        if self.timestep_respacing:
+            from diffjscc.diffusion.respace import parse_respacing
+
+            parse_respacing(self.timestep_respacing, self.diffusion_steps)
+        if self.mode == "frozen" and not self.jscc_encoder_path:
+            raise UserError("config key 'jscc_encoder_path' is required in mode 'frozen' "
+                            "(a checkpoint of a `mode: jscc` run)")
+        if self.mode == "jscc" and self.encoder != "jscc":
+            raise UserError("config key 'encoder' must be 'jscc' in mode 'jscc' (Deep JSCC pairs "
+                            "the CNN encoder with its decoder)")
+        if self.mode == "frozen" and self.encoder != "jscc":
+            raise UserError("config key 'encoder' must be 'jscc' in mode 'frozen' (the frozen "
+                            "encoder comes from a `mode: jscc` checkpoint)")
+        return self
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{value}'")
+
+
+_FIELD_TYPES = typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise a one-line UserError."""
+    target = _FIELD_TYPES[key]
+    origin = typing.get_origin(target)
+    if origin is list:
+        (item_type,) = typing.get_args(target)
+        if isinstance(value, str):  # "16,8" as in the original YAML, or from --set
+            value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return [_scalar(key, v, item_type) for v in value]
+    return _scalar(key, value, target)
+
+
+def _scalar(key: str, value: Any, target: type) -> Any:
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.strip().lower() in ("true", "1", "yes")
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+    if target is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise UserError(f"config key '{key}' must be a number, got {value!r}")
+    if target is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{key}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported config type {target} for {key}")  # programming error
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from a mapping plus ``key=value`` overrides."""
+    if not isinstance(raw, dict):
+        raise UserError("config must be a YAML mapping of key: value")
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Config)}
+    for key, value in raw.items():
+        if key not in known:
+            hint = _closest(str(key), known)
+            raise UserError(f"unknown config key '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+        values[key] = _coerce(key, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in known:
+            hint = _closest(key, known)
+            raise UserError(f"unknown config key '{key}' in --set" + (f" (did you mean '{hint}'?)" if hint else ""))
+        values[key] = _coerce(key, yaml.safe_load(text) if text.strip() else "")
+    return Config(**values).validate()
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (safe loader) and apply ``--set key=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {path} is not valid YAML{where}") from None
+    return config_from_dict(raw, overrides)
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
+    return matches[0] if matches else None
+

@@ -1,0 +1,189 @@
+"""Gaussian diffusion maths in one object: forward process, posterior, reverse process, losses.
+
+Notation (Ho et al. 2020; Nichol & Dhariwal 2021), index t = 0 … T-1:
+
+    q(x_t | x_0)        = N(√ᾱ_t · x_0, (1 − ᾱ_t) I)
+    q(x_{t-1} | x_t,x_0) = N(μ̃_t, β̃_t I),  μ̃_t = c1_t·x_0 + c2_t·x_t,
+                           β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
+    p(x_{t-1} | x_t)     = N(μ_θ, Σ_θ),  μ_θ from the predicted ε,
+                           Σ_θ = exp(v·log β_t + (1 − v)·log β̃_t) when the variance is learned
+                           (the network outputs v ∈ [−1, 1] → (v+1)/2), else β_t ("large").
+
+The model predicts ε (and v when ``learn_sigma``). The timesteps given to the network are
+``timestep_map[t]``: for a respaced process (fewer steps, see :mod:`.respace`) they are the
+original timesteps, so one trained network serves every number of sampling steps.
+
+The hybrid loss is L_simple + λ·T·L_t^{vlb} with the VLB term computed on a stop-gradient mean,
+so that it trains only the variance (Nichol & Dhariwal, §3.1). The diffusers library has the
+UNet and DDPM/DDIM schedulers but not this VLB term, hence this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from diffjscc.diffusion.schedule import get_betas
+
+
+def _extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] reshaped to broadcast against ``like`` (B, C, H, W), in like's dtype."""
+    out = values.to(t.device)[t].to(like.dtype)
+    return out.view(-1, *([1] * (like.dim() - 1)))
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch dimensions."""
+    return x.mean(dim=tuple(range(1, x.dim())))
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log p(x) of 8-bit data x ∈ [−1, 1] under N(mean, e^{2·log_scale}) integrated over its bin.
+
+    Each pixel value is the bin [x − 1/255, x + 1/255]; the end bins extend to ±∞ (Ho et al.'s
+    decoder L_0). Elementwise, in nats.
+    """
+    centered = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus = _approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))
+    cdf_min = _approx_standard_normal_cdf(inv_std * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus,
+                       torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+@dataclass
+class ModelPrediction:
+    """The reverse-process quantities at one step."""
+
+    mean: torch.Tensor
+    log_variance: torch.Tensor
+    pred_x0: torch.Tensor
+    eps: torch.Tensor
+
+
+class GaussianDiffusion:
+    """All schedule-derived arrays (float64 on CPU, cast on use) and the equations that use them."""
+
+    def __init__(self, betas: torch.Tensor, learn_sigma: bool = False,
+                 timestep_map: torch.Tensor | None = None) -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        if betas.dim() != 1 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be a 1-D tensor in (0, 1]")
+        self.betas = betas
+        self.learn_sigma = learn_sigma
+        self.num_timesteps = len(betas)
+        self.timestep_map = (torch.arange(self.num_timesteps) if timestep_map is None
+                             else torch.as_tensor(timestep_map, dtype=torch.long))
+        alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(alphas, dim=0)
+        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
+        self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
+        self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
+        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # β̃_0 = 0: use β̃_1 in the log so that log-variances stay finite (as improved-diffusion).
+        self.posterior_log_variance_clipped = torch.log(
+            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
+        self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
+
+    @classmethod
+    def from_schedule(cls, schedule: str, num_timesteps: int, learn_sigma: bool = False) -> "GaussianDiffusion":
+        return cls(get_betas(schedule, num_timesteps), learn_sigma=learn_sigma)
+
+    # ---- forward process --------------------------------------------------------------------
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The timestep values the network sees for process indices ``t``."""
+        return self.timestep_map.to(t.device)[t]
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε."""
+        return (_extract(self.sqrt_alphas_cumprod, t, x0) * x0
+                + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean μ̃_t and log-variance log β̃_t of q(x_{t−1} | x_t, x_0)."""
+        mean = _extract(self.posterior_mean_coef1, t, x_t) * x0 + _extract(self.posterior_mean_coef2, t, x_t) * x_t
+        return mean, _extract(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = (x_t − √(1 − ᾱ_t) ε) / √ᾱ_t."""
+        return _extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """ε implied by x_t and a (possibly clipped) x̂_0."""
+        return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+
+    # ---- reverse process --------------------------------------------------------------------
+    def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ε, v) from the network output; v is None without a learned variance."""
+        if self.learn_sigma:
+            eps, v = out.chunk(2, dim=1)
+            return eps, v
+        return out, None
+
+    def p_mean_variance(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                        clip: bool = True) -> ModelPrediction:
+        """Mean and log-variance of p(x_{t−1} | x_t) from a network output ``out``."""
+        eps, v = self.split_output(out)
+        if v is None:
+            # "fixed large" variance; β̃_1 at t = 0 as improved-diffusion, for a finite log.
+            log_var = torch.log(torch.cat([self.posterior_variance[1:2], self.betas[1:]]))
+            log_variance = _extract(log_var, t, x_t).expand_as(x_t)
+        else:
+            frac = (v.float().clamp(-1, 1) + 1) / 2
+            min_log = _extract(self.posterior_log_variance_clipped, t, x_t)
+            max_log = _extract(torch.log(self.betas), t, x_t)
+            log_variance = frac * max_log + (1 - frac) * min_log
+        pred_x0 = self.predict_x0(x_t, t, eps.to(x_t.dtype))
+        if clip:
+            pred_x0 = pred_x0.clamp(-1, 1)
+            eps = self.predict_eps(x_t, t, pred_x0)
+        mean, _ = self.q_posterior(pred_x0, x_t, t)
+        return ModelPrediction(mean=mean, log_variance=log_variance, pred_x0=pred_x0, eps=eps.to(x_t.dtype))
+
+    # ---- training ---------------------------------------------------------------------------
+    def vlb_terms(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """L_t of the variational bound in bits per dimension, shape (B,).
+
+        t > 0: KL(q(x_{t−1}|x_t,x_0) || p(x_{t−1}|x_t)); t = 0: −log p(x_0|x_1) of the
+        discretised Gaussian decoder.
+        """
+        true_mean, true_log_var = self.q_posterior(x0, x_t, t)
+        pred = self.p_mean_variance(out, x_t, t, clip=False)
+        kl = mean_flat(normal_kl(true_mean, true_log_var, pred.mean, pred.log_variance)) / math.log(2.0)
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, pred.mean, 0.5 * pred.log_variance)) / math.log(2.0)
+        return torch.where(t == 0, nll, kl)
+
+    def training_losses(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor, vlb_weight: float = 0.001) -> dict[str, torch.Tensor]:
+        """Per-sample losses: ``mse`` = ‖ε − ε_θ‖² mean; with a learned variance also ``vlb`` and
+        ``loss`` = mse + λ·T·vlb (the VLB estimate of one uniformly drawn term, scaled to the
+        sum over T terms, on a detached ε so that it trains only the variance)."""
+        out = out.float()
+        eps, v = self.split_output(out)
+        mse = mean_flat((noise - eps) ** 2)
+        terms = {"mse": mse, "loss": mse}
+        if v is not None:
+            frozen = torch.cat([eps.detach(), v], dim=1)
+            vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t)
+            terms["vlb"] = vlb
+            terms["loss"] = mse + vlb_weight * self.num_timesteps * vlb
+        return terms

@@ -1,0 +1,93 @@
+"""Samplers as small functions of (diffusion, denoiser, x): DDPM, DDIM and DDIM inversion.
+
+``denoiser(x, timesteps)`` returns the network output for a batch at the network's timestep
+values; conditioning (received latent, class) is closed over by the caller. All loops run over
+the indices of ``diffusion`` — pass a respaced process (:func:`.respace.respace`) for fewer steps.
+
+DDIM (Song et al. 2021), index i with ᾱ_{−1} = 1:
+
+    x̂_0 = (x_i − √(1−ᾱ_i) ε̂) / √ᾱ_i
+    x_{i−1} = √ᾱ_{i−1} x̂_0 + √(1 − ᾱ_{i−1} − σ_i²) ε̂ + σ_i z,
+    σ_i = η √((1−ᾱ_{i−1})/(1−ᾱ_i)) √(1 − ᾱ_i/ᾱ_{i−1})
+
+DDIM inversion runs the η = 0 update the other way, x_{i−1} → x_i, with ε̂ evaluated at
+x_{i−1}: deterministic x_0 → x_T, so that sampling can start from an encoded source image.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from diffjscc.diffusion.gaussian import GaussianDiffusion
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _full(batch: int, index: int, device: torch.device) -> torch.Tensor:
+    return torch.full((batch,), index, device=device, dtype=torch.long)
+
+
+def _alpha_bar(diffusion: GaussianDiffusion, index: int, like: torch.Tensor) -> torch.Tensor:
+    """ᾱ at process index ``index``, with ᾱ_{−1} = 1 (the clean image)."""
+    if index < 0:
+        return torch.ones((), dtype=like.dtype, device=like.device)
+    return diffusion.alphas_cumprod[index].to(device=like.device, dtype=like.dtype)
+
+
+def _steps(indices, progress: bool, desc: str):
+    return tqdm(list(indices), desc=desc, leave=False, disable=not progress)
+
+
+@torch.no_grad()
+def ddim_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor, eta: float = 0.0,
+                clip: bool = True, generator: torch.Generator | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """x_T → x_0 with DDIM (η = 0: deterministic)."""
+    x = x_T
+    batch = x.shape[0]
+    for i in _steps(reversed(range(diffusion.num_timesteps)), progress, "DDIM"):
+        t = _full(batch, i, x.device)
+        out = denoiser(x, diffusion.model_timesteps(t))
+        pred = diffusion.p_mean_variance(out, x, t, clip=clip)
+        a_t, a_prev = _alpha_bar(diffusion, i, x), _alpha_bar(diffusion, i - 1, x)
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+        x = a_prev.sqrt() * pred.pred_x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * pred.eps
+        if eta > 0 and i > 0:
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor, clip: bool = True,
+                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+    """x_T → x_0 by ancestral sampling from p(x_{t−1}|x_t) (learned or fixed variance)."""
+    x = x_T
+    batch = x.shape[0]
+    for i in _steps(reversed(range(diffusion.num_timesteps)), progress, "DDPM"):
+        t = _full(batch, i, x.device)
+        pred = diffusion.p_mean_variance(denoiser(x, diffusion.model_timesteps(t)), x, t, clip=clip)
+        x = pred.mean
+        if i > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + torch.exp(0.5 * pred.log_variance) * noise
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(diffusion: GaussianDiffusion, denoiser: Denoiser, x0: torch.Tensor,
+                progress: bool = False) -> torch.Tensor:
+    """x_0 → x_T deterministically (the η = 0 DDIM update run forwards in time)."""
+    x = x0
+    batch = x.shape[0]
+    for i in _steps(range(diffusion.num_timesteps), progress, "DDIM inversion"):
+        # ε̂ at the current point x_{i−1}, evaluated with the network's timestep of step i.
+        t = _full(batch, i, x.device)
+        eps, _ = diffusion.split_output(denoiser(x, diffusion.model_timesteps(t)))
+        eps = eps.to(x.dtype)
+        a_prev, a_t = _alpha_bar(diffusion, i - 1, x), _alpha_bar(diffusion, i, x)
+        pred_x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
+        x = a_t.sqrt() * pred_x0 + (1 - a_t).sqrt() * eps
+    return x

@@ -1,0 +1,205 @@
+"""Report figures: image grids (PIL), metric-vs-SNR curves (matplotlib), markdown tables.
+
+Plots are drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas, never through
+``pyplot``: that needs no display, keeps no global figure state between calls, and does
+not change the backend of a notebook or program that imports this module.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from diffjscc.evaluation.metrics import quantize_8bit, to_unit_range
+
+__all__ = ["save_image_grid", "plot_metric_vs_snr", "plot_psnr_ssim_vs_snr", "markdown_table"]
+
+GAP_PX = 2
+"""Gap between grid cells, in output pixels."""
+_LABEL_PAD_PX = 4
+_BACKGROUND = (255, 255, 255)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def _to_uint8_hwc(images: Tensor) -> Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8 on the CPU, as a PNG would store it."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected (B, 3, H, W) or (B, 1, H, W) images, got shape {tuple(images.shape)}")
+    x = images.detach().to("cpu", torch.float32)
+    x = torch.round(quantize_8bit(to_unit_range(x)) * 255.0).to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def save_image_grid(
+    rows: list[Tensor],
+    path: str | os.PathLike[str],
+    row_labels: list[str] | None = None,
+    scale: int = 2,
+) -> Path:
+    """Write one PNG with each (B, 3, H, W) tensor in [-1, 1] as a row, images as columns.
+
+    Typical rows: source | received-decoded | diffusion output, so a reader compares one
+    image down a column. Cells are nearest-neighbour upscaled by ``scale`` (small CIFAR
+    images stay crisp), separated by ``GAP_PX`` white pixels; ``row_labels`` are written
+    in a left margin with PIL's default font. Rows may hold different numbers of images
+    (short rows are left blank) but all images must share H and W.
+
+    Size: width = margin + B_max*W*scale + (B_max-1)*GAP_PX,
+    height = R*H*scale + (R-1)*GAP_PX, margin = 0 without labels. Returns the path.
+    """
+    if not rows:
+        raise ValueError("save_image_grid needs at least one row")
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"got {len(row_labels)} row labels for {len(rows)} rows")
+    arrays = [_to_uint8_hwc(r) for r in rows]
+    h, w = arrays[0].shape[1:3]
+    for a in arrays:
+        if a.shape[1:3] != (h, w):
+            raise ValueError(f"all images must share H and W, got {(h, w)} and {tuple(a.shape[1:3])}")
+    n_cols = max(a.shape[0] for a in arrays)
+    cell_h, cell_w = h * scale, w * scale
+
+    font = ImageFont.load_default()
+    margin = 0
+    if row_labels is not None:
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        widest = max(probe.textbbox((0, 0), str(t), font=font)[2] for t in row_labels)
+        margin = widest + 2 * _LABEL_PAD_PX
+
+    width = margin + n_cols * cell_w + (n_cols - 1) * GAP_PX
+    height = len(arrays) * cell_h + (len(arrays) - 1) * GAP_PX
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for r, batch in enumerate(arrays):
+        top = r * (cell_h + GAP_PX)
+        for c in range(batch.shape[0]):
+            tile = Image.fromarray(batch[c].numpy())
+            if scale != 1:
+                tile = tile.resize((cell_w, cell_h), Image.Resampling.NEAREST)
+            canvas.paste(tile, (margin + c * (cell_w + GAP_PX), top))
+        if row_labels is not None:
+            text = str(row_labels[r])
+            x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+            y = top + (cell_h - (y1 - y0)) // 2 - y0
+            draw.text((_LABEL_PAD_PX - x0, y), text, fill=(0, 0, 0), font=font)
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out, format="PNG")
+    return out
+
+
+def _draw_curves(ax, results: Mapping[str, Mapping[float, float]], ylabel: str) -> None:
+    """One line with markers per system on ``ax``, x sorted by SNR."""
+    for i, (name, curve) in enumerate(results.items()):
+        points = sorted((float(s), float(v)) for s, v in curve.items())
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], linewidth=1.5, markersize=5, label=str(name))
+    ax.set_xlabel("Channel SNR (dB)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
+    if results:
+        ax.legend(loc="best", fontsize="small")
+
+
+def _new_figure(figsize: tuple[float, float]):
+    """A pyplot-free Figure on an Agg canvas (no display, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150, format="png")
+    return out
+
+
+def plot_metric_vs_snr(
+    results: dict[str, dict[float, float]],
+    path: str | os.PathLike[str],
+    metric: str = "PSNR (dB)",
+    title: str | None = None,
+) -> Path:
+    """Plot one metric against channel SNR, one marked line per system; 150-dpi PNG.
+
+    ``results`` maps system name -> {snr_db: value}; SNRs need not be sorted or shared.
+    """
+    fig = _new_figure((5.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    _draw_curves(ax, results, metric)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_psnr_ssim_vs_snr(
+    psnr: dict[str, dict[float, float]],
+    ssim: dict[str, dict[float, float]],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> Path:
+    """Two side-by-side panels, PSNR (dB) and SSIM vs channel SNR, in one 150-dpi PNG."""
+    fig = _new_figure((9.0, 3.6))
+    ax_psnr, ax_ssim = fig.subplots(1, 2)
+    _draw_curves(ax_psnr, psnr, "PSNR (dB)")
+    _draw_curves(ax_ssim, ssim, "SSIM")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _format_cell(value: object, spec: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        return str(v) if math.isinf(v) or math.isnan(v) else format(v, spec)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, object]],
+    columns: list[str],
+    formats: dict[str, str] | None = None,
+) -> str:
+    """Render ``rows`` as a GitHub-markdown table with the given column order.
+
+    Floats use ``format(value, formats.get(column, ".2f"))`` (pass e.g. ``{"ssim": ".4f"}``
+    for SSIM-like columns); ints are printed as is, missing keys and None as empty cells.
+    Columns whose values are all numbers are right-aligned. Ends with a newline.
+    """
+    formats = formats or {}
+    body = [[_format_cell(row.get(col), formats.get(col, ".2f")) for col in columns] for row in rows]
+
+    def numeric(col: str) -> bool:
+        vals = [row.get(col) for row in rows if row.get(col) is not None]
+        return bool(vals) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in vals)
+
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---:" if numeric(c) else "---" for c in columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n"

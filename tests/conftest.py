@@ -1,0 +1,48 @@
+"""Session fixtures on real CIFAR-10 data, shared by every test module.
+
+The archive lives beside the repository (``X/shared`` next to the clone ``X/main``) and is
+never committed; tests that need it are skipped where it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def shared_archive() -> Path:
+    """Path to the shared real CIFAR-10 archive (DIFFJSCC_SHARED_DATA: the file or its folder)."""
+    override = os.environ.get("DIFFJSCC_SHARED_DATA")
+    if override:
+        path = Path(override)
+        if path.is_dir():
+            path = path / ARCHIVE_NAME
+    else:
+        path = Path(__file__).resolve().parents[2] / "shared/data" / ARCHIVE_NAME
+    if not path.is_file():
+        pytest.skip(f"shared CIFAR-10 archive not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_root(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with cifar_train/ and cifar_test/ (first 256 images of each split, as PNGs)."""
+    from diffjscc.data import extract_cifar10
+
+    root = tmp_path_factory.mktemp("cifar")
+    extract_cifar10(shared_archive, root, limit_per_split=256)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_images(cifar_root: Path) -> np.ndarray:
+    """uint8 (64, 32, 32, 3) array of the first 64 PNGs of cifar_root/cifar_test in sorted file-name order."""
+    files = sorted((cifar_root / "cifar_test").glob("*.png"))[:64]
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.uint8) for p in files])

@@ -1,0 +1,237 @@
+"""Metrics pinned to scikit-image on real CIFAR-10 images, and the report writers' outputs."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.filters import gaussian
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from diffjscc.evaluation.figures import (
+    GAP_PX,
+    markdown_table,
+    plot_metric_vs_snr,
+    plot_psnr_ssim_vs_snr,
+    save_image_grid,
+)
+from diffjscc.evaluation.metrics import (
+    MetricAccumulator,
+    psnr_per_image,
+    quantize_8bit,
+    ssim_per_image,
+    to_unit_range,
+)
+
+TOL = 1e-3
+
+
+# ---------------------------------------------------------------- distortions of real images
+def _noise(x: np.ndarray, sigma: float) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.clip(np.round(x + rng.normal(0.0, sigma * 255.0, x.shape)), 0, 255).astype(np.uint8)
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    out = [gaussian(im.astype(np.float64) / 255.0, sigma=1.0, channel_axis=-1) for im in x]
+    return np.clip(np.round(np.stack(out) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _jpeg(x: np.ndarray, quality: int = 10) -> np.ndarray:
+    out = []
+    for im in x:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="JPEG", quality=quality)
+        out.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    return np.stack(out)
+
+
+def _posterise(x: np.ndarray, levels: int = 8) -> np.ndarray:
+    step = 256 // levels
+    return ((x // step) * step + step // 2).astype(np.uint8)
+
+
+DISTORTIONS = {
+    "noise_0.05": lambda x: _noise(x, 0.05),
+    "noise_0.2": lambda x: _noise(x, 0.2),
+    "blur": _blur,
+    "jpeg_q10": _jpeg,
+    "posterise_8": _posterise,
+}
+
+
+def _unit_tensor(x_uint8: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _skimage_refs(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xf, yf = x.astype(np.float64) / 255.0, y.astype(np.float64) / 255.0
+    psnr = [peak_signal_noise_ratio(a, b, data_range=1) for a, b in zip(xf, yf)]
+    ssim = [
+        structural_similarity(
+            a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1
+        )
+        for a, b in zip(xf, yf)
+    ]
+    return np.array(psnr), np.array(ssim)
+
+
+@pytest.fixture(scope="module", params=sorted(DISTORTIONS))
+def distorted_pair(request, cifar_images):
+    x = np.asarray(cifar_images)
+    assert x.dtype == np.uint8 and x.shape[1:] == (32, 32, 3)
+    y = DISTORTIONS[request.param](x)
+    assert not np.array_equal(x, y)
+    return x, y, _skimage_refs(x, y)
+
+
+# ---------------------------------------------------------------- agreement with scikit-image
+def test_psnr_matches_skimage(distorted_pair):
+    x, y, (ref_psnr, _) = distorted_pair
+    ours = psnr_per_image(_unit_tensor(x), _unit_tensor(y))
+    assert ours.shape == (x.shape[0],)
+    np.testing.assert_allclose(ours.double().numpy(), ref_psnr, rtol=0, atol=TOL)
+
+
+def test_ssim_matches_skimage(distorted_pair):
+    x, y, (_, ref_ssim) = distorted_pair
+    ours = ssim_per_image(_unit_tensor(x), _unit_tensor(y))
+    assert ours.shape == (x.shape[0],)
+    np.testing.assert_allclose(ours.double().numpy(), ref_ssim, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("distorted_pair", ["jpeg_q10"], indirect=True)
+def test_accumulator_matches_skimage_means(distorted_pair):
+    x, y, (ref_psnr, ref_ssim) = distorted_pair
+    acc = MetricAccumulator()
+    acc.update(_unit_tensor(x) * 2 - 1, _unit_tensor(y) * 2 - 1)
+    out = acc.compute()
+    assert out["n"] == x.shape[0]
+    assert out["psnr"] == pytest.approx(ref_psnr.mean(), abs=TOL)
+    assert out["ssim"] == pytest.approx(ref_ssim.mean(), abs=TOL)
+
+
+# ---------------------------------------------------------------- known values
+def test_psnr_constant_offset_is_20_db():
+    # torchmetrics evaluates 10 / ln(10) in float32, so "exactly" means to ~1e-6 dB.
+    x = torch.full((2, 3, 16, 16), 0.2, dtype=torch.float64)
+    assert psnr_per_image(x, x + 0.1).tolist() == pytest.approx([20.0, 20.0], abs=1e-5)
+    x32 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8
+    assert psnr_per_image(x32, x32 + 0.1).tolist() == pytest.approx([20.0, 20.0], abs=1e-4)
+    # The same offset relative to a [0, 2] range is 0.05 of it: 26.02 dB.
+    assert psnr_per_image(x, x + 0.1, data_range=2.0).tolist() == pytest.approx(
+        [20 * math.log10(20)] * 2, abs=1e-5
+    )
+
+
+def test_identical_images_give_100_db_and_ssim_1(cifar_images):
+    x = _unit_tensor(np.asarray(cifar_images[:4]))
+    assert psnr_per_image(x, x).tolist() == [100.0] * 4
+    assert ssim_per_image(x, x).tolist() == pytest.approx([1.0] * 4, abs=1e-6)
+
+
+def test_ssim_symmetric_and_rejects_tiny_images(cifar_images):
+    x = _unit_tensor(np.asarray(cifar_images[:8]))
+    y = _unit_tensor(_jpeg(np.asarray(cifar_images[:8])))
+    torch.testing.assert_close(ssim_per_image(x, y), ssim_per_image(y, x))
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim_per_image(x[..., :10, :10], y[..., :10, :10])
+    with pytest.raises(ValueError, match="same shape"):
+        psnr_per_image(x, y[:4])
+
+
+def test_unit_range_and_8bit_quantisation():
+    x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0])
+    assert to_unit_range(x).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+    u = torch.rand(10_000, generator=torch.Generator().manual_seed(0))
+    q = quantize_8bit(u)
+    k = q * 255
+    assert torch.equal(k, torch.round(k))  # exactly on the 8-bit levels
+    assert (q - u).abs().max() <= 0.5 / 255 + 1e-7
+    levels = torch.arange(256) / 255.0
+    assert torch.equal(quantize_8bit(levels), levels)  # idempotent on k/255
+
+
+def test_accumulator_quantises_before_measuring():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(4, 3, 16, 16, generator=g)).clamp(-1.2, 1.2)
+    acc = MetricAccumulator()
+    acc.update(x, y)
+    xq, yq = quantize_8bit(to_unit_range(x)), quantize_8bit(to_unit_range(y))
+    assert acc.compute()["psnr"] == pytest.approx(psnr_per_image(xq, yq).mean().item(), abs=1e-5)
+    assert acc.compute()["ssim"] == pytest.approx(ssim_per_image(xq, yq).mean().item(), abs=1e-6)
+
+
+def test_accumulator_split_equals_one_pass(cifar_images):
+    x = _unit_tensor(np.asarray(cifar_images)) * 2 - 1
+    y = _unit_tensor(_noise(np.asarray(cifar_images), 0.1)) * 2 - 1
+    whole, split = MetricAccumulator(), MetricAccumulator()
+    whole.update(x, y)
+    split.update(x[:23], y[:23])
+    split.update(x[23:], y[23:])
+    a, b = whole.compute(), split.compute()
+    assert a["n"] == b["n"] == x.shape[0]
+    assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-6)
+    assert b["ssim"] == pytest.approx(a["ssim"], abs=1e-7)
+    # Mean of per-image PSNRs, not PSNR of the pooled MSE (those differ on real data).
+    pooled = 10 * math.log10(1 / float(((x - y) / 2).pow(2).mean()))
+    assert abs(a["psnr"] - pooled) > 0.01
+    split.reset()
+    empty = split.compute()
+    assert empty["n"] == 0 and math.isnan(empty["psnr"]) and math.isnan(empty["ssim"])
+
+
+# ---------------------------------------------------------------- figures and tables
+def test_image_grid_size_and_content(tmp_path, cifar_images):
+    src = _unit_tensor(np.asarray(cifar_images[:5])) * 2 - 1
+    rows = [src, -src, src.flip(-1)]
+    scale = 2
+    out = save_image_grid(rows, tmp_path / "grid.png", scale=scale)
+    im = np.asarray(Image.open(out).convert("RGB"))
+    cell = 32 * scale
+    assert im.shape == (3 * cell + 2 * GAP_PX, 5 * cell + 4 * GAP_PX, 3)
+    # Nearest-neighbour upscaling: each source pixel becomes a scale x scale block.
+    expected = np.repeat(np.repeat(np.asarray(cifar_images[0]), scale, 0), scale, 1)
+    np.testing.assert_array_equal(im[:cell, :cell], expected)
+    assert (im[:, cell : cell + GAP_PX] == 255).all()  # white gap between columns
+
+    labelled = save_image_grid(rows, tmp_path / "sub" / "grid_l.png", ["source", "decoded", "diffusion"], scale)
+    iml = np.asarray(Image.open(labelled).convert("RGB"))
+    margin = iml.shape[1] - im.shape[1]
+    assert iml.shape[0] == im.shape[0] and margin > 20
+    np.testing.assert_array_equal(iml[:, margin:], im)
+    assert (iml[:, :margin] < 128).any()  # label text was drawn
+    with pytest.raises(ValueError):
+        save_image_grid(rows, tmp_path / "bad.png", ["only one"])
+
+
+def test_metric_plots_write_pngs(tmp_path):
+    psnr = {"DeepJSCC": {0.0: 20.1, 10.0: 27.3, 5.0: 24.0}, "DeepJSCC + diffusion": {0.0: 21.0, 5.0: 24.9, 10.0: 27.9}}
+    ssim = {k: {s: v / 30 for s, v in c.items()} for k, c in psnr.items()}
+    one = plot_metric_vs_snr(psnr, tmp_path / "psnr.png", title="CIFAR-10, AWGN")
+    two = plot_psnr_ssim_vs_snr(psnr, ssim, tmp_path / "both.png", title="CIFAR-10, AWGN")
+    for path, width in ((one, 750), (two, 1350)):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+        with Image.open(path) as im:
+            assert im.size[0] == width  # figsize (in) * 150 dpi
+
+
+def test_markdown_table_formatting():
+    rows = [
+        {"system": "DeepJSCC", "snr_db": 0, "psnr": 20.123, "ssim": 0.81234},
+        {"system": "a|b", "snr_db": 10, "psnr": float("inf"), "ssim": None},
+    ]
+    table = markdown_table(rows, ["system", "snr_db", "psnr", "ssim"], formats={"ssim": ".4f"})
+    assert table == (
+        "| system | snr_db | psnr | ssim |\n"
+        "|---|---:|---:|---:|\n"
+        "| DeepJSCC | 0 | 20.12 | 0.8123 |\n"
+        "| a\\|b | 10 | inf |  |\n"
+    )
+    assert markdown_table([], ["a"]) == "| a |\n|---|\n"
