@@ -20,7 +20,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (not usage + message) and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("diffjscc").strip()  # "train", "data", … or "" at the top
+        raise UserError(f"{command}: {message}" if command else message)
 
 
 def _add_data(sub) -> None:

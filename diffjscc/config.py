@@ -12,6 +12,7 @@ Every problem is a :class:`~diffjscc.errors.UserError` whose one-line message na
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -125,7 +126,7 @@ class Config:
             if getattr(self, key) <= 0:
                 raise UserError(f"config key '{key}' must be positive, got {getattr(self, key)}")
         for key in ("num_workers", "sample_interval", "weight_decay", "grad_clip", "vlb_weight"):
-            if getattr(self, key) < 0:
+            if not getattr(self, key) >= 0:  # also rejects NaN
                 raise UserError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
         if self.image_size % 4:
             raise UserError(f"config key 'image_size' must be divisible by 4, got {self.image_size}")
@@ -137,6 +138,11 @@ class Config:
             )
         if self.channel != "awgn" and self.channel != "none" and self.latent_dim % 2:
             raise UserError(f"config key 'latent_dim' must be even for the complex channel '{self.channel}'")
+        for key in ("snr_db", "lr", "ema_rate", "dropout", "weight_decay", "grad_clip", "vlb_weight"):
+            if not math.isfinite(getattr(self, key)):
+                raise UserError(f"config key '{key}' must be a finite number, got {getattr(self, key)}")
+        if any(not math.isfinite(v) for v in self.snr_range):
+            raise UserError(f"config key 'snr_range' must hold finite numbers, got {self.snr_range}")
         if self.snr_range:
             if len(self.snr_range) != 2:
                 raise UserError(f"config key 'snr_range' must be [lo, hi], got {self.snr_range}")
@@ -214,6 +220,8 @@ def _scalar(key: str, value: Any, target: type) -> Any:
     if target is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.strip().lower() in ("true", "1", "yes")
         raise UserError(f"config key '{key}' must be true or false, got {value!r}")

@@ -17,8 +17,9 @@ from diffjscc.errors import UserError
 def parse_respacing(spec: str | int, num_timesteps: int) -> list[int]:
     """The kept timesteps for a spacing spec.
 
-    * ``"ddimN"`` (or an int N): evenly strided ``range(0, T, T // N)`` — never includes
-      t = T−1, where the cosine schedule's ᾱ ≈ 0 would make DDIM inversion divide by ~0;
+    * ``"ddimN"`` (or an int N): the N steps ``floor(i·T/N)``, i.e. ``range(0, T, T // N)``
+      when N divides T — never includes t = T−1 (unless N = T), where the cosine schedule's
+      ᾱ ≈ 0 would make DDIM inversion divide by ~0;
     * ``"N"``: N steps evenly spread over [0, T−1] including both ends (DDPM-style);
     * ``"a,b,c"``: the range split into sections with a, b, c steps each.
     """
@@ -28,9 +29,10 @@ def parse_respacing(spec: str | int, num_timesteps: int) -> list[int]:
             count = int(text[4:] if text.startswith("ddim") else text)
             if not 1 <= count <= num_timesteps:
                 raise ValueError
-            stride = num_timesteps // count
-            steps = list(range(0, num_timesteps, stride))[:count]
-            return steps
+            # floor(i·T/N): equals range(0, T, T // N) when N divides T, and stays spread over
+            # the whole range otherwise (truncating range(0, T, T // N) to N entries stopped
+            # early, e.g. ddim600 of T = 1000 ended at t = 599 where ᾱ ≈ 0.34, not ≈ 0).
+            return [i * num_timesteps // count for i in range(count)]
         sections = [int(part) for part in text.split(",")]
     except ValueError:
         raise UserError(

@@ -62,11 +62,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe content"
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise UserError(f"checkpoint {path} holds objects other than tensors and plain data "
-                            f"and was refused (nothing was executed): {_short(first)}") from None
-        raise UserError(f"checkpoint {path} is corrupt or truncated: {_short(first)}") from None
+        text = str(err)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe or "weights_only" in text.lower() or "weights only" in text.lower():
+            what = f"it needs {unsafe.group(1)}" if unsafe else "it needs more than tensors and plain data"
+            raise UserError(f"checkpoint {path} was refused, {what} (nothing was executed); "
+                            f"only load checkpoints written by diffjscc") from None
+        raise UserError(f"checkpoint {path} is corrupt or truncated: {_short(text)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"checkpoint {path} is corrupt or truncated: {_short(str(err))}") from None
     if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:

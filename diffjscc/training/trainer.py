@@ -18,10 +18,11 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 import yaml
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from diffjscc import __version__
 from diffjscc.config import Config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
@@ -67,6 +68,27 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for len(loader)
         return 2**62
+
+
+def ema_with_warmup(rate: float):
+    """EMA update with decay min(rate, (1 + n) / (10 + n)) after n updates.
+
+    A plain 0.9999 EMA of a short run is still mostly the random initialisation; the warm-up
+    lets the average follow the weights early and reach ``rate`` later (n ≈ 10/(1 − rate)).
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        decay = min(rate, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - decay)
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():
+                a.copy_(c)  # integer buffers (BatchNorm counters) are copied, not averaged
+
+    return update
 
 
 def training_loss(system: TransmissionSystem, images: torch.Tensor,
@@ -118,7 +140,7 @@ class Trainer:
             load_jscc_into(self.system, cfg.jscc_encoder_path)
         self.optimizer = torch.optim.AdamW(self.system.trainable_parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
-        self.ema = AveragedModel(self.system, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_rate), use_buffers=True)
+        self.ema = AveragedModel(self.system, multi_avg_fn=ema_with_warmup(cfg.ema_rate), use_buffers=True)
         self.step = 0
         self._stop_signal: int | None = None
         if resume:
@@ -161,7 +183,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "rng_state": torch.get_rng_state(),
-            "versions": {"torch": torch.__version__},
+            "versions": {"torch": str(torch.__version__), "diffjscc": __version__},
         }
         path = save_checkpoint(payload, checkpoint_path(self.log_dir, self.step))
         prune_checkpoints(self.log_dir, self.cfg.keep_checkpoints)
