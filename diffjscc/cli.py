@@ -41,7 +41,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config (all modes)",
                        description="Train in the config's mode (jscc | joint | frozen | unconditional); "
                                    "checkpoints ckpt_*.pt are written under log_dir.")
-    p.add_argument("config", type=Path, help="YAML config, e.g. configs/tiny.yaml")
+    p.add_argument("config", type=Path,
+                   help="YAML config, e.g. configs/tiny.yaml, or the name of a shipped one: tiny, cifar10")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set log_dir=runs/a")
     p.add_argument("--resume", default=None, metavar="auto|CKPT",

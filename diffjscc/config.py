@@ -282,8 +282,15 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file (safe loader) and apply ``--set key=value`` overrides."""
+    """Read a YAML config file (safe loader) and apply ``--set key=value`` overrides.
+
+    A bare name without suffix (``tiny``, ``cifar10``) that is not a file names a config
+    shipped in the package.
+    """
     path = Path(path)
+    packaged = Path(__file__).parent / "configs" / f"{path.name}.yaml"
+    if not path.is_file() and path.parent == Path(".") and path.suffix == "" and packaged.is_file():
+        path = packaged  # `diffjscc train tiny` uses the config shipped in the package
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:

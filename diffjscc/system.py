@@ -92,8 +92,8 @@ class TransmissionSystem(nn.Module):
     def sampling_process(self, steps: int) -> GaussianDiffusion:
         """The trained process respaced to ``steps`` DDIM steps (strided, never t = T−1)."""
         assert self.diffusion is not None
-        return respace(self.diffusion, parse_respacing(f"ddim{min(steps, self.diffusion.num_timesteps)}",
-                                                       self.diffusion.num_timesteps))
+        total = self.diffusion.num_timesteps
+        return respace(self.diffusion, parse_respacing(f"ddim{min(steps, max(total - 1, 1))}", total))
 
     def denoiser(self, received: torch.Tensor | None, class_labels: torch.Tensor | None = None):
         """The network as a function of (x_t, t) with the conditioning closed over."""

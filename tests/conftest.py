@@ -27,6 +27,8 @@ def shared_archive() -> Path:
     else:
         path = Path(__file__).resolve().parents[2] / "shared/data" / ARCHIVE_NAME
     if not path.is_file():
+        if os.environ.get("DIFFJSCC_REQUIRE_SHARED_DATA"):  # set by .ci/run: CI must not skip
+            pytest.fail(f"shared CIFAR-10 archive not found at {path}")
         pytest.skip(f"shared CIFAR-10 archive not found at {path}")
     return path
 

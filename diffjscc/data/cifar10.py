@@ -167,11 +167,8 @@ def _open_source(fileobj_or_path: str | os.PathLike | IO[bytes], name: str | Non
     return fileobj_or_path, name or str(getattr(fileobj_or_path, "name", "<stream>")), False
 
 
-def load_batch(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | None = None) -> tuple[np.ndarray, list[int]]:
-    """Read one CIFAR-10 batch safely as (uint8 images (N,32,32,3) HWC, labels).
-
-    ``name`` only labels error messages (e.g. ``archive.tar.gz:cifar-10-batches-py/test_batch``).
-    """
+def _load_dict(fileobj_or_path: str | os.PathLike | IO[bytes], name: str | None, what: str) -> tuple[dict, str]:
+    """Safely unpickle a file that must hold a dict; returns it with the name for messages."""
     fileobj, source_name, close = _open_source(fileobj_or_path, name)
     try:
         obj = _safe_unpickle(fileobj, source_name)
@@ -179,7 +176,16 @@ def load_batch(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | No
         if close:
             fileobj.close()
     if not isinstance(obj, dict):
-        raise UserError(f"{source_name}: a CIFAR-10 batch must be a dict, got {type(obj).__name__}")
+        raise UserError(f"{source_name}: {what} must be a dict, got {type(obj).__name__}")
+    return obj, source_name
+
+
+def load_batch(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | None = None) -> tuple[np.ndarray, list[int]]:
+    """Read one CIFAR-10 batch safely as (uint8 images (N,32,32,3) HWC, labels).
+
+    ``name`` only labels error messages (e.g. ``archive.tar.gz:cifar-10-batches-py/test_batch``).
+    """
+    obj, source_name = _load_dict(fileobj_or_path, name, "a CIFAR-10 batch")
     data = _get(obj, "data")
     labels = _get(obj, "labels")
     if data is None or labels is None:
@@ -202,14 +208,7 @@ def load_batch(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | No
 
 def load_meta(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | None = None) -> list[str]:
     """Read ``batches.meta`` safely and return its class names (validated for file naming)."""
-    fileobj, source_name, close = _open_source(fileobj_or_path, name)
-    try:
-        obj = _safe_unpickle(fileobj, source_name)
-    finally:
-        if close:
-            fileobj.close()
-    if not isinstance(obj, dict):
-        raise UserError(f"{source_name}: batches.meta must be a dict, got {type(obj).__name__}")
+    obj, source_name = _load_dict(fileobj_or_path, name, "batches.meta")
     names = _get(obj, "label_names")
     if names is None:
         return list(CLASS_NAMES)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from diffjscc import __version__
+from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import Config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
@@ -189,6 +190,18 @@ class Trainer:
         prune_checkpoints(self.log_dir, self.cfg.keep_checkpoints)
         return path
 
+    def describe(self) -> str:
+        """One line on what is being trained: mode, size, channel, k/n, data, device."""
+        cfg = self.cfg
+        trainable = sum(p.numel() for p in self.system.trainable_parameters())
+        parts = [f"mode={cfg.mode}", f"{trainable / 1e6:.2f}M trainable parameters",
+                 f"{len(self.dataset)} images from {cfg.data_dir}", f"batch {cfg.batch_size}", f"device {self.device}"]
+        if cfg.has_encoder:
+            snr = f"SNR {cfg.snr_range[0]:g}..{cfg.snr_range[1]:g} dB" if cfg.snr_range else f"SNR {cfg.snr_db:g} dB"
+            ratio = bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size))
+            parts.insert(2, f"channel {cfg.channel} at {snr}, {cfg.latent_dim} symbols/image (k/n = {ratio:.4f})")
+        return ", ".join(parts)
+
     # ---- loop -------------------------------------------------------------------------------
     def _lr_at(self, step: int) -> float:
         if not self.cfg.lr_anneal:
@@ -203,9 +216,13 @@ class Trainer:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step)
+        # Its own generator: creating the iterator must not draw from the global RNG, whose
+        # state a resumed run restores (so that noise and channel draws continue exactly).
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(cfg.seed))
         run_log = RunLog(self.log_dir)
+        tqdm.write(self.describe())
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress,
                    desc=f"train[{cfg.mode}]", dynamic_ncols=True)
