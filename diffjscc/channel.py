@@ -17,7 +17,9 @@ Conventions used throughout this module
 
 All functions are differentiable with respect to their input (the noise and fading
 gains are sampled without gradient) and take an optional ``torch.Generator`` for
-reproducible draws.
+reproducible draws — or a :class:`BatchGenerator`, which draws for a whole batch and keeps
+some of its rows, so that a sample's noise does not depend on how a batch is split across
+processes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from diffjscc.errors import UserError
 
 __all__ = [
     "CHANNEL_KINDS",
+    "BatchGenerator",
     "Channel",
     "awgn",
     "bandwidth_ratio",
@@ -51,15 +54,73 @@ _GAIN_EPS = 1e-12
 
 
 # --------------------------------------------------------------------------- helpers
-def _randn(shape: Sequence[int], like: Tensor, generator: torch.Generator | None) -> Tensor:
+class BatchGenerator:
+    """Draws for rows ``[start, stop)`` of a batch of ``total``: every draw is made for all
+    ``total`` rows with ``generator`` (on its device; the global RNG when None) and the
+    other rows are dropped.
+
+    A sample thus gets the same random numbers whichever slice of the batch it is in: data-
+    parallel training, where each process holds one slice of the global batch, draws exactly
+    what one process with the whole batch draws. ``batch_dim`` names the batch axis of a draw.
+    """
+
+    def __init__(self, generator: torch.Generator | None, total: int, start: int = 0,
+                 stop: int | None = None) -> None:
+        stop = total if stop is None else stop
+        if not 0 <= start < stop <= total:
+            raise ValueError(f"rows [{start}, {stop}) are not a slice of a batch of {total}")
+        self.generator, self.total, self.start, self.stop = generator, total, start, stop
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def _whole(self, shape: Sequence[int], batch_dim: int) -> list[int]:
+        full = list(shape)
+        if full[batch_dim] != self.rows:
+            raise ValueError(f"draw of shape {tuple(shape)} has {full[batch_dim]} rows on dim {batch_dim}, "
+                             f"this slice has {self.rows}")
+        full[batch_dim] = self.total
+        return full
+
+    def _device(self, device: torch.device | str | None) -> torch.device | str | None:
+        return self.generator.device if self.generator is not None else device
+
+    def randn(self, shape: Sequence[int], batch_dim: int = 0, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> Tensor:
+        out = torch.randn(self._whole(shape, batch_dim), generator=self.generator,
+                          device=self._device(device), dtype=dtype)
+        return out.narrow(batch_dim, self.start, self.rows).to(device)
+
+    def rand(self, shape: Sequence[int], batch_dim: int = 0, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> Tensor:
+        out = torch.rand(self._whole(shape, batch_dim), generator=self.generator,
+                         device=self._device(device), dtype=dtype)
+        return out.narrow(batch_dim, self.start, self.rows).to(device)
+
+    def randint(self, high: int, shape: Sequence[int], batch_dim: int = 0,
+                device: torch.device | str | None = None) -> Tensor:
+        out = torch.randint(0, high, self._whole(shape, batch_dim), generator=self.generator,
+                            device=self._device(device))
+        return out.narrow(batch_dim, self.start, self.rows).to(device)
+
+
+AnyGenerator = torch.Generator | BatchGenerator | None
+
+
+def _randn(shape: Sequence[int], like: Tensor, generator: AnyGenerator, batch_dim: int = 0) -> Tensor:
     """Standard normal draw of ``shape`` on ``like``'s device/dtype.
 
     Drawn on the generator's device (so a CPU generator also works for CUDA inputs)
-    in float32/float64, then moved and cast to match ``like``.
+    in float32/float64, then moved and cast to match ``like``. ``batch_dim`` is the batch
+    axis of ``shape`` (used by a :class:`BatchGenerator`).
     """
     dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
-    device = generator.device if generator is not None else like.device
-    out = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if isinstance(generator, BatchGenerator):
+        out = generator.randn(shape, batch_dim=batch_dim, device=like.device, dtype=dtype)
+    else:
+        device = generator.device if generator is not None else like.device
+        out = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
     return out.to(device=like.device, dtype=like.dtype)
 
 
@@ -145,7 +206,7 @@ def normalize_power(z: Tensor, eps: float = _POWER_EPS) -> Tensor:
     return z * torch.rsqrt(power + eps)
 
 
-def awgn(x: Tensor, snr_db: float | Tensor, generator: torch.Generator | None = None) -> Tensor:
+def awgn(x: Tensor, snr_db: float | Tensor, generator: AnyGenerator = None) -> Tensor:
     """Additive white Gaussian noise: ``y = x + n``, ``n ~ N(0, sigma^2)`` i.i.d. per real symbol.
 
     ``x`` is assumed to have unit power per real symbol; ``sigma^2 = 10**(-SNR_dB/10)``.
@@ -158,7 +219,7 @@ def awgn(x: Tensor, snr_db: float | Tensor, generator: torch.Generator | None = 
 def _rayleigh(
     x: Tensor,
     snr_db: float | Tensor,
-    generator: torch.Generator | None,
+    generator: AnyGenerator,
     return_gain: bool,
     per_symbol: bool,
 ) -> Tensor | tuple[Tensor, Tensor]:
@@ -168,10 +229,10 @@ def _rayleigh(
     sigma = _snr_to_sigma(snr_db, sr)  # (B, 1)
     hshape = (b, m) if per_symbol else (b, 1)
     # h ~ CN(0, 1): real and imaginary parts ~ N(0, 1/2)
-    h = _randn((2, *hshape), sr, generator) * math.sqrt(0.5)
+    h = _randn((2, *hshape), sr, generator, batch_dim=1) * math.sqrt(0.5)
     hr, hi = h[0], h[1]
     # complex noise with per-real-component variance sigma^2 (E|n|^2 = 2 sigma^2)
-    n = _randn((2, b, m), sr, generator) * sigma
+    n = _randn((2, b, m), sr, generator, batch_dim=1) * sigma
     nr, ni = n[0], n[1]
     # y = h s + n
     yr = hr * sr - hi * si + nr
@@ -190,7 +251,7 @@ def _rayleigh(
 def rayleigh_block(
     x: Tensor,
     snr_db: float | Tensor,
-    generator: torch.Generator | None = None,
+    generator: AnyGenerator = None,
     return_gain: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Block Rayleigh fading with perfect CSI and zero-forcing equalisation.
@@ -210,7 +271,7 @@ def rayleigh_block(
 def rayleigh_fast(
     x: Tensor,
     snr_db: float | Tensor,
-    generator: torch.Generator | None = None,
+    generator: AnyGenerator = None,
     return_gain: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fast (i.i.d. per complex symbol) Rayleigh fading with perfect CSI and zero-forcing.
@@ -305,13 +366,16 @@ class Channel(nn.Module):
         self,
         batch: int,
         device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
+        generator: AnyGenerator = None,
     ) -> Tensor:
         """Per-sample SNRs in dB, shape (B,): ``U[lo, hi]`` in training mode with a range, else fixed."""
         if self.training and self.snr_range is not None:
             lo, hi = self.snr_range
-            gdev = generator.device if generator is not None else device
-            u = torch.rand(batch, generator=generator, device=gdev)
+            if isinstance(generator, BatchGenerator):
+                u = generator.rand((batch,), device=device)
+            else:
+                gdev = generator.device if generator is not None else device
+                u = torch.rand(batch, generator=generator, device=gdev)
             snr = lo + (hi - lo) * u
             return snr if device is None else snr.to(device)
         return torch.full((batch,), self.snr_db, device=device)
@@ -320,7 +384,7 @@ class Channel(nn.Module):
         self,
         z: Tensor,
         snr_db: float | Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: AnyGenerator = None,
     ) -> Tensor:
         """Normalise power per sample, then apply the channel; output has ``z``'s shape."""
         x = normalize_power(z)

@@ -1,4 +1,4 @@
-"""``diffjscc`` command line: data, train, sample, evaluate, demo.
+"""``diffjscc`` command line: data, train, sample, evaluate, plot, transmit, demo.
 
 Every user mistake ends as one line ``diffjscc: error: …`` on stderr and exit status 2.
 """
@@ -14,6 +14,7 @@ from diffjscc import __version__
 from diffjscc.errors import UserError
 
 EXIT_USAGE = 2
+EXIT_PEER_LOST = 1  # distributed training: another process died or stopped answering
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,6 +49,11 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", default=None, metavar="auto|CKPT",
                    help="continue from a checkpoint, or 'auto' for the newest valid one in log_dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    p.add_argument("--strict", action="store_true",
+                   help="a corrupt image in data_dir is an error (default: skipped with a warning)")
+    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="under torchrun/mpiexec/srun: how long a process waits for the others before it "
+                        "fails instead of hanging on a dead rank (default 600)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -73,10 +79,86 @@ def _add_sample(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="PSNR and SSIM of a checkpoint on a folder at one SNR")
-    _add_receiver_args(p, default_limit=None)
-    p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    p = sub.add_parser(
+        "evaluate", help="SNR sweep of every receiver of one or more checkpoints, with baselines: "
+                         "PSNR, SSIM, MS-SSIM, FID, LPIPS",
+        description="Transmit the images of --data at each SNR and score every receiver of every checkpoint "
+                    "(Deep JSCC decoder; diffusion from each --start mode) and optional digital baselines "
+                    "(codec + ideal channel code). Writes results.json, results.csv and results.md under --out "
+                    "and prints a Markdown table. 'inversion' needs the source image at the receiver: it is "
+                    "an ORACLE upper bound and is labelled so everywhere.")
+    p.add_argument("--checkpoint", type=Path, action="append", required=True,
+                   help="checkpoint (.pt) of a training run; repeat to put several models in one table "
+                        "(a 'frozen' checkpoint also carries its Deep JSCC encoder and decoder)")
+    p.add_argument("--data", type=Path, required=True, help="folder of images at the models' size (e.g. cifar_test/)")
+    p.add_argument("--snr", default="0,5,10,15,20", help="comma-separated channel SNRs in dB (default 0,5,10,15,20)")
+    p.add_argument("--start", default="gaussian",
+                   help="comma-separated diffusion start modes: gaussian (x_T ~ N(0, I), a real receiver), "
+                        "mean (average of K posterior samples, an MMSE estimate), inversion (x_T by DDIM "
+                        "inversion of the source: ORACLE). Default gaussian")
+    p.add_argument("--steps", type=int, default=20, help="DDIM sampling steps (default 20)")
+    p.add_argument("--samples-per-image", type=int, default=None, metavar="K",
+                   help="posterior samples per image for gaussian/mean (default 1, or 4 with --start mean)")
+    p.add_argument("--limit", type=int, default=None, help="at most the first N images (sorted file names)")
+    p.add_argument("--seed", type=int, default=0, help="seed of channel noise and sampling (default 0)")
+    p.add_argument("--channel", default=None, choices=["awgn", "rayleigh_block", "rayleigh_fast", "none"],
+                   help="channel for every model (default: each checkpoint's own)")
+    p.add_argument("--digital", default="none", metavar="CODECS",
+                   help="digital baselines: 'all' (webp,jpeg,jpeg2000,avif), a comma-separated subset, or "
+                        "'none' (default): the largest quality whose file fits floor(n*C/8) bytes, n = the "
+                        "model's channel symbols, C = capacity per real channel use")
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="PATH",
+                   help="FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth or torch-fidelity's "
+                        "weights-inception-2015-12-05-6726825d.pth); default: looked up in the torch hub "
+                        "cache. Never downloaded: without the file FID is skipped, with a notice")
+    p.add_argument("--fid-ref", type=Path, default=None, metavar="DIR",
+                   help="reference folder for FID statistics (default: the evaluated source images); "
+                        "statistics are cached in it as .fid_stats_<hash>.npz")
+    p.add_argument("--no-fid", action="store_true", help="skip FID")
+    p.add_argument("--out", type=Path, default=None, help="write results.json, results.csv, results.md here")
+    p.add_argument("--json", type=Path, default=None, help="also write the results JSON to this file")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="plot evaluation results: quality against SNR (and k/n)",
+                       description="PSNR, SSIM, MS-SSIM (and FID/LPIPS where present) against channel SNR, one "
+                                   "line per system; with several bandwidth ratios also against k/n. Oracle "
+                                   "curves are dashed, digital baselines dotted.")
+    p.add_argument("results", type=Path, nargs="+", metavar="RESULTS",
+                   help="results.json / results.csv of 'diffjscc evaluate', or folders holding results.json")
+    p.add_argument("--out", type=Path, required=True, help="output PNG")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of psnr,ssim,ms_ssim,fid,lpips")
+    p.add_argument("--ratio-snr", type=float, default=None,
+                   help="SNR (dB) of the quality-vs-k/n panels (default: the median SNR evaluated at every ratio)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_cmd_plot)
+
+
+def _add_transmit(sub) -> None:
+    p = sub.add_parser("transmit", help="send one of your own images through a trained system",
+                       description="Transmit IN (any size; grayscale is converted) through the channel and write "
+                                   "the reconstruction OUT at the input's size. The model works at its own "
+                                   "resolution (32x32 for the CIFAR-10 configs): the image is cut into tiles of "
+                                   "that size (edges padded by repetition), each tile uses the model's latent_dim "
+                                   "real channel symbols, and the received tiles are stitched. Prints PSNR and "
+                                   "SSIM of the 8-bit output against the 8-bit input, and the symbols used.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) of a training run")
+    p.add_argument("--snr", type=float, required=True, help="channel SNR in dB")
+    p.add_argument("input", type=Path, metavar="IN", help="input image (PNG, JPEG, ...)")
+    p.add_argument("output", type=Path, metavar="OUT", help="output image; format from the extension (PNG is lossless)")
+    p.add_argument("--channel", default=None, choices=["awgn", "rayleigh", "rayleigh_block", "rayleigh_fast"],
+                   help="default: the checkpoint's; rayleigh = rayleigh_block (one fading gain per tile)")
+    p.add_argument("--receiver", default="auto", choices=["auto", "diffusion", "deep_jscc"],
+                   help="auto: diffusion (Gaussian start) when the checkpoint has one, else Deep JSCC")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps of the diffusion receiver (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=64, help="tiles per batch")
+    p.set_defaults(func=_cmd_transmit)
 
 
 def _add_demo(sub) -> None:
@@ -98,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "joint source-channel coding (JSCC).")
     parser.add_argument("--version", action="version", version=f"diffjscc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_demo):
+    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_plot, _add_transmit, _add_demo):
         add(sub)
     return parser
 
@@ -118,12 +200,21 @@ def _cmd_data(args) -> int:
 
 def _cmd_train(args) -> int:
     from diffjscc.config import load_config
+    from diffjscc.training.distributed import DistributedError, is_initialized, leave_now, process_group
     from diffjscc.training.trainer import Trainer
 
-    cfg = load_config(args.config, args.overrides)
-    result = Trainer(cfg, resume=args.resume, progress=not args.no_progress).train()
-    print(f"step {result.step}: checkpoint {result.last_checkpoint} "
-          f"(loss {result.final_loss:.4f}, {result.images_per_second:.1f} img/s)")
+    cfg = load_config(args.config, args.overrides + (["strict_data=true"] if args.strict else []))
+    try:  # one process, or one of the N that torchrun / mpiexec / srun started
+        with process_group(args.dist_timeout, cfg.device) as context:
+            result = Trainer(cfg, resume=args.resume, progress=not args.no_progress, dist=context).train()
+    except DistributedError as err:  # a peer died or hung: not a usage error
+        print(f"diffjscc: error: {err}", file=sys.stderr)
+        if is_initialized():
+            leave_now(EXIT_PEER_LOST)
+        return EXIT_PEER_LOST
+    if context.is_main:
+        print(f"step {result.step}: checkpoint {result.last_checkpoint} "
+              f"(loss {result.final_loss:.4f}, {result.images_per_second:.1f} img/s)")
     return 0
 
 
@@ -173,21 +264,154 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def _cmd_evaluate(args) -> int:
-    from diffjscc.evaluation.figures import markdown_table
-    from diffjscc.evaluation.receivers import evaluate_system
+def _fid_scorer(args, device):
+    """(scorer or None, info dict): FID only with a local Inception file, never a silent substitute."""
+    from diffjscc.evaluation.inception import FID_WEIGHT_NAMES, find_inception_weights, load_fid_inception, sha256_of_file
 
-    system, dataset, snr = _load_for_receiving(args)
-    rows = evaluate_system(system, dataset, snr_db=snr, steps=args.steps, start=args.start, limit=args.limit,
-                           batch_size=args.batch_size, seed=args.seed)
-    for row in rows:
-        label = " (ORACLE: x_T from the source image)" if row["oracle"] else ""
-        print(f"{row['receiver']}{label}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
-              f"at {row['snr_db']:g} dB, k/n {row['k_over_n']:.4f}, n={row['n']}")
-    print(markdown_table(rows, ["receiver", "start", "snr_db", "k_over_n", "steps", "psnr", "ssim", "n"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "results": rows}, indent=2))
+    if args.no_fid:
+        return None, {"skipped": "FID skipped: --no-fid"}
+    weights = find_inception_weights(args.fid_weights)
+    if weights is None:
+        import torch
+
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        return None, {"skipped": f"FID skipped: no Inception-v3 FID weights (pass --fid-weights PATH, or put "
+                                 f"{FID_WEIGHT_NAMES[0]} in {cache})"}
+    from diffjscc.evaluation.fid import FIDScorer
+
+    sha = sha256_of_file(weights)
+    network = load_fid_inception(weights, device=device)
+    try:
+        scorer = FIDScorer(network, network_id=f"fid-inception-v3:{sha}", batch_size=args.batch_size, device=device)
+    except RuntimeError as err:
+        return None, {"skipped": f"FID skipped: {err}"}
+    return scorer, {"network": "Inception-v3 (TF 2015-12-05) pool_3, 2048-d; TF1 bilinear resize to 299",
+                    "weights": str(weights), "sha256": sha}
+
+
+def _cmd_evaluate(args) -> int:
+    from diffjscc.channel import parse_snr_list
+    from diffjscc.evaluation.digital import CODECS
+    from diffjscc.evaluation.lpips import make_lpips
+    from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
+    from diffjscc.training.trainer import resolve_device
+
+    try:
+        snrs = parse_snr_list(args.snr)
+    except UserError as err:
+        raise UserError(f"--snr: {err}") from None
+    starts = tuple(dict.fromkeys(s.strip() for s in args.start.split(",") if s.strip()))
+    digital_text = args.digital.strip().lower()
+    digital = (tuple(CODECS) if digital_text == "all" else () if digital_text in ("", "none")
+               else tuple(dict.fromkeys(c.strip() for c in digital_text.split(",") if c.strip())))
+    protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, samples_per_image=args.samples_per_image,
+                        limit=args.limit, seed=args.seed, batch_size=args.batch_size, channel=args.channel,
+                        digital=digital)
+    if not args.data.is_dir():
+        raise UserError(f"image folder not found: {args.data}")
+    fid_reference = None
+    if args.fid_ref is not None:
+        from diffjscc.data import ImageFolderDataset
+
+        fid_reference = ImageFolderDataset(args.fid_ref).files
+    device = resolve_device(args.device)
+    models = load_models(args.checkpoint, device=device)
+    fid, fid_info = _fid_scorer(args, device)
+    if fid is None:
+        print(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)
+    lpips, lpips_note = make_lpips(device=device, batch_size=args.batch_size)
+    if lpips is None:
+        print(f"diffjscc: {lpips_note}", file=sys.stderr)
+    document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info, fid_reference=fid_reference,
+                            lpips=lpips, lpips_note=lpips_note, progress=not args.no_progress)
+    print()
+    print(results_table(document), end="")
+    written = write_results(document, args.out, args.json)
+    if written:
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _read_results(paths: list[Path]) -> list[dict]:
+    import csv
+
+    rows: list[dict] = []
+    for path in paths:
+        if path.is_dir():
+            path = path / "results.json"
+        if not path.is_file():
+            raise UserError(f"results file not found: {path}")
+        try:
+            if path.suffix.lower() == ".csv":
+                with open(path, newline="") as handle:
+                    for raw in csv.DictReader(handle):
+                        row: dict = {}
+                        for key, value in raw.items():
+                            if value in ("", None):
+                                row[key] = None
+                            elif value in ("True", "False"):
+                                row[key] = value == "True"
+                            else:
+                                try:
+                                    row[key] = float(value)
+                                except ValueError:
+                                    row[key] = value
+                        rows.append(row)
+            else:
+                rows += json.loads(path.read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path} is not a results file of 'diffjscc evaluate' ({type(err).__name__})") from None
+    needed = {"system", "snr_db", "k_over_n", "psnr"}
+    if not rows or any(not needed <= set(r) for r in rows):
+        raise UserError(f"no result rows with {', '.join(sorted(needed))} in {', '.join(map(str, paths))}")
+    return rows
+
+
+def _cmd_plot(args) -> int:
+    from diffjscc.evaluation.figures import plot_results
+
+    rows = _read_results(args.results)
+    metrics = None
+    if args.metrics:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unknown = set(metrics) - {"psnr", "ssim", "ms_ssim", "fid", "lpips"}
+        if unknown:
+            raise UserError(f"--metrics: unknown metric(s) {', '.join(sorted(unknown))}")
+    try:
+        path = plot_results(rows, args.out, metrics=metrics, ratio_snr=args.ratio_snr, title=args.title)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    except OSError as err:
+        raise UserError(f"cannot write {args.out}: {err.strerror}") from None
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_transmit(args) -> int:
+    from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
+    from diffjscc.system import load_system
+    from diffjscc.training.trainer import resolve_device
+
+    for name in ("steps", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if not args.input.is_file():
+        raise UserError(f"image file not found: {args.input}")
+    system = load_system(str(args.checkpoint), device=resolve_device(args.device))
+    channel = {"rayleigh": "rayleigh_block"}.get(args.channel, args.channel) or system.cfg.channel
+    result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
+                           receiver=args.receiver, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
+    how = (f"diffusion receiver ({args.steps} DDIM steps, Gaussian start)" if result.receiver == "diffusion"
+           else "Deep JSCC decoder")
+    height, width = result.output.shape[:2]
+    print(f"wrote {args.output} ({width}x{height}) via the {how} over {channel} at {args.snr:g} dB")
+    print(f"PSNR {result.psnr:.2f} dB")
+    print(f"SSIM {result.ssim:.4f}" if result.ssim is not None else "SSIM n/a (image smaller than 11 px)")
+    size = system.cfg.image_size
+    print(f"channel symbols {result.symbols} real ({result.tiles} tile(s) of {size}x{size}, "
+          f"{system.cfg.latent_dim} each; k/n {result.k_over_n:.4f} per RGB value)")
+    if args.output.suffix.lower() in LOSSY_SUFFIXES:
+        print(f"note: {args.output.suffix} is a lossy format; PSNR/SSIM are of the reconstruction before saving")
     return 0
 
 

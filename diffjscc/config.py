@@ -45,6 +45,7 @@ class Config:
     log_dir: str = "runs/default"
     seed: int = 0
     num_workers: int = 0
+    strict_data: bool = False  # a corrupt image in data_dir is an error, not a skipped file
 
     # --- image and JSCC encoder ------------------------------------------------------------
     image_size: int = 32

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffjscc.channel import Channel
+from diffjscc.channel import AnyGenerator, Channel
 from diffjscc.config import Config, config_from_dict
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
@@ -82,7 +82,7 @@ class TransmissionSystem(nn.Module):
 
     # ---- transmitter + channel --------------------------------------------------------------
     def transmit(self, images: torch.Tensor, snr_db: float | torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: AnyGenerator = None) -> torch.Tensor:
         """Images in [−1, 1] → received latent (B, c_out, h, w) after the channel."""
         if self.encoder is None:
             raise ValueError("an unconditional model has no transmitter")

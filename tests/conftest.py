@@ -11,9 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
+
+# The tests' models are tiny: one thread is as fast as two for them, and it keeps the suite's
+# time stable on a shared 2-core machine (oversubscribed intra-op threads slow down ~50x).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

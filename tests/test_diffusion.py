@@ -380,3 +380,14 @@ def test_unet_conditioning_errors():
             _tiny_unet(latent_dim=8)(x, t)
         with pytest.raises(ValueError, match="class"):
             _tiny_unet(latent_dim=8, num_classes=3)(x, t, latent=torch.randn(1, 8))
+
+
+def test_a_single_step_process_samples() -> None:
+    """`--steps 1` respaces to one step: its log-variances must still be finite."""
+    diffusion = respace(GaussianDiffusion.from_schedule("cosine", 100, learn_sigma=True), [0])
+    assert torch.isfinite(diffusion.posterior_log_variance_clipped).all()
+    x_T = torch.randn(2, 3, 4, 4)
+    out = ddim_sample(diffusion, lambda x, t: torch.zeros(x.shape[0], 6, 4, 4), x_T)
+    assert torch.isfinite(out).all()
+    out = ddpm_sample(diffusion, lambda x, t: torch.zeros(x.shape[0], 6, 4, 4), x_T)
+    assert torch.isfinite(out).all()

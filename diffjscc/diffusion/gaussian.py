@@ -98,9 +98,12 @@ class GaussianDiffusion:
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
         self.sqrt_recipm1_alphas_cumprod = (1.0 / self.alphas_cumprod - 1.0).sqrt()
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
-        # β̃_0 = 0: use β̃_1 in the log so that log-variances stay finite (as improved-diffusion).
-        self.posterior_log_variance_clipped = torch.log(
-            torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]))
+        # β̃_0 = 0: use β̃_1 in the log so that log-variances stay finite (as improved-diffusion);
+        # a one-step process (e.g. 1 sampling step) has no β̃_1 and uses β_0.
+        first = self.posterior_variance[1:2] if self.num_timesteps > 1 else betas[:1]
+        self.posterior_log_variance_clipped = torch.log(torch.cat([first, self.posterior_variance[1:]]))
+        # "fixed large" reverse variance: β_t, with the same finite value at t = 0.
+        self.log_betas_large = torch.log(torch.cat([first, betas[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
 
@@ -144,9 +147,7 @@ class GaussianDiffusion:
         """Mean and log-variance of p(x_{t−1} | x_t) from a network output ``out``."""
         eps, v = self.split_output(out)
         if v is None:
-            # "fixed large" variance; β̃_1 at t = 0 as improved-diffusion, for a finite log.
-            log_var = torch.log(torch.cat([self.posterior_variance[1:2], self.betas[1:]]))
-            log_variance = _extract(log_var, t, x_t).expand_as(x_t)
+            log_variance = _extract(self.log_betas_large, t, x_t).expand_as(x_t)
         else:
             frac = (v.float().clamp(-1, 1) + 1) / 2
             min_log = _extract(self.posterior_log_variance_clipped, t, x_t)

@@ -1,5 +1,8 @@
-"""Evaluation: per-image PSNR/SSIM and their running means (``metrics``), report figures
-(``figures``, imported explicitly so plotting code loads only when plotting)."""
+"""Evaluation: per-image PSNR/SSIM/MS-SSIM and their running means (``metrics``); the protocol
+of ``diffjscc evaluate`` (``protocol``: SNR sweeps, result files) with FID (``fid``,
+``inception``), LPIPS (``lpips``) and the digital baseline (``digital``); ``transmit`` for one
+image of any size; report figures (``figures``). Submodules other than ``metrics`` are imported
+explicitly, so plotting and codec code loads only when used."""
 
 from diffjscc.evaluation.metrics import (
     MetricAccumulator,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from diffjscc.evaluation.metrics import quantize_8bit, to_unit_range
 
-__all__ = ["save_image_grid", "plot_metric_vs_snr", "plot_psnr_ssim_vs_snr", "markdown_table"]
+__all__ = ["save_image_grid", "plot_metric_vs_snr", "plot_psnr_ssim_vs_snr", "plot_results", "markdown_table"]
 
 GAP_PX = 2
 """Gap between grid cells, in output pixels."""
@@ -203,3 +203,123 @@ def markdown_table(
     ]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
+
+
+# ---- evaluation results (``diffjscc plot``) ----------------------------------------------------
+_METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fid": "FID (lower is better)",
+                  "lpips": "LPIPS (lower is better)"}
+
+
+def _line_style(row: Mapping[str, object]) -> dict:
+    """Oracle rows dashed, digital baselines dotted, so a reader never mistakes them for results."""
+    if row.get("oracle"):
+        return {"linestyle": "--"}
+    if row.get("mode") == "digital":
+        return {"linestyle": ":"}
+    return {"linestyle": "-"}
+
+
+def _system_order(row: Mapping[str, object]) -> tuple:
+    """JSCC systems first, oracle next, digital baselines last; then by name."""
+    return (row.get("mode") == "digital", bool(row.get("oracle")), str(row.get("system")))
+
+
+def plot_results(
+    rows: Sequence[Mapping[str, object]],
+    path: str | os.PathLike[str],
+    metrics: Sequence[str] | None = None,
+    ratio_snr: float | None = None,
+    title: str | None = None,
+) -> Path:
+    """Quality against channel SNR, one line per system; and against k/n when several are given.
+
+    ``rows`` are result rows of ``diffjscc evaluate`` (results.json ``results``). Top row of
+    panels: each metric (default PSNR, SSIM, MS-SSIM, and FID/LPIPS where any row has them)
+    against SNR, one line per system x model x k/n x channel. When the rows hold several
+    bandwidth ratios, a second row plots the same metrics against k/n at ``ratio_snr``
+    (default: the median SNR present at every ratio). A system keeps its colour everywhere;
+    markers tell bandwidth ratios apart; oracle curves are dashed and digital baselines
+    dotted. One legend under the panels; 150-dpi PNG.
+    """
+    rows = [r for r in rows if r.get("psnr") is not None]
+    if not rows:
+        raise ValueError("no result rows to plot")
+    if metrics is None:
+        metrics = ["psnr", "ssim", "ms_ssim"] + [m for m in ("fid", "lpips") if any(r.get(m) is not None for r in rows)]
+    metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
+    if not metrics:
+        raise ValueError("none of the requested metrics has values in these results")
+    systems = sorted({str(r["system"]): r for r in rows}.values(), key=_system_order)
+    colour = {str(r["system"]): f"C{i % 10}" for i, r in enumerate(systems)}
+    ratios = sorted({float(r["k_over_n"]) for r in rows})
+    models = sorted({str(r.get("model") or "") for r in rows} - {""})
+    channels = sorted({str(r.get("channel")) for r in rows})
+
+    def curve_key(row: Mapping[str, object]) -> tuple:
+        return (_system_order(row), str(row.get("model") or ""), float(row["k_over_n"]), str(row.get("channel")))
+
+    def label(row: Mapping[str, object]) -> str:
+        text = str(row["system"])
+        if len(models) > 1 and row.get("model"):
+            text += f" [{row['model']}]"
+        if len(ratios) > 1:
+            text += f", k/n={float(row['k_over_n']):.3f}"
+        if len(channels) > 1:
+            text += f", {row['channel']}"
+        return text
+
+    def style(row: Mapping[str, object], index: int) -> dict:
+        marker = ratios.index(float(row["k_over_n"])) if len(ratios) > 1 else index
+        return {"color": colour[str(row["system"])], "marker": _MARKERS[marker % len(_MARKERS)],
+                "linewidth": 1.5, "markersize": 5, **_line_style(row)}
+
+    curves: dict[tuple, list] = {}
+    for row in rows:
+        curves.setdefault(curve_key(row), []).append(row)
+    by_ratio = len(ratios) > 1
+    width = max(4.2 * len(metrics), 9.0)
+    fig = _new_figure((width, 3.6 * (2 if by_ratio else 1) + 1.2))
+    axes = fig.subplots(2 if by_ratio else 1, len(metrics), squeeze=False)
+    system_index = {str(r["system"]): i for i, r in enumerate(systems)}
+    for col, metric in enumerate(metrics):
+        ax = axes[0][col]
+        for key in sorted(curves):
+            group = curves[key]
+            points = sorted((float(r["snr_db"]), float(r[metric])) for r in group if r.get(metric) is not None)
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, label=label(group[0]), **style(group[0], system_index[str(group[0]["system"])]))
+        ax.set_xlabel("Channel SNR (dB)")
+        ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+        ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
+
+    if by_ratio:
+        common = set.intersection(*({float(r["snr_db"]) for r in rows if float(r["k_over_n"]) == k} for k in ratios))
+        if ratio_snr is None:
+            if not common:
+                raise ValueError("no SNR is evaluated at every bandwidth ratio; pass one explicitly")
+            ratio_snr = sorted(common)[len(common) // 2]
+        lines: dict[tuple, list] = {}
+        for row in rows:
+            if abs(float(row["snr_db"]) - ratio_snr) < 1e-9:
+                lines.setdefault((_system_order(row), str(row.get("channel"))), []).append(row)
+        if not lines:
+            raise ValueError(f"no results at {ratio_snr:g} dB for the quality-vs-k/n panels")
+        for col, metric in enumerate(metrics):
+            ax = axes[1][col]
+            for key in sorted(lines):
+                group = lines[key]
+                points = sorted((float(r["k_over_n"]), float(r[metric])) for r in group if r.get(metric) is not None)
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(xs, ys, color=colour[str(group[0]["system"])], marker="o", linewidth=1.5,
+                            markersize=5, **_line_style(group[0]))
+            ax.set_xlabel(f"Bandwidth ratio k/n (at {ratio_snr:g} dB)")
+            ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+            ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    columns = max(1, min(len(labels), int(width // (3.4 if by_ratio or len(models) > 1 else 2.6))))
+    fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

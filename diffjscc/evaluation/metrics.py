@@ -11,6 +11,8 @@ Conventions (the ones JSCC papers use, so numbers are comparable):
   population (not sample) covariance, per channel, averaged over channels and over the
   *valid* region only, as scikit-image's ``structural_similarity(gaussian_weights=True,
   sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1)`` does.
+- MS-SSIM (Wang, Simoncelli & Bovik 2003) with settings valid at 32x32, see
+  :func:`ms_ssim_per_image`: torchmetrics' defaults (5 scales, 11-tap window) need >= 176 px.
 - Dataset figures are the mean of per-image values (not the PSNR of the pooled MSE).
 """
 
@@ -21,6 +23,7 @@ import math
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
@@ -31,8 +34,13 @@ __all__ = [
     "SSIM_KERNEL_SIZE",
     "to_unit_range",
     "quantize_8bit",
+    "to_uint8",
     "psnr_per_image",
     "ssim_per_image",
+    "MS_SSIM_BETAS",
+    "MS_SSIM_KERNEL_SIZE",
+    "MS_SSIM_SIGMA",
+    "ms_ssim_per_image",
     "MetricAccumulator",
 ]
 
@@ -57,6 +65,14 @@ def quantize_8bit(x_unit: Tensor) -> Tensor:
     images would get.
     """
     return torch.round(x_unit.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Package images in [-1, 1] -> uint8 in [0, 255], the pixels a saved PNG holds.
+
+    ``to_uint8(x) / 255 == quantize_8bit(to_unit_range(x))``, so metrics on either agree.
+    """
+    return torch.round(to_unit_range(x.detach().float()) * 255.0).to(torch.uint8)
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
@@ -118,6 +134,46 @@ def ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
         return_full_image=True,
     )
     return ssim_map[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))
+
+
+_WANG_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_BETAS = tuple(b / sum(_WANG_BETAS[:3]) for b in _WANG_BETAS[:3])
+"""Exponents of the 3 scales: Wang et al.'s first three (0.0448, 0.2856, 0.3001) renormalised to
+sum to 1, i.e. (0.0711, 0.4530, 0.4760), so a uniform similarity s at every scale gives s."""
+MS_SSIM_KERNEL_SIZE = 7
+MS_SSIM_SIGMA = 1.0
+"""Gaussian window of MS-SSIM: 7 taps, sigma = 1 px (+-3 sigma), so it fits the 8x8 coarsest scale."""
+
+
+def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
+    """MS-SSIM of each image pair, shape (B,), with settings that are valid on 32x32 images.
+
+    ``x`` and ``y`` are (B, C, H, W) in [0, 1], H and W >= 32.
+
+    ``MS-SSIM = l_M^{b_M} * prod_{j=1..M} cs_j^{b_j}`` over M scales, each a 2x2 average-pool
+    of the previous one. torchmetrics' default (M = 5 scales, the 11-tap sigma = 1.5 window,
+    Wang et al.'s five exponents) rejects images under 176 px, and at 32 px its 5th scale
+    would be 2x2 pixels. We use M = 3 scales (32, 16, 8 px) with Wang et al.'s first three
+    exponents renormalised to sum 1 (:data:`MS_SSIM_BETAS`) and a 7-tap, sigma = 1 Gaussian
+    window (:data:`MS_SSIM_KERNEL_SIZE`, :data:`MS_SSIM_SIGMA`); K1 = 0.01, K2 = 0.03,
+    data range 1. Negative ``cs`` / ``l`` terms are clamped at 0 (torchmetrics'
+    ``normalize="relu"``) so powers stay real on very bad reconstructions.
+    """
+    _check_pair(x, y)
+    if min(x.shape[-2:]) < 32:
+        raise ValueError(f"MS-SSIM (3 scales) needs images of at least 32x32 px, got {tuple(x.shape[-2:])}")
+    x, y = _as_float(x), _as_float(y)
+    return multiscale_structural_similarity_index_measure(
+        x,
+        y,
+        gaussian_kernel=True,
+        sigma=MS_SSIM_SIGMA,
+        kernel_size=MS_SSIM_KERNEL_SIZE,
+        data_range=1.0,
+        betas=MS_SSIM_BETAS,
+        normalize="relu",
+        reduction="none",
+    )
 
 
 class MetricAccumulator:

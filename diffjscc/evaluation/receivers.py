@@ -7,8 +7,8 @@ Receivers of one checkpoint:
   receiver) or from x_T = DDIM-inversion of the *source* (``inversion``: an **oracle** upper
   bound — the receiver does not have the source; reports flag it).
 
-The full protocol (SNR sweeps, FID, baselines) lives in a separate module; this one is the
-minimal, honest path shared by ``diffjscc evaluate``, ``sample``, the demo and the trainer.
+The full protocol (SNR sweeps, FID, baselines) lives in :mod:`diffjscc.evaluation.protocol`;
+this one is the minimal, honest path shared by ``sample``, the demo and the trainer.
 """
 
 from __future__ import annotations

@@ -101,6 +101,9 @@ def latest_valid_checkpoint(log_dir: str | Path) -> tuple[Path, dict[str, Any]] 
 
 
 def prune_checkpoints(log_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
+    """Delete all but the newest ``keep`` checkpoints, and temporary files that a run killed
+    mid-write left behind (called right after a completed write, when none is in progress)."""
     for path in list_checkpoints(log_dir)[:-keep]:
         path.unlink(missing_ok=True)
+    for stale in Path(log_dir).glob(".ckpt_*.tmp"):
+        stale.unlink(missing_ok=True)

@@ -5,6 +5,20 @@ parameters :class:`~diffjscc.system.TransmissionSystem` exposes as trainable. Ev
 data order, AdamW, EMA, clipping, bf16 autocast, checkpoints, resume, logging, sample grids —
 is shared. The channel is applied in every mode that has an encoder (the original Diff_JSCC
 skipped it during training).
+
+The same loop runs data-parallel under torchrun, mpiexec or srun (see
+:mod:`diffjscc.training.distributed`), and W processes train as one process with the same
+global batch does, up to the order of floating-point sums:
+
+* the global batch of step k is the single-process batch k; rank r takes its contiguous
+  slice (:class:`EpochBatchSampler`);
+* the step's draws (diffusion t, ε, channel SNR and noise) come from a generator seeded by
+  (seed, step) and are drawn for the whole global batch, each rank keeping its rows
+  (:func:`step_generator`, :class:`~diffjscc.channel.BatchGenerator`);
+* DistributedDataParallel averages the gradients of equal-sized local means, which is the
+  gradient of the global mean, so every rank takes the same AdamW step and EMA update.
+
+Dropout masks come from each process's global RNG and are not part of that equivalence.
 """
 
 from __future__ import annotations
@@ -15,21 +29,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from diffjscc import __version__
-from diffjscc.channel import bandwidth_ratio
+from diffjscc.channel import BatchGenerator, bandwidth_ratio
 from diffjscc.config import Config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem, load_jscc_into
 from diffjscc.training.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                           prune_checkpoints, save_checkpoint)
+from diffjscc.training.distributed import DistContext, DistributedError, all_gather_tensors, all_reduce_sum
 from diffjscc.training.run_log import RunLog
 
 MAX_NONFINITE_IN_A_ROW = 10
@@ -49,22 +67,31 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Endless batches: epoch e shuffles with seed + e, so a resumed run sees the same order.
 
     ``start_step`` skips the batches already consumed; with ``drop_last`` semantics every
-    step has exactly ``batch_size`` images.
+    step has exactly ``batch_size`` images. Data-parallel: ``batch_size`` is the global batch
+    and a rank yields only its ``rows`` ``[start, stop)`` of each one — that is the sharding.
+
+    Not torch's DistributedSampler: it deals rank r every W-th image of the epoch (padding the
+    epoch to a multiple of W) and cannot start mid-epoch, so its step-k batches would not be,
+    image for image and row for row, the single-process batch k that the equivalence with one
+    process needs, nor restart where a resumed run stopped.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0) -> None:
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0,
+                 rows: tuple[int, int] | None = None) -> None:
         if num_items < batch_size:
             raise UserError(f"the data folder has {num_items} images, fewer than batch_size={batch_size}")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.steps_per_epoch = num_items // batch_size
         self.start_step = start_step
+        self.rows = rows or (0, batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch, offset = divmod(self.start_step, self.steps_per_epoch)
+        start, stop = self.rows
         while True:
             order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
             for b in range(offset, self.steps_per_epoch):
-                yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+                yield order[b * self.batch_size:(b + 1) * self.batch_size][start:stop].tolist()
             epoch, offset = epoch + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for len(loader)
@@ -92,30 +119,65 @@ def ema_with_warmup(rate: float):
     return update
 
 
-def training_loss(system: TransmissionSystem, images: torch.Tensor,
-                  labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Scalar ``loss`` (and parts to log) for one batch, whatever the mode."""
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one step's draws (t, ε, channel SNR and noise), from (seed, step) alone.
+
+    Every rank builds the same one, so with a :class:`~diffjscc.channel.BatchGenerator` a
+    sample's draws do not depend on the number of processes, and a resumed run draws what an
+    uninterrupted one would with no RNG state restored. SeedSequence decorrelates
+    neighbouring (seed, step) pairs.
+    """
+    return torch.Generator(device=device).manual_seed(mixed_seed(seed, step))
+
+
+def mixed_seed(*numbers: int) -> int:
+    """One 64-bit seed from several integers (any sign), well mixed by numpy's SeedSequence."""
+    entropy = [n & (2**64 - 1) for n in numbers]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
+
+
+def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
+                  generator: torch.Generator | BatchGenerator | None = None) -> dict[str, torch.Tensor]:
+    """Scalar ``loss`` (and parts to log) for one batch, whatever the mode.
+
+    ``generator`` makes the step's draws; a BatchGenerator draws them for the global batch
+    and keeps this process's rows of it.
+    """
     cfg = system.cfg
+    draws = generator if isinstance(generator, BatchGenerator) else BatchGenerator(generator, images.shape[0])
     if cfg.mode == "jscc":
-        reconstruction = system.decoder(system.transmit(images))
+        reconstruction = system.decoder(system.transmit(images, generator=draws))
         mse = F.mse_loss(reconstruction.float(), images.float())
         return {"loss": mse, "mse": mse}
     received = None
     if cfg.mode in ("joint", "frozen"):
         if cfg.mode == "frozen":
             with torch.no_grad():
-                received = system.transmit(images)
+                received = system.transmit(images, generator=draws)
         else:
-            received = system.transmit(images)
+            received = system.transmit(images, generator=draws)
     diffusion = system.diffusion
-    t = torch.randint(0, diffusion.num_timesteps, (images.shape[0],), device=images.device)
-    noise = torch.randn_like(images)
+    t = draws.randint(diffusion.num_timesteps, (images.shape[0],), device=images.device)
+    noise = draws.randn(images.shape, device=images.device, dtype=images.dtype)
     x_t = diffusion.q_sample(images, t, noise)
     out = system.unet(x_t, diffusion.model_timesteps(t),
                       latent=received.flatten(1) if received is not None else None,
                       class_labels=labels if cfg.class_cond else None)
     terms = diffusion.training_losses(out, images, x_t, t, noise, vlb_weight=cfg.vlb_weight)
     return {key: value.mean() for key, value in terms.items()}
+
+
+class StepLoss(nn.Module):
+    """:func:`training_loss` as a module's forward: DistributedDataParallel averages the
+    gradients of what the forward of the module it wraps computed."""
+
+    def __init__(self, system: TransmissionSystem) -> None:
+        super().__init__()
+        self.system = system
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None,
+                generator: BatchGenerator) -> dict[str, torch.Tensor]:
+        return training_loss(self.system, images, labels, generator)
 
 
 @dataclass
@@ -129,13 +191,17 @@ class TrainResult:
 class Trainer:
     """Builds everything from a Config and runs (or resumes) training to ``total_steps``."""
 
-    def __init__(self, cfg: Config, resume: str | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: Config, resume: str | None = None, progress: bool = True,
+                 dist: DistContext | None = None) -> None:
         self.cfg = cfg
-        self.progress = progress
-        self.device = resolve_device(cfg.device)
+        self.dist = dist or DistContext()
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.place(resolve_device(cfg.device))
+        self.rows = self.dist.rows(cfg.batch_size)  # this rank's rows of every global batch
         self.log_dir = Path(cfg.log_dir)
         torch.manual_seed(cfg.seed)
-        self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond)
+        self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
+                                          strict=cfg.strict_data)
         self.system = TransmissionSystem(cfg).to(self.device)
         if cfg.mode == "frozen":
             load_jscc_into(self.system, cfg.jscc_encoder_path)
@@ -146,6 +212,15 @@ class Trainer:
         self._stop_signal: int | None = None
         if resume:
             self._resume(resume)
+        self.step_loss: nn.Module = StepLoss(self.system)
+        if self.dist.enabled:
+            self._check_ranks_start_together()
+            if self.dist.rank:  # rank 0 keeps a single process's global RNG (dropout)
+                # Identical dropout masks on different images would correlate the ranks.
+                torch.manual_seed(mixed_seed(cfg.seed, self.step, self.dist.rank))
+            # Parameters without grad (the frozen encoder) are left out by DDP itself.
+            self.step_loss = DistributedDataParallel(
+                self.step_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
@@ -173,7 +248,28 @@ class Trainer:
         self.step = int(payload["step"])
         if "rng_state" in payload:
             torch.set_rng_state(payload["rng_state"])
-        tqdm.write(f"resumed from {path} at step {self.step}")
+        if self.dist.is_main:
+            tqdm.write(f"resumed from {path} at step {self.step}")
+
+    def _check_ranks_start_together(self) -> None:
+        """Every rank must resume from the same step (``--resume auto`` reads log_dir on each)."""
+        steps = [int(s) for s in all_gather_tensors(torch.tensor([self.step]))]
+        if len(set(steps)) > 1:
+            raise UserError(f"the processes would resume at different steps {steps}: log_dir {self.log_dir} "
+                            f"must be one folder that every node sees")
+
+    def _check_ranks_agree(self) -> None:
+        """Weights and EMA must be identical on all ranks (same averaged gradients, same steps);
+        compared by a float64 checksum before every checkpoint, so a divergence cannot go unseen."""
+        if not self.dist.enabled:
+            return
+        with torch.no_grad():
+            sums = torch.stack([sum(t.double().sum() for t in m.state_dict().values() if t.is_floating_point())
+                                for m in (self.system, self.ema.module)]).cpu()
+        gathered = all_gather_tensors(sums)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise DistributedError(f"rank {self.dist.rank}: the processes' weights differ at step {self.step} "
+                                   f"(checksums {[g.tolist() for g in gathered]}); they must stay identical")
 
     def save(self) -> Path:
         payload = {
@@ -194,8 +290,10 @@ class Trainer:
         """One line on what is being trained: mode, size, channel, k/n, data, device."""
         cfg = self.cfg
         trainable = sum(p.numel() for p in self.system.trainable_parameters())
+        batch = (f"batch {cfg.batch_size} = {self.dist.world_size} × {self.rows[1] - self.rows[0]} "
+                 f"on {self.dist.describe()}" if self.dist.enabled else f"batch {cfg.batch_size}")
         parts = [f"mode={cfg.mode}", f"{trainable / 1e6:.2f}M trainable parameters",
-                 f"{len(self.dataset)} images from {cfg.data_dir}", f"batch {cfg.batch_size}", f"device {self.device}"]
+                 f"{len(self.dataset)} images from {cfg.data_dir}", batch, f"device {self.device}"]
         if cfg.has_encoder:
             snr = f"SNR {cfg.snr_range[0]:g}..{cfg.snr_range[1]:g} dB" if cfg.snr_range else f"SNR {cfg.snr_db:g} dB"
             ratio = bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size))
@@ -211,18 +309,33 @@ class Trainer:
     def _on_signal(self, signum: int, _frame) -> None:
         self._stop_signal = signum
 
+    def _agree(self, loss_finite: bool, stop: bool) -> tuple[bool, bool]:
+        """Skip the step if any rank's loss is not finite; stop if any rank got a signal.
+
+        Every rank must take the same branch, or one waits forever in a collective the others
+        never reach: one tiny all-reduce per step, nothing in one process.
+        """
+        if not self.dist.enabled:
+            return loss_finite, stop
+        flags = all_reduce_sum(torch.tensor([float(not loss_finite), float(stop)]))
+        return bool(flags[0] == 0), bool(flags[1] > 0)
+
     def train(self) -> TrainResult:
         cfg = self.cfg
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.log_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step)
+        main = self.dist.is_main  # only rank 0 writes logs, grids and checkpoints
+        if main:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            (self.log_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
+                                    rows=self.rows)
         # Its own generator: creating the iterator must not draw from the global RNG, whose
-        # state a resumed run restores (so that noise and channel draws continue exactly).
+        # state a resumed run restores (so that dropout continues exactly).
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed))
-        run_log = RunLog(self.log_dir)
-        tqdm.write(self.describe())
+        run_log = RunLog(self.log_dir) if main else None
+        if main:
+            tqdm.write(self.describe())
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress,
                    desc=f"train[{cfg.mode}]", dynamic_ncols=True)
@@ -237,52 +350,71 @@ class Trainer:
                 images, labels = self._to_device(next(batches))
                 for group in self.optimizer.param_groups:
                     group["lr"] = self._lr_at(self.step)
+                draws = BatchGenerator(step_generator(cfg.seed, self.step, self.device), cfg.batch_size, *self.rows)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    terms = training_loss(self.system, images, labels)
+                    terms = self.step_loss(images, labels, draws)
                 loss = terms["loss"]
                 self.optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
+                loss_finite, stopping = self._agree(bool(torch.isfinite(loss)), self._stop_signal is not None)
+                grad_norm = torch.tensor(float("nan"))
+                if loss_finite:
+                    loss.backward()
+                    # The norm is computed even without clipping (max_norm=inf): a non-finite
+                    # gradient must be caught before it reaches the weights and the EMA.
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        self.system.trainable_parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                if not (loss_finite and torch.isfinite(grad_norm)):
+                    self.optimizer.zero_grad(set_to_none=True)
                     nonfinite_in_a_row += 1
                     nonfinite_total += 1
                     if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                        raise UserError(f"training loss was not finite for {nonfinite_in_a_row} steps in a row "
-                                        f"at step {self.step}; lower lr or disable bf16")
-                    tqdm.write(f"step {self.step}: non-finite loss, step skipped")
+                        raise UserError(f"training loss or gradient was not finite for {nonfinite_in_a_row} steps "
+                                        f"in a row at step {self.step}; lower lr or disable bf16")
+                    if main:
+                        tqdm.write(f"step {self.step}: non-finite loss or gradient, step skipped "
+                                   f"({nonfinite_total} so far)")
                     continue
                 nonfinite_in_a_row = 0
-                loss.backward()
-                grad_norm = (torch.nn.utils.clip_grad_norm_(self.system.trainable_parameters(), cfg.grad_clip)
-                             if cfg.grad_clip > 0 else torch.tensor(float("nan")))
                 self.optimizer.step()
                 self.ema.update_parameters(self.system)
                 self.step += 1
                 loss_value = loss.item()
-                window_images += images.shape[0]
+                window_images += images.shape[0] * self.dist.world_size
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == cfg.total_steps:
                     elapsed = time.perf_counter() - window_start
                     images_per_second = window_images / max(elapsed, 1e-9)
+                    # Means over the global batch: the mean of the ranks' equal-sized local means.
+                    means = all_reduce_sum(torch.stack([v.detach().float() for v in terms.values()]))
+                    means = (means / self.dist.world_size).tolist()
+                    loss_value = means[list(terms).index("loss")]
                     record = {"step": self.step, "lr": self._lr_at(self.step - 1),
                               "grad_norm": float(grad_norm), "img_per_s": images_per_second,
-                              "skipped_nonfinite": nonfinite_total,
-                              **{k: float(v.detach()) for k, v in terms.items()}}
-                    run_log.write(record)
+                              "skipped_nonfinite": nonfinite_total, **dict(zip(terms, means))}
+                    if run_log is not None:
+                        run_log.write(record)
                     bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_per_second:.1f}")
                     window_images, window_start = 0, time.perf_counter()
-                if self.step % cfg.save_interval == 0 or self.step == cfg.total_steps:
-                    last_path = self.save()
-                if cfg.sample_interval and self.step % cfg.sample_interval == 0 and self.step != cfg.total_steps:
+                if self.step % cfg.save_interval == 0 or self.step == cfg.total_steps or stopping:
+                    self._check_ranks_agree()
+                    if main:
+                        last_path = self.save()
+                if (main and cfg.sample_interval and self.step % cfg.sample_interval == 0
+                        and self.step != cfg.total_steps):
                     self.write_sample_grid()
-                if self._stop_signal is not None:
-                    last_path = self.save()
-                    tqdm.write(f"received signal {self._stop_signal}: saved {last_path}, exiting")
-                    raise SystemExit(128 + self._stop_signal)
+                if stopping:
+                    signum = int(self._stop_signal or signal.SIGTERM)  # or another rank got it
+                    if main:
+                        tqdm.write(f"received signal {signum}: saved {last_path}, exiting")
+                    raise SystemExit(128 + signum)
             if last_path is None:  # resumed at (or past) the end: nothing new to save
                 last_path = checkpoint_path(self.log_dir, self.step)
-            self.write_sample_grid()
+            if main:
+                self.write_sample_grid()
         finally:
             bar.close()
-            run_log.close()
+            if run_log is not None:
+                run_log.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
         return TrainResult(self.step, last_path, images_per_second, loss_value)
