@@ -5,9 +5,10 @@
    per image from [0, 20] dB.
 3. Train a conditional diffusion receiver on that frozen encoder (``mode: frozen``, the
    original's "Condiffusion"), same channel.
-4. Transmit the held-back images at several SNRs; score Deep JSCC and the diffusion receiver
-   (Gaussian start: a real receiver) with PSNR/SSIM.
-5. Write ``grid.png``, ``results.json``, ``results.md`` and ``psnr_ssim_vs_snr.png``.
+4. Transmit the held-back images at several SNRs and score, with the evaluation protocol, Deep
+   JSCC, the diffusion receiver (Gaussian start: a real receiver) and the digital baselines
+   (image codec + ideal channel code at the channel's capacity).
+5. Write ``grid.png``, ``results.json/.csv/.md`` and ``psnr_ssim_vs_snr.png``.
 
 A few CPU minutes on 256 images is far from a trained model: the numbers show the pipeline
 works and how the receivers compare at this budget, not the method's potential.
@@ -15,8 +16,6 @@ works and how the receivers compare at this budget, not the method's potential.
 
 from __future__ import annotations
 
-import json
-import platform
 import shutil
 import time
 from importlib import resources
@@ -24,13 +23,10 @@ from pathlib import Path
 
 import torch
 
-from diffjscc import __version__
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
-from diffjscc.evaluation.receivers import evaluate_system
-from diffjscc.system import load_system
 from diffjscc.training.trainer import Trainer
 
 HELD_BACK_EVERY = 5  # every 5th embedded image is held back: 64 of 320
@@ -40,6 +36,7 @@ GRID_SNRS = (0.0, 10.0, 20.0)
 JSCC_STEPS = 1500
 DIFFUSION_STEPS = 700
 SAMPLING_STEPS = 20
+DIGITAL_CODECS = ("webp", "jpeg", "jpeg2000", "avif")  # separate source/channel coding baselines
 
 
 def embedded_sample_dir() -> Path:
@@ -78,8 +75,10 @@ def _train(mode: str, steps: int, train_dir: Path, held_dir: Path, log_dir: Path
 
 
 def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0) -> dict:
-    """Run the whole demo into ``out``; returns the results dict also written to results.json."""
-    from diffjscc.evaluation.figures import markdown_table, plot_psnr_ssim_vs_snr, save_image_grid
+    """Run the whole demo into ``out``; returns the results document also written to results.json
+    (the evaluation protocol's format, plus a ``demo`` section with the training budget)."""
+    from diffjscc.evaluation.figures import plot_results, save_image_grid
+    from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
     from diffjscc.evaluation.receivers import reconstruct_rows
 
     snrs = parse_snr_list(snr_text)
@@ -97,12 +96,20 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
                        [f"jscc_encoder_path={jscc_ckpt}"])
     train_minutes = (time.perf_counter() - started) / 60
 
-    system = load_system(str(diff_ckpt), device="cpu")  # holds the frozen JSCC encoder and decoder
+    models = load_models([diff_ckpt], device="cpu")  # holds the frozen JSCC encoder and decoder too
+    system = models[0].system
+    protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=SAMPLING_STEPS, seed=seed,
+                        digital=DIGITAL_CODECS)
+    document = run_protocol(models, held_dir, protocol, lpips_note="LPIPS not computed in the demo",
+                            fid_info={"skipped": "FID not computed in the demo: it needs the Inception-v3 weights "
+                                                 "file (diffjscc evaluate --fid-weights PATH)"})
+    document["demo"] = {
+        "jscc_checkpoint": str(jscc_ckpt), "diffusion_checkpoint": str(diff_ckpt),
+        "jscc_train_steps": jscc_steps, "diffusion_train_steps": diffusion_steps,
+        "train_images": len(list(train_dir.glob("*.png"))), "held_back_images": document["n_images"],
+        "train_minutes": round(train_minutes, 2),
+    }
     held = ImageFolderDataset(held_dir, image_size=system.cfg.image_size)
-    rows: list[dict] = []
-    for snr in snrs:
-        rows += evaluate_system(system, held, snr_db=snr, steps=SAMPLING_STEPS, start="gaussian", seed=seed)
-
     images = torch.stack([held[i] for i in range(min(GRID_IMAGES, len(held)))])
     grid_rows, grid_names = [images], ["source"]
     for snr in GRID_SNRS:
@@ -111,34 +118,11 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
         grid_rows += recon[1:]
         grid_names += [f"{name} @{snr:g}dB" for name in names[1:]]
     save_image_grid(grid_rows, out / "grid.png", row_labels=grid_names)
-
-    psnr = {r["receiver"]: {} for r in rows}
-    ssim = {r["receiver"]: {} for r in rows}
-    for r in rows:
-        psnr[r["receiver"]][r["snr_db"]] = r["psnr"]
-        ssim[r["receiver"]][r["snr_db"]] = r["ssim"]
-    labels = {"deep_jscc": "Deep JSCC decoder", "diffusion": f"diffusion, Gaussian start ({SAMPLING_STEPS} DDIM)"}
-    plot_psnr_ssim_vs_snr({labels[k]: v for k, v in psnr.items()}, {labels[k]: v for k, v in ssim.items()},
-                          out / "psnr_ssim_vs_snr.png",
-                          title=f"diffjscc demo: {len(held)} held-back CIFAR-10 images, AWGN, k/n = 1/6")
-    results = {
-        "results": rows,
-        "jscc_checkpoint": str(jscc_ckpt), "diffusion_checkpoint": str(diff_ckpt),
-        "jscc_train_steps": jscc_steps, "diffusion_train_steps": diffusion_steps,
-        "train_images": len(list(train_dir.glob("*.png"))), "held_back_images": len(held),
-        "train_minutes": round(train_minutes, 2), "total_minutes": round((time.perf_counter() - started) / 60, 2),
-        "seed": seed,
-        "versions": {"diffjscc": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    table = markdown_table(rows, ["receiver", "snr_db", "k_over_n", "steps", "psnr", "ssim", "n"],
-                           formats={"ssim": ".4f", "k_over_n": ".4f"})
-    note = (f"# diffjscc demo\n\nDeep JSCC trained {jscc_steps} steps, diffusion receiver {diffusion_steps} steps "
-            f"(frozen encoder) on {results['train_images']} CIFAR-10 images; evaluated on {len(held)} held-back "
-            f"images over AWGN. Diffusion outputs start from Gaussian noise (a real receiver). A few CPU minutes "
-            f"is far from a trained model.\n\n{table}\n")
-    (out / "results.md").write_text(note)
-    print("\n" + table)
-    print(f"\nwrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'}, {out / 'results.json'}, "
-          f"{out / 'results.md'} in {results['total_minutes']:.1f} min")
-    return results
+    plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim"],
+                 title=f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, k/n = 1/6")
+    document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
+    write_results(document, out)
+    print("\n" + results_table(document))
+    print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'} and results.json/.csv/.md in {out} "
+          f"in {document['demo']['total_minutes']:.1f} min")
+    return document

@@ -21,18 +21,20 @@ def test_embedded_sample_is_shipped() -> None:
 
 def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.05", "--snr", "0,10"]) == 0
+    assert main(["demo", "--out", str(out), "--minutes", "0.05", "--snr", "10"]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
-    assert {(r["receiver"], r["snr_db"]) for r in rows} == {
-        ("deep_jscc", 0.0), ("deep_jscc", 10.0), ("diffusion", 0.0), ("diffusion", 10.0)}
+    assert {r["receiver"] for r in rows} == {"deep_jscc", "diffusion", "webp", "jpeg", "jpeg2000", "avif"}
     for row in rows:
         assert math.isfinite(row["psnr"]) and math.isfinite(row["ssim"]) and row["n"] == 64
-        assert row["oracle"] is False  # the demo reports the real (Gaussian-start) receiver
-    assert results["train_images"] == 256 and results["held_back_images"] == 64
+        assert row["snr_db"] == 10.0 and row["oracle"] is False  # the real (Gaussian-start) receiver
+        assert row["fid"] is None and "Inception" in row["fid_note"]  # skipped, and says why
+    assert results["demo"]["train_images"] == 256 and results["demo"]["held_back_images"] == 64
+    assert results["seed"] == 0 and results["versions"]["torch"]
     grid = Image.open(out / "grid.png")
     assert grid.width > 8 * 32 and grid.height > 7 * 32  # source + 2 receivers at 3 SNRs
     assert Image.open(out / "psnr_ssim_vs_snr.png").width > 500
+    assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
     table = (out / "results.md").read_text()
-    assert "| deep_jscc |" in table and "| diffusion |" in table
-    assert "| deep_jscc |" in capsys.readouterr().out
+    assert "| Deep JSCC |" in table and "| diffusion |" in table and "WebP + ideal code" in table
+    assert "| Deep JSCC |" in capsys.readouterr().out
