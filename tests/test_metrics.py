@@ -15,17 +15,16 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from diffjscc.evaluation.figures import (
     GAP_PX,
     markdown_table,
-    plot_metric_vs_snr,
-    plot_psnr_ssim_vs_snr,
+    plot_results,
     save_image_grid,
 )
 from diffjscc.evaluation.metrics import (
-    MetricAccumulator,
     psnr_per_image,
     quantize_8bit,
     ssim_per_image,
     to_unit_range,
 )
+from diffjscc.evaluation.protocol import score_outputs
 
 TOL = 1e-3
 
@@ -106,14 +105,16 @@ def test_ssim_matches_skimage(distorted_pair):
 
 
 @pytest.mark.parametrize("distorted_pair", ["jpeg_q10"], indirect=True)
-def test_accumulator_matches_skimage_means(distorted_pair):
+def test_protocol_means_match_skimage_means(distorted_pair):
+    """The evaluation protocol's reported PSNR/SSIM are the means of scikit-image's per-image values."""
     x, y, (ref_psnr, ref_ssim) = distorted_pair
-    acc = MetricAccumulator()
-    acc.update(_unit_tensor(x) * 2 - 1, _unit_tensor(y) * 2 - 1)
-    out = acc.compute()
-    assert out["n"] == x.shape[0]
+    out = score_outputs(_uint8_nchw(x), _uint8_nchw(y))
     assert out["psnr"] == pytest.approx(ref_psnr.mean(), abs=TOL)
     assert out["ssim"] == pytest.approx(ref_ssim.mean(), abs=TOL)
+
+
+def _uint8_nchw(images_hwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images_hwc)).permute(0, 3, 1, 2).contiguous()
 
 
 # ---------------------------------------------------------------- known values
@@ -157,34 +158,15 @@ def test_unit_range_and_8bit_quantisation():
     assert torch.equal(quantize_8bit(levels), levels)  # idempotent on k/255
 
 
-def test_accumulator_quantises_before_measuring():
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
-    y = (x + 0.3 * torch.randn(4, 3, 16, 16, generator=g)).clamp(-1.2, 1.2)
-    acc = MetricAccumulator()
-    acc.update(x, y)
-    xq, yq = quantize_8bit(to_unit_range(x)), quantize_8bit(to_unit_range(y))
-    assert acc.compute()["psnr"] == pytest.approx(psnr_per_image(xq, yq).mean().item(), abs=1e-5)
-    assert acc.compute()["ssim"] == pytest.approx(ssim_per_image(xq, yq).mean().item(), abs=1e-6)
-
-
-def test_accumulator_split_equals_one_pass(cifar_images):
-    x = _unit_tensor(np.asarray(cifar_images)) * 2 - 1
-    y = _unit_tensor(_noise(np.asarray(cifar_images), 0.1)) * 2 - 1
-    whole, split = MetricAccumulator(), MetricAccumulator()
-    whole.update(x, y)
-    split.update(x[:23], y[:23])
-    split.update(x[23:], y[23:])
-    a, b = whole.compute(), split.compute()
-    assert a["n"] == b["n"] == x.shape[0]
-    assert b["psnr"] == pytest.approx(a["psnr"], abs=1e-6)
-    assert b["ssim"] == pytest.approx(a["ssim"], abs=1e-7)
-    # Mean of per-image PSNRs, not PSNR of the pooled MSE (those differ on real data).
-    pooled = 10 * math.log10(1 / float(((x - y) / 2).pow(2).mean()))
-    assert abs(a["psnr"] - pooled) > 0.01
-    split.reset()
-    empty = split.compute()
-    assert empty["n"] == 0 and math.isnan(empty["psnr"]) and math.isnan(empty["ssim"])
+def test_protocol_psnr_is_mean_of_per_image_psnrs(cifar_images):
+    """Mean of per-image PSNRs (the field's convention), not the PSNR of the pooled MSE."""
+    x = _uint8_nchw(np.asarray(cifar_images))
+    y = _uint8_nchw(_noise(np.asarray(cifar_images), 0.1))
+    out = score_outputs(x, y)
+    per_image = psnr_per_image(x.float() / 255, y.float() / 255)
+    assert out["psnr"] == pytest.approx(per_image.double().mean().item(), abs=1e-5)
+    pooled = 10 * math.log10(1 / float(((x.float() - y.float()) / 255).pow(2).mean()))
+    assert abs(out["psnr"] - pooled) > 0.01
 
 
 # ---------------------------------------------------------------- figures and tables
@@ -211,15 +193,16 @@ def test_image_grid_size_and_content(tmp_path, cifar_images):
         save_image_grid(rows, tmp_path / "bad.png", ["only one"])
 
 
-def test_metric_plots_write_pngs(tmp_path):
-    psnr = {"DeepJSCC": {0.0: 20.1, 10.0: 27.3, 5.0: 24.0}, "DeepJSCC + diffusion": {0.0: 21.0, 5.0: 24.9, 10.0: 27.9}}
-    ssim = {k: {s: v / 30 for s, v in c.items()} for k, c in psnr.items()}
-    one = plot_metric_vs_snr(psnr, tmp_path / "psnr.png", title="CIFAR-10, AWGN")
-    two = plot_psnr_ssim_vs_snr(psnr, ssim, tmp_path / "both.png", title="CIFAR-10, AWGN")
-    for path, width in ((one, 750), (two, 1350)):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
-        with Image.open(path) as im:
-            assert im.size[0] == width  # figsize (in) * 150 dpi
+def test_results_plot_writes_a_png(tmp_path):
+    rows = [{"system": system, "model": "", "channel": "awgn", "k_over_n": 1 / 6, "oracle": False, "snr_db": snr,
+             "receiver": system.lower(), "psnr": value, "ssim": value / 30, "ms_ssim": value / 30, "fid": None,
+             "lpips": None} for system, curve in (("Deep JSCC", {0.0: 20.1, 5.0: 24.0, 10.0: 27.3}),
+                                                   ("diffusion", {0.0: 21.0, 5.0: 24.9, 10.0: 27.9}))
+            for snr, value in curve.items()]
+    path = plot_results(rows, tmp_path / "curves.png", metrics=["psnr", "ssim"], title="CIFAR-10, AWGN")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
+    with Image.open(path) as im:
+        assert im.size[0] > 800  # two panels at 150 dpi
 
 
 def test_markdown_table_formatting():

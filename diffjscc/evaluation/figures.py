@@ -19,7 +19,7 @@ from torch import Tensor
 
 from diffjscc.evaluation.metrics import quantize_8bit, to_unit_range
 
-__all__ = ["save_image_grid", "plot_metric_vs_snr", "plot_psnr_ssim_vs_snr", "plot_results", "markdown_table"]
+__all__ = ["save_image_grid", "plot_results", "markdown_table"]
 
 GAP_PX = 2
 """Gap between grid cells, in output pixels."""
@@ -100,21 +100,6 @@ def save_image_grid(
     return out
 
 
-def _draw_curves(ax, results: Mapping[str, Mapping[float, float]], ylabel: str) -> None:
-    """One line with markers per system on ``ax``, x sorted by SNR."""
-    for i, (name, curve) in enumerate(results.items()):
-        points = sorted((float(s), float(v)) for s, v in curve.items())
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, marker=_MARKERS[i % len(_MARKERS)], linewidth=1.5, markersize=5, label=str(name))
-    ax.set_xlabel("Channel SNR (dB)")
-    ax.set_ylabel(ylabel)
-    ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
-    if results:
-        ax.legend(loc="best", fontsize="small")
-
-
 def _new_figure(figsize: tuple[float, float]):
     """A pyplot-free Figure on an Agg canvas (no display, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -130,40 +115,6 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150, format="png")
     return out
-
-
-def plot_metric_vs_snr(
-    results: dict[str, dict[float, float]],
-    path: str | os.PathLike[str],
-    metric: str = "PSNR (dB)",
-    title: str | None = None,
-) -> Path:
-    """Plot one metric against channel SNR, one marked line per system; 150-dpi PNG.
-
-    ``results`` maps system name -> {snr_db: value}; SNRs need not be sorted or shared.
-    """
-    fig = _new_figure((5.0, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    _draw_curves(ax, results, metric)
-    if title:
-        ax.set_title(title)
-    return _save(fig, path)
-
-
-def plot_psnr_ssim_vs_snr(
-    psnr: dict[str, dict[float, float]],
-    ssim: dict[str, dict[float, float]],
-    path: str | os.PathLike[str],
-    title: str | None = None,
-) -> Path:
-    """Two side-by-side panels, PSNR (dB) and SSIM vs channel SNR, in one 150-dpi PNG."""
-    fig = _new_figure((9.0, 3.6))
-    ax_psnr, ax_ssim = fig.subplots(1, 2)
-    _draw_curves(ax_psnr, psnr, "PSNR (dB)")
-    _draw_curves(ax_ssim, ssim, "SSIM")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
 
 
 def _format_cell(value: object, spec: str) -> str:

@@ -1,4 +1,4 @@
-"""Image-quality metrics for reports: PSNR and SSIM per image, and a running mean over batches.
+"""Image-quality metrics for reports: PSNR, SSIM and MS-SSIM per image (8-bit, as saved PNGs).
 
 Conventions (the ones JSCC papers use, so numbers are comparable):
 
@@ -41,7 +41,6 @@ __all__ = [
     "MS_SSIM_KERNEL_SIZE",
     "MS_SSIM_SIGMA",
     "ms_ssim_per_image",
-    "MetricAccumulator",
 ]
 
 MSE_FLOOR = 1e-10
@@ -175,35 +174,3 @@ def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
         reduction="none",
     )
 
-
-class MetricAccumulator:
-    """Running mean of per-image PSNR (dB) and SSIM over any number of batches.
-
-    Each image counts once whatever the batch size, so splitting a dataset into batches
-    does not change the result. The PSNR reported is the mean of per-image PSNRs (the
-    field's convention), not the PSNR of the dataset-wide MSE.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything seen so far."""
-        self.psnr_sum = 0.0
-        self.ssim_sum = 0.0
-        self.n = 0
-
-    @torch.no_grad()
-    def update(self, source: Tensor, reconstruction: Tensor) -> None:
-        """Add a batch of (B, 3, H, W) images in [-1, 1], measured on their 8-bit versions."""
-        x = quantize_8bit(to_unit_range(_as_float(source.detach())))
-        y = quantize_8bit(to_unit_range(_as_float(reconstruction.detach())))
-        self.psnr_sum += float(psnr_per_image(x, y).double().sum())
-        self.ssim_sum += float(ssim_per_image(x, y).double().sum())
-        self.n += x.shape[0]
-
-    def compute(self) -> dict[str, float | int]:
-        """Means so far: ``{"psnr": dB, "ssim": unitless, "n": images}``; NaN means if n == 0."""
-        if self.n == 0:
-            return {"psnr": math.nan, "ssim": math.nan, "n": 0}
-        return {"psnr": self.psnr_sum / self.n, "ssim": self.ssim_sum / self.n, "n": self.n}
