@@ -92,10 +92,11 @@ def _add_evaluate(sub) -> None:
                         "(a 'frozen' checkpoint also carries its Deep JSCC encoder and decoder)")
     p.add_argument("--data", type=Path, required=True, help="folder of images at the models' size (e.g. cifar_test/)")
     p.add_argument("--snr", default="0,5,10,15,20", help="comma-separated channel SNRs in dB (default 0,5,10,15,20)")
-    p.add_argument("--start", default="gaussian",
+    p.add_argument("--start", "--starts", dest="start", default="gaussian",
                    help="comma-separated diffusion start modes: gaussian (x_T ~ N(0, I), a real receiver), "
                         "mean (average of K posterior samples, an MMSE estimate), inversion (x_T by DDIM "
-                        "inversion of the source: ORACLE). Default gaussian")
+                        "inversion of the source: ORACLE). Default gaussian. Under torchrun spell it "
+                        "--starts: torchrun's own parser rejects --start as an abbreviation of --start-method")
     p.add_argument("--steps", type=int, default=20, help="DDIM sampling steps (default 20)")
     p.add_argument("--samples-per-image", type=int, default=None, metavar="K",
                    help="posterior samples per image for gaussian/mean (default 1, or 4 with --start mean)")
@@ -120,6 +121,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dist-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="under torchrun/mpiexec/srun (the images are sharded across the processes, the "
+                        "scores combined exactly, rank 0 writes): how long a process waits for the others "
+                        "before it fails instead of hanging on a dead rank (default 600)")
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -294,6 +299,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
+    from diffjscc.training.distributed import DistributedError, barrier, is_initialized, leave_now, process_group
     from diffjscc.training.trainer import resolve_device
 
     try:
@@ -315,20 +321,34 @@ def _cmd_evaluate(args) -> int:
 
         fid_reference = ImageFolderDataset(args.fid_ref).files
     device = resolve_device(args.device)
-    models = load_models(args.checkpoint, device=device)
-    fid, fid_info = _fid_scorer(args, device)
-    if fid is None:
-        print(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)
-    lpips, lpips_note = make_lpips(device=device, batch_size=args.batch_size)
-    if lpips is None:
-        print(f"diffjscc: {lpips_note}", file=sys.stderr)
-    document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info, fid_reference=fid_reference,
-                            lpips=lpips, lpips_note=lpips_note, progress=not args.no_progress)
-    print()
-    print(results_table(document), end="")
-    written = write_results(document, args.out, args.json)
-    if written:
-        print("wrote " + ", ".join(str(p) for p in written))
+    try:  # one process, or one of the N that torchrun / mpiexec / srun started: sharded, rank 0 writes
+        with process_group(args.dist_timeout, args.device) as context:
+            device = context.place(device)
+            say = print if context.is_main else (lambda *_args, **_kwargs: None)
+            if context.enabled:
+                say(f"evaluate: {context.describe()}")
+            models = load_models(args.checkpoint, device=device)
+            fid, fid_info = _fid_scorer(args, device)
+            if fid is None:
+                say(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)
+            lpips, lpips_note = make_lpips(device=device, batch_size=args.batch_size)
+            if lpips is None:
+                say(f"diffjscc: {lpips_note}", file=sys.stderr)
+            document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
+                                    fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
+                                    progress=not args.no_progress)
+            written = write_results(document, args.out, args.json) if context.is_main else []
+            barrier()  # the files exist when any rank returns
+    except DistributedError as err:  # a peer died or hung: not a usage error
+        print(f"diffjscc: error: {err}", file=sys.stderr)
+        if is_initialized():
+            leave_now(EXIT_PEER_LOST)
+        return EXIT_PEER_LOST
+    if context.is_main:
+        print()
+        print(results_table(document), end="")
+        if written:
+            print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

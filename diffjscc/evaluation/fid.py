@@ -15,6 +15,14 @@ Reference statistics (feature sum, sum of outer products, count) of a list of fi
 cached as ``<folder>/.fid_stats_<key>.npz``; ``key`` hashes the feature network's identity and
 every file's name and bytes, so a changed file or other weights never reuse stale numbers. The
 cache is read with ``np.load(allow_pickle=False)`` and checked; a bad one is recomputed.
+
+Sharded across ranks (``sharded=True``, under torchrun/mpiexec): each rank feeds its share of
+the images and the *sufficient statistics* (sums, sums of outer products, counts) are summed
+over ranks before the Fréchet distance is computed, so the FID is the one of the whole set —
+never an average of per-rank FIDs. torchmetrics' own sync-on-compute is switched off: it would
+also sum the reference statistics that every rank holds in full (N·ranks samples, a wrong
+covariance normalisation); here the reference is fed sharded and summed once, or read from the
+cache by rank 0 and shared.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
+from diffjscc.training.distributed import all_reduce_sum, is_main_process, shard_range
 
 __all__ = ["FIDScorer", "ReferenceStats", "reference_cache_path", "reference_key"]
 
@@ -102,7 +111,9 @@ class FIDScorer:
         except ImportError as err:  # torch-fidelity installed without a working torchvision
             raise RuntimeError(f"torchmetrics' FID module cannot be imported ({err}); "
                                "torch-fidelity needs a working torchvision") from None
-        self.metric = FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=False)
+        # sync_on_compute=False: sharded statistics are combined explicitly (see the module docstring)
+        self.metric = FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=False,
+                                               sync_on_compute=False)
         self.metric.to(device)
         self.network_id = network_id
         self.batch_size = batch_size
@@ -115,13 +126,23 @@ class FIDScorer:
         for start in range(0, images.shape[0], self.batch_size):
             self.metric.update(images[start:start + self.batch_size].to(self.device), real=real)
 
-    def set_reference_images(self, images: Tensor) -> None:
-        """Reference statistics from uint8 images (all of them, in batches)."""
+    def set_reference_images(self, images: Tensor, sharded: bool = False) -> None:
+        """Reference statistics from uint8 images (all of them, in batches); ``sharded``: the
+        images are this rank's share, and the statistics are summed over ranks."""
         self.metric.real_features_sum.zero_()
         self.metric.real_features_cov_sum.zero_()
         self.metric.real_features_num_samples.zero_()
-        self._feed(images, real=True)
+        if images.shape[0]:
+            self._feed(images, real=True)
+        if sharded:
+            self.set_reference_stats(self._all_reduce(self.reference_stats()))
         self.has_reference = True
+
+    @staticmethod
+    def _all_reduce(stats: ReferenceStats) -> ReferenceStats:
+        """Statistics summed over ranks (float64 sums, exact counts); unchanged in one process."""
+        count = all_reduce_sum(torch.tensor([stats.count], dtype=torch.long))
+        return ReferenceStats(all_reduce_sum(stats.features_sum), all_reduce_sum(stats.cov_sum), int(count[0]))
 
     def reference_stats(self) -> ReferenceStats:
         m = self.metric
@@ -136,24 +157,36 @@ class FIDScorer:
         self.has_reference = True
 
     def reference_from_files(self, files: Sequence[Path], load: Callable[[Sequence[Path]], Tensor],
-                             cache: bool = True) -> str:
+                             cache: bool = True, sharded: bool = False) -> str:
         """Reference statistics of ``files`` (``load`` turns them into uint8 images), cached.
 
-        Returns a one-line note saying whether the cache was used, written or not writable.
+        ``sharded`` (every rank calls this with the same ``files``): rank 0 alone reads and
+        writes the cache; on a hit it shares the statistics, else each rank loads and feeds its
+        share of ``files`` and the sums are combined. Returns a one-line note saying whether the
+        cache was used, written or not writable (rank 0's is the one to print).
         """
         files = list(files)
         if len(files) < 2:
             raise UserError(f"FID needs at least 2 reference images, got {len(files)}")
         dim = int(self.metric.real_features_sum.shape[0])
-        path = None
-        if cache and self.network_id is not None:
+        main = not sharded or is_main_process()
+        path = stats = None
+        if cache and self.network_id is not None and main:
             key = reference_key(files, self.network_id)
             path = reference_cache_path(files, key)
             stats = ReferenceStats.load(path, key, dim) if path.is_file() else None
-            if stats is not None:
-                self.set_reference_stats(stats)
-                return f"reference statistics of {len(files)} images from cache {path}"
-        self.set_reference_images(load(files))
+        hit = stats is not None
+        if sharded:  # rank 0's decision, and its statistics (zeros elsewhere: the sum is rank 0's)
+            hit = bool(all_reduce_sum(torch.tensor([int(hit)]))[0])
+            if hit:
+                stats = self._all_reduce(stats if stats is not None else ReferenceStats(
+                    torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0))
+        if hit:
+            self.set_reference_stats(stats)
+            return f"reference statistics of {len(files)} images from cache {path}"
+        share = shard_range(len(files)) if sharded else range(len(files))
+        mine = files[share.start:share.stop]
+        self.set_reference_images(load(mine) if mine else torch.zeros(0, 3, 1, 1, dtype=torch.uint8), sharded=sharded)
         if path is None:
             return f"reference statistics of {len(files)} images (not cached)"
         try:
@@ -162,12 +195,25 @@ class FIDScorer:
             return f"reference statistics of {len(files)} images (cache not written: {err.strerror})"
         return f"reference statistics of {len(files)} images, cached in {path}"
 
-    def score(self, images: Tensor) -> float:
-        """FID (float) of uint8 images ``images`` (all of them) against the reference; needs N >= 2."""
+    def score(self, images: Tensor, sharded: bool = False) -> float:
+        """FID (float) of uint8 images ``images`` (all of them) against the reference; needs N >= 2.
+
+        ``sharded``: ``images`` are this rank's share of the set (possibly none); every rank
+        calls this and gets the FID of the union.
+        """
         if not self.has_reference:
             raise RuntimeError("FIDScorer: set the reference first")
-        if images.shape[0] < 2:
+        count = images.shape[0]
+        if sharded:
+            count = int(all_reduce_sum(torch.tensor([count], dtype=torch.long))[0])
+        if count < 2:
             return math.nan
-        self.metric.reset()  # clears the generated-set sums only (reset_real_features=False)
-        self._feed(images, real=False)
-        return float(self.metric.compute())
+        m = self.metric
+        m.reset()  # clears the generated-set sums only (reset_real_features=False)
+        if images.shape[0]:
+            self._feed(images, real=False)
+        if sharded:
+            m.fake_features_sum = all_reduce_sum(m.fake_features_sum)
+            m.fake_features_cov_sum = all_reduce_sum(m.fake_features_cov_sum)
+            m.fake_features_num_samples = all_reduce_sum(m.fake_features_num_samples)
+        return float(m.compute())

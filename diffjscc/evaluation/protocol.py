@@ -17,6 +17,19 @@ noise), and every checkpoint sees the same noise realisation (seeded by ``seed``
 paired comparisons. Scores: PSNR, SSIM and MS-SSIM per image on 8-bit outputs (means over
 images x samples), FID of the whole set of outputs against the reference statistics, LPIPS
 where its networks are available; FID/LPIPS are null with a recorded reason otherwise.
+
+Noise. Batch ``b`` (of ``batch_size`` images, in file order) draws its channel noise and its
+sampling noise from generators seeded by (``seed``, ``b``) alone — batch 0 from ``seed`` and
+``seed + 1`` — the same for every checkpoint and SNR. An image's noise thus depends on the
+seed and the batch size, never on how many processes run the evaluation.
+
+Sharded (under ``torchrun`` / ``mpiexec`` / ``srun``, once the process group is up): each rank
+takes a contiguous block of the batches (and of the images, for the digital baselines), and the
+scores are combined exactly — sums of per-image PSNR/SSIM/MS-SSIM and counts, FID's feature
+sums (:class:`~diffjscc.evaluation.fid.FIDScorer` with ``sharded=True``), LPIPS weighted by
+count, the digital baselines' byte sums and lost counts — so every number is the one a single
+process computes, up to float summation order. Rank 0 alone prints; every rank returns the same
+document, and callers write it on rank 0 only.
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ from diffjscc.evaluation.metrics import (
     to_uint8,
 )
 from diffjscc.system import TransmissionSystem, load_system
+from diffjscc.training.distributed import all_reduce_sum, get_world_size, is_main_process, shard_range
 
 __all__ = ["EVAL_START_MODES", "ROW_FIELDS", "EvalModel", "Protocol", "load_models", "run_protocol",
            "score_outputs", "write_results", "results_table"]
@@ -146,28 +160,41 @@ def _images_float(u8: torch.Tensor) -> torch.Tensor:
 
 
 def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | None = None,
-                  lpips: LPIPSScorer | None = None, batch: int = 256) -> dict:
+                  lpips: LPIPSScorer | None = None, batch: int = 256, sharded: bool = False) -> dict:
     """PSNR, SSIM, MS-SSIM (per-image means), FID and LPIPS of uint8 outputs against uint8 sources.
 
     ``outputs`` may hold K samples per source, ordered sample-major (row ``k * N + i`` is sample
     ``k`` of image ``i``); per-image metrics then average over all N * K pairs, FID takes the
     N * K outputs as the generated set.
+
+    ``sharded``: ``source``/``outputs`` are this rank's share (possibly empty); every rank calls
+    this and gets the scores of the union (sums and counts combined over ranks).
     """
     if source.dtype != torch.uint8 or outputs.dtype != torch.uint8:
         raise ValueError("score_outputs takes uint8 images")
-    repeats = outputs.shape[0] // source.shape[0]
+    repeats = outputs.shape[0] // source.shape[0] if source.shape[0] else 0
     if repeats * source.shape[0] != outputs.shape[0]:
         raise ValueError(f"{outputs.shape[0]} outputs for {source.shape[0]} sources")
     target = source.repeat(repeats, 1, 1, 1)
-    sums = {"psnr": 0.0, "ssim": 0.0, "ms_ssim": 0.0}
+    sums = torch.zeros(4, dtype=torch.float64)  # psnr, ssim, ms_ssim sums; number of pairs
     for start in range(0, outputs.shape[0], batch):
         x, y = _images_float(target[start:start + batch]), _images_float(outputs[start:start + batch])
-        sums["psnr"] += float(psnr_per_image(x, y).double().sum())
-        sums["ssim"] += float(ssim_per_image(x, y).double().sum())
-        sums["ms_ssim"] += float(ms_ssim_per_image(x, y).double().sum())
-    scores = {name: value / outputs.shape[0] for name, value in sums.items()}
-    scores["fid"] = fid.score(outputs) if fid is not None else None
-    scores["lpips"] = lpips.score(_images_float(target), _images_float(outputs)) if lpips is not None else None
+        sums[0] += psnr_per_image(x, y).double().sum()
+        sums[1] += ssim_per_image(x, y).double().sum()
+        sums[2] += ms_ssim_per_image(x, y).double().sum()
+    sums[3] = outputs.shape[0]
+    local_lpips = 0.0
+    if lpips is not None and outputs.shape[0]:
+        local_lpips = lpips.score(_images_float(target), _images_float(outputs))
+    if sharded:
+        sums = all_reduce_sum(sums)
+        if lpips is not None:  # a mean per rank: weight it by the rank's count
+            weighted = torch.tensor([local_lpips * outputs.shape[0]], dtype=torch.float64)
+            local_lpips = float(all_reduce_sum(weighted)[0]) / float(sums[3])
+    count = float(sums[3])
+    scores = {name: float(sums[i]) / count for i, name in enumerate(("psnr", "ssim", "ms_ssim"))}
+    scores["fid"] = fid.score(outputs, sharded=sharded) if fid is not None else None
+    scores["lpips"] = float(local_lpips) if lpips is not None else None
     return scores
 
 
@@ -181,9 +208,26 @@ def _fingerprint(*modules: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _batch_seeds(seed: int, index: int) -> tuple[int, int]:
+    """Seeds of batch ``index``'s channel and sampling generators: (seed, seed + 1) for batch 0,
+    independent 64-bit seeds derived from (seed, index) for the others."""
+    if index == 0:
+        return seed, seed + 1
+    channel, sample = np.random.SeedSequence([seed % 2**64, index]).generate_state(2, dtype=np.uint64)
+    return int(channel), int(sample)
+
+
+def _my_batches(n: int, size: int) -> tuple[list[tuple[int, slice]], slice]:
+    """This rank's contiguous block of (index, batch) and the slice of images they cover."""
+    batches = list(enumerate(_batches(n, size)))
+    share = shard_range(len(batches))
+    mine = batches[share.start:share.stop]
+    covered = slice(mine[0][1].start, mine[-1][1].stop) if mine else slice(0, 0)
+    return mine, covered
 
 
 def _load_images(data_dir: Path, image_size: int, with_labels: bool, limit: int | None):
@@ -212,12 +256,18 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
     K = protocol.samples
     starts = [s for s in protocol.starts] if system.unet is not None else []
     use_labels = labels is not None and cfg.class_cond
+    sharded = get_world_size() > 1
+    mine, covered = _my_batches(images.shape[0], protocol.batch_size)
+    my_source = source_u8[covered]
+    keys = ((["deep_jscc"] if system.decoder is not None and not skip_deep else [])
+            + [k for k in ("gaussian", "mean", "inversion") if k in starts])
     rows = []
     for snr in protocol.snrs:
-        g_channel = torch.Generator(device=device).manual_seed(protocol.seed)
-        g_sample = torch.Generator(device=device).manual_seed(protocol.seed + 1)
         outs: dict[str, list[torch.Tensor]] = {}
-        for part in _batches(images.shape[0], protocol.batch_size):
+        for index, part in mine:
+            channel_seed, sample_seed = _batch_seeds(protocol.seed, index)
+            g_channel = torch.Generator(device=device).manual_seed(channel_seed)
+            g_sample = torch.Generator(device=device).manual_seed(sample_seed)
             x = images[part].to(device)
             lab = labels[part].to(device) if use_labels else None
             received = channel(system.encoder(x), snr_db=snr, generator=g_channel)
@@ -238,8 +288,11 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
         base = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,
                 "snr_db": float(snr), "k_over_n": ratio, "n_symbols": cfg.latent_dim, "seed": protocol.seed,
                 "n": int(images.shape[0])}
-        for key, chunks in outs.items():
-            if key == "gaussian":
+        for key in keys:  # the same on every rank, whether it had batches or not
+            chunks = outs.get(key)
+            if not chunks:
+                outputs = my_source[:0]
+            elif key == "gaussian":
                 stacked = torch.cat(chunks, dim=1)  # (K, N, 3, H, W)
                 outputs = stacked.reshape(-1, *stacked.shape[2:])
             else:
@@ -253,7 +306,7 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
                         "inversion": "diffusion, ORACLE inversion"}[key]
                 row.update(system=name, receiver="diffusion", steps=protocol.steps, start=key,
                            oracle=key == "inversion", samples_per_image=1 if key == "inversion" else K)
-            row.update(score_outputs(source_u8, outputs, fid, lpips))
+            row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded))
             rows.append(row)
             echo(_row_line(row))
     return rows
@@ -262,14 +315,29 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
 def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[tuple[str, int, int]],
                   protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None, bar, echo) -> list[dict]:
     images = source_u8.permute(0, 2, 3, 1).contiguous().numpy()
+    sharded = get_world_size() > 1
+    share = shard_range(images.shape[0])  # this rank's images: codecs work per image
+    mine, my_source = images[share.start:share.stop], source_u8[share.start:share.stop]
     rows = []
     for name in codecs:
-        link = DigitalLink(CODECS[name], images)
+        link = DigitalLink(CODECS[name], mine)
+        if sharded:  # a lost image is shown as the mean colour of the whole set, not of a share
+            link.mean_colour = DigitalLink(CODECS[name], images).mean_colour
         for kind, n_symbols, size in kinds_and_n:
             for snr in protocol.snrs:
                 capacity, capacity_name = capacity_bits_per_use(kind, snr)
                 budget = byte_budget(n_symbols, snr, kind)
-                received, stats = link.transmit(budget)
+                if len(mine):
+                    received, stats = link.transmit(budget)
+                else:
+                    received, stats = mine, {"mean_bytes": 0.0, "lost_fraction": 0.0}
+                if sharded:  # byte sum, fitted and lost counts (exact integers) over ranks
+                    lost = round(stats["lost_fraction"] * len(mine))
+                    fitted = len(mine) - lost
+                    total = all_reduce_sum(torch.tensor([round(stats["mean_bytes"] * fitted), fitted, lost],
+                                                        dtype=torch.long)).tolist()
+                    stats = {"mean_bytes": total[0] / total[1] if total[1] else 0.0,
+                             "lost_fraction": total[2] / images.shape[0]}
                 outputs = torch.from_numpy(received).permute(0, 3, 1, 2).contiguous()
                 row = {"system": f"{CODECS[name].label} + ideal code", "receiver": name, "model": "", "mode": "digital",
                        "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
@@ -277,10 +345,10 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                        "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
                        "mean_bytes": stats["mean_bytes"], "lost_fraction": stats["lost_fraction"],
                        "capacity_bits_per_use": capacity, "capacity": capacity_name, "checkpoint": ""}
-                row.update(score_outputs(source_u8, outputs, fid, lpips))
+                row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded))
                 rows.append(row)
                 echo(_row_line(row))
-                bar.update(images.shape[0])
+                bar.update(len(mine))
     return rows
 
 
@@ -306,7 +374,13 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
 
     ``fid_reference``: files whose statistics FID compares against (cached); None means the
     evaluated source images themselves.
+
+    Inside a process group of several ranks (every rank calls this with the same arguments) the
+    work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
     """
+    sharded = get_world_size() > 1
+    if not is_main_process():
+        progress, echo = False, (lambda *_args, **_kwargs: None)
     cfg0 = models[0].system.cfg
     with_labels = any(m.system.cfg.class_cond for m in models)
     images, labels, files = _load_images(Path(data_dir), cfg0.image_size, with_labels, protocol.limit)
@@ -317,7 +391,9 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
 
         if fid_reference is None:
             fid_info["reference"] = f"the {len(files)} evaluated source images of {data_dir}"
-            note = fid.reference_from_files(files, lambda _: source_u8)
+            index = {path: i for i, path in enumerate(files)}
+            note = fid.reference_from_files(files, lambda paths: source_u8[[index[p] for p in paths]],
+                                            sharded=sharded)
         else:
             fid_info["reference"] = f"{len(fid_reference)} images of {Path(fid_reference[0]).parent}"
 
@@ -327,14 +403,15 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                     raise UserError("--fid-ref images must all have the same size")
                 return to_uint8(torch.stack(tensors))
 
-            note = fid.reference_from_files(fid_reference, load)
+            note = fid.reference_from_files(fid_reference, load, sharded=sharded)
         fid_info["reference_note"] = note
         echo(f"FID: {note}")
     fid_note = None if fid is not None else fid_info.get("skipped", "FID not computed")
     lpips_row_note = None if lpips is not None else lpips_note
 
     K = protocol.samples
-    per_model = sum(len(protocol.snrs) for _ in models) * images.shape[0]
+    _, covered = _my_batches(images.shape[0], protocol.batch_size)  # this rank's share, for the progress bar
+    per_model = sum(len(protocol.snrs) for _ in models) * (covered.stop - covered.start)
     kinds_and_n = sorted({(protocol.channel or m.system.cfg.channel, m.system.cfg.latent_dim, m.system.cfg.image_size)
                           for m in models})
     notes = list(protocol.notes)
@@ -345,7 +422,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     for codec in protocol.digital:
         if codec not in digital:
             notes.append(f"codec {codec} skipped: this Pillow build cannot write it")
-    work = per_model + len(digital) * len(kinds_and_n) * len(protocol.snrs) * images.shape[0]
+    work = per_model + len(digital) * len(kinds_and_n) * len(protocol.snrs) * len(shard_range(images.shape[0]))
     rows: list[dict] = []
     seen_deep: dict[str, str] = {}
     with tqdm(total=work, desc="evaluate", unit="img", disable=not progress, leave=False) as bar:
