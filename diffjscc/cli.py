@@ -203,9 +203,20 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _peer_lost(err: Exception) -> int:
+    """Another rank died or hung: one line, then leave at once (a normal interpreter exit can
+    abort while tearing down a broken process group)."""
+    from diffjscc.training.distributed import is_initialized, leave_now
+
+    print(f"diffjscc: error: {err}", file=sys.stderr)
+    if is_initialized():
+        leave_now(EXIT_PEER_LOST)
+    return EXIT_PEER_LOST
+
+
 def _cmd_train(args) -> int:
     from diffjscc.config import load_config
-    from diffjscc.training.distributed import DistributedError, is_initialized, leave_now, process_group
+    from diffjscc.training.distributed import DistributedError, process_group
     from diffjscc.training.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides + (["strict_data=true"] if args.strict else []))
@@ -213,10 +224,7 @@ def _cmd_train(args) -> int:
         with process_group(args.dist_timeout, cfg.device) as context:
             result = Trainer(cfg, resume=args.resume, progress=not args.no_progress, dist=context).train()
     except DistributedError as err:  # a peer died or hung: not a usage error
-        print(f"diffjscc: error: {err}", file=sys.stderr)
-        if is_initialized():
-            leave_now(EXIT_PEER_LOST)
-        return EXIT_PEER_LOST
+        return _peer_lost(err)
     if context.is_main:
         print(f"step {result.step}: checkpoint {result.last_checkpoint} "
               f"(loss {result.final_loss:.4f}, {result.images_per_second:.1f} img/s)")
@@ -299,7 +307,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
-    from diffjscc.training.distributed import DistributedError, barrier, is_initialized, leave_now, process_group
+    from diffjscc.training.distributed import DistributedError, barrier, process_group
     from diffjscc.training.trainer import resolve_device
 
     try:
@@ -340,10 +348,7 @@ def _cmd_evaluate(args) -> int:
             written = write_results(document, args.out, args.json) if context.is_main else []
             barrier()  # the files exist when any rank returns
     except DistributedError as err:  # a peer died or hung: not a usage error
-        print(f"diffjscc: error: {err}", file=sys.stderr)
-        if is_initialized():
-            leave_now(EXIT_PEER_LOST)
-        return EXIT_PEER_LOST
+        return _peer_lost(err)
     if context.is_main:
         print()
         print(results_table(document), end="")

@@ -26,10 +26,7 @@ Dropout is 0 in these runs: its masks come from each process's own RNG.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,12 +45,17 @@ from diffjscc.training.checkpoint import list_checkpoints, load_checkpoint
 from diffjscc.training.distributed import DistContext, detect_launch, first_slurm_host
 from diffjscc.training.trainer import EpochBatchSampler, step_generator, training_loss
 
+from launch_helpers import LAUNCH_TIMEOUT_S
+from launch_helpers import find_mpiexec as _mpiexec
+from launch_helpers import free_port as _free_port
+from launch_helpers import launch_env as _env
+from launch_helpers import run_launch as _run
+
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
          "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=8",
          "log_interval=1", "device=cpu", "dropout=0", "lr_anneal=false"]
 LR = 5e-4  # tiny.yaml
-LAUNCH_TIMEOUT_S = 240  # per launch, generous for 2 busy cores; a launch takes ~20 s there
 
 
 # ---- launchers' variables ----------------------------------------------------------------------
@@ -161,45 +163,12 @@ def test_no_rank_0_to_meet_is_a_clear_error(monkeypatch) -> None:
 
 
 # ---- real launches -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """This environment without any launcher's variables, one thread per process."""
-    prefixes = ("OMPI_", "PMI_", "PMIX_", "SLURM_", "MPI_LOCAL")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith(prefixes)}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
 def _train_args(data: Path, log_dir: Path, steps: int, *extra: str) -> list[str]:
     argv = ["train", str(TINY), "--no-progress", "--set", f"data_dir={data}", "--set", f"log_dir={log_dir}",
             "--set", f"total_steps={steps}", "--set", "save_interval=2"]
     for item in [*MICRO, *extra]:
         argv += ["--set", item]
     return argv
-
-
-def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-    assert done.returncode == 0, f"{command[:6]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def _mpiexec() -> str:
-    found = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, in the venv
-    path = str(found) if found.exists() else shutil.which("mpiexec")
-    if path is None:
-        message = "no mpiexec (pip install mpich, or the test extra, provides one)"
-        if os.environ.get("DIFFJSCC_REQUIRE_SHARED_DATA"):  # CI installs the test extra: must run
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def _assert_trains_as_one_process(single: dict, parallel: dict, steps: int) -> None:

@@ -18,10 +18,8 @@ receiver (gaussian and mean of 2 samples) and the WebP baseline:
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,50 +29,22 @@ import pytest
 from diffjscc.cli import main
 from diffjscc.training.checkpoint import list_checkpoints
 
+from launch_helpers import LAUNCH_TIMEOUT_S
+from launch_helpers import find_mpiexec as _mpiexec
+from launch_helpers import free_port as _free_port
+from launch_helpers import launch_env as _env
+from launch_helpers import run_launch as _run
+
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
          "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=8",
          "log_interval=1", "device=cpu", "dropout=0"]
-LAUNCH_TIMEOUT_S = 240
 N_IMAGES = 13  # odd: uneven shards
 # --starts, not --start: torchrun's parser takes --start for an abbreviation of its --start-method
 EVAL_ARGS = ["--snr", "0,10", "--starts", "gaussian,mean", "--samples-per-image", "2", "--steps", "2",
              "--limit", str(N_IMAGES), "--batch-size", "5", "--digital", "webp", "--seed", "3", "--no-progress"]
 COMPARED = ("psnr", "ssim", "ms_ssim", "lost_fraction", "mean_bytes", "fid")
 ROW_KEY = ("system", "receiver", "model", "snr_db", "start")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """This environment without any launcher's variables, one thread per process."""
-    prefixes = ("OMPI_", "PMI_", "PMIX_", "SLURM_", "MPI_LOCAL")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith(prefixes)}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def _run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
-    assert done.returncode == 0, f"{command[:6]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
-def _mpiexec() -> str:
-    found = Path(sys.executable).parent / "mpiexec"  # the mpich wheel's, in the venv
-    path = str(found) if found.exists() else shutil.which("mpiexec")
-    if path is None:
-        message = "no mpiexec (pip install mpich, or the test extra, provides one)"
-        if os.environ.get("DIFFJSCC_REQUIRE_SHARED_DATA"):  # CI installs the test extra: must run
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def _train(data: Path, log_dir: Path, *extra: str) -> Path:
