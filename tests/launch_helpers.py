@@ -1,4 +1,5 @@
-"""Launching several processes in tests: a free port, a clean environment, torchrun/mpiexec runs."""
+"""Running the CLI in tests: `train` argument lists, and launching several processes
+(a free port, a clean environment, torchrun/mpiexec runs)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from pathlib import Path
 import pytest
 
 LAUNCH_TIMEOUT_S = 240  # per launch, generous for 2 busy cores; a launch takes ~20 s there
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+def train_argv(data: Path, log_dir: Path, total_steps: int, save_interval: int, overrides: list[str],
+               *flags: str) -> list[str]:
+    """`diffjscc train` on configs/tiny.yaml with data, log_dir, step counts and ``--set`` overrides."""
+    argv = ["train", str(TINY), "--no-progress", *flags,
+            "--set", f"data_dir={data}", "--set", f"log_dir={log_dir}",
+            "--set", f"total_steps={total_steps}", "--set", f"save_interval={save_interval}"]
+    for item in overrides:
+        argv += ["--set", item]
+    return argv
 
 
 def free_port() -> int:

@@ -15,22 +15,15 @@ import pytest
 
 from diffjscc.cli import main
 from diffjscc.training.checkpoint import list_checkpoints, load_checkpoint
+from launch_helpers import train_argv
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
          "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=8",
          "log_interval=1", "device=cpu"]
 
 
 def _train(data: Path, log_dir: Path, steps: int, *extra: str, resume: str | None = None) -> int:
-    argv = ["train", str(CONFIGS / "tiny.yaml"), "--no-progress",
-            "--set", f"data_dir={data}", "--set", f"log_dir={log_dir}", "--set", f"total_steps={steps}",
-            "--set", "save_interval=2"]
-    for item in [*MICRO, *extra]:
-        argv += ["--set", item]
-    if resume:
-        argv += ["--resume", resume]
-    return main(argv)
+    return main(train_argv(data, log_dir, steps, 2, [*MICRO, *extra], *(["--resume", resume] if resume else [])))
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,8 @@ from launch_helpers import find_mpiexec as _mpiexec
 from launch_helpers import free_port as _free_port
 from launch_helpers import launch_env as _env
 from launch_helpers import run_launch as _run
+from launch_helpers import TINY, train_argv
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
          "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=8",
          "log_interval=1", "device=cpu", "dropout=0", "lr_anneal=false"]
@@ -164,11 +164,7 @@ def test_no_rank_0_to_meet_is_a_clear_error(monkeypatch) -> None:
 
 # ---- real launches -------------------------------------------------------------------------------
 def _train_args(data: Path, log_dir: Path, steps: int, *extra: str) -> list[str]:
-    argv = ["train", str(TINY), "--no-progress", "--set", f"data_dir={data}", "--set", f"log_dir={log_dir}",
-            "--set", f"total_steps={steps}", "--set", "save_interval=2"]
-    for item in [*MICRO, *extra]:
-        argv += ["--set", item]
-    return argv
+    return train_argv(data, log_dir, steps, 2, [*MICRO, *extra])
 
 
 def _assert_trains_as_one_process(single: dict, parallel: dict, steps: int) -> None:

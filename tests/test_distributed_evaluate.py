@@ -34,8 +34,8 @@ from launch_helpers import find_mpiexec as _mpiexec
 from launch_helpers import free_port as _free_port
 from launch_helpers import launch_env as _env
 from launch_helpers import run_launch as _run
+from launch_helpers import train_argv
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
          "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=8",
          "log_interval=1", "device=cpu", "dropout=0"]
@@ -48,11 +48,7 @@ ROW_KEY = ("system", "receiver", "model", "snr_db", "start")
 
 
 def _train(data: Path, log_dir: Path, *extra: str) -> Path:
-    argv = ["train", str(TINY), "--no-progress", "--set", f"data_dir={data}", "--set", f"log_dir={log_dir}",
-            "--set", "total_steps=2", "--set", "save_interval=2"]
-    for item in [*MICRO, *extra]:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    assert main(train_argv(data, log_dir, 2, 2, [*MICRO, *extra])) == 0
     return list_checkpoints(log_dir)[-1]
 
 

@@ -18,19 +18,15 @@ from diffjscc.cli import main
 from diffjscc.evaluation.metrics import psnr_per_image
 from diffjscc.evaluation.protocol import ROW_FIELDS
 from diffjscc.training.checkpoint import list_checkpoints
+from launch_helpers import train_argv
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
          "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=16",
          "log_interval=10", "device=cpu", "snr_range=[0,20]", "lr=2e-3", "ema_rate=0.9"]
 
 
 def _train(data: Path, log_dir: Path, steps: int, *extra: str) -> Path:
-    argv = ["train", str(CONFIGS / "tiny.yaml"), "--no-progress", "--set", f"data_dir={data}",
-            "--set", f"log_dir={log_dir}", "--set", f"total_steps={steps}", "--set", f"save_interval={steps}"]
-    for item in [*MICRO, *extra]:
-        argv += ["--set", item]
-    assert main(argv) == 0
+    assert main(train_argv(data, log_dir, steps, steps, [*MICRO, *extra])) == 0
     return list_checkpoints(log_dir)[-1]
 
 

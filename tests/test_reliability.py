@@ -24,6 +24,7 @@ from diffjscc.config import load_config
 from diffjscc.errors import UserError
 from diffjscc.training import trainer as trainer_module
 from diffjscc.training.checkpoint import list_checkpoints, load_checkpoint
+from launch_helpers import train_argv
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # The tiny config at batch 4: a checkpoint (model, EMA, AdamW state) is ~20 MB, so writing one
@@ -36,12 +37,7 @@ PROCESS_TIMEOUT = 240
 
 
 def _train_argv(data: Path, log_dir: Path, total: int, save_interval: int, extra: list[str]) -> list[str]:
-    argv = ["train", str(CONFIGS / "tiny.yaml"), "--no-progress", "--resume", "auto",
-            "--set", f"data_dir={data}", "--set", f"log_dir={log_dir}",
-            "--set", f"total_steps={total}", "--set", f"save_interval={save_interval}"]
-    for item in extra:
-        argv += ["--set", item]
-    return argv
+    return train_argv(data, log_dir, total, save_interval, extra, "--resume", "auto")
 
 
 def _launch(argv: list[str]) -> subprocess.Popen:
