@@ -47,7 +47,7 @@ __all__ = [
     "to_complex",
 ]
 
-CHANNEL_KINDS: tuple[str, ...] = ("awgn", "rayleigh_block", "rayleigh_fast", "none")
+CHANNEL_KINDS: tuple[str, ...] = ("awgn", "rayleigh_block", "rayleigh_fast", "sionna_tdl", "none")
 
 _POWER_EPS = 1e-12
 _GAIN_EPS = 1e-12
@@ -222,8 +222,12 @@ def _rayleigh(
     generator: AnyGenerator,
     return_gain: bool,
     per_symbol: bool,
+    csi: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Shared Rayleigh implementation (block: one h per sample; fast: one h per complex symbol)."""
+    """Shared Rayleigh implementation (block: one h per sample; fast: one h per complex symbol).
+
+    ``csi=False``: the receiver does not know h and gets ``y = h s + n`` unequalised.
+    """
     sr, si = _pairs(x)  # (B, M)
     b, m = sr.shape
     sigma = _snr_to_sigma(snr_db, sr)  # (B, 1)
@@ -237,11 +241,11 @@ def _rayleigh(
     # y = h s + n
     yr = hr * sr - hi * si + nr
     yi = hr * si + hi * sr + ni
-    # zero-forcing equalisation: s_hat = y / h = y conj(h) / |h|^2 = s + n / h
-    g2 = (hr * hr + hi * hi).clamp_min(_GAIN_EPS)
-    er = (yr * hr + yi * hi) / g2
-    ei = (yi * hr - yr * hi) / g2
-    out = _unpairs(er, ei, x.shape)
+    if csi:
+        # zero-forcing equalisation: s_hat = y / h = y conj(h) / |h|^2 = s + n / h
+        g2 = (hr * hr + hi * hi).clamp_min(_GAIN_EPS)
+        yr, yi = (yr * hr + yi * hi) / g2, (yi * hr - yr * hi) / g2
+    out = _unpairs(yr, yi, x.shape)
     if not return_gain:
         return out
     gain = _complex(hr, hi)
@@ -253,6 +257,7 @@ def rayleigh_block(
     snr_db: float | Tensor,
     generator: AnyGenerator = None,
     return_gain: bool = False,
+    csi: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Block Rayleigh fading with perfect CSI and zero-forcing equalisation.
 
@@ -260,12 +265,12 @@ def rayleigh_block(
     module docstring): ``y = h s + n``, ``n ~ CN(0, 2 sigma^2)`` (``sigma^2`` per real
     component, ``sigma^2 = 10**(-SNR_dB/10)``). The receiver returns ``y / h = s + n / h``,
     so the post-equalisation SNR of the block is ``|h|^2 * SNR``, i.e.
-    ``SNR_dB + 10 log10 |h|^2``.
+    ``SNR_dB + 10 log10 |h|^2``. ``csi=False`` returns ``y`` itself (no CSI at the receiver).
 
     Returns a real tensor of ``x``'s shape, plus the complex gains ``h`` of shape (B,)
     when ``return_gain`` is true.
     """
-    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=False)
+    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=False, csi=csi)
 
 
 def rayleigh_fast(
@@ -273,6 +278,7 @@ def rayleigh_fast(
     snr_db: float | Tensor,
     generator: AnyGenerator = None,
     return_gain: bool = False,
+    csi: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Fast (i.i.d. per complex symbol) Rayleigh fading with perfect CSI and zero-forcing.
 
@@ -280,7 +286,7 @@ def rayleigh_fast(
     symbol ``k``; the post-equalisation SNR of symbol ``k`` is ``|h_k|^2 * SNR``.
     Returns a real tensor of ``x``'s shape, plus ``h`` of shape (B, N/2) when asked.
     """
-    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=True)
+    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=True, csi=csi)
 
 
 def bandwidth_ratio(num_real_symbols: int, image_shape: tuple[int, int, int]) -> float:
@@ -320,8 +326,10 @@ def parse_snr_list(text: str) -> list[float]:
 class Channel(nn.Module):
     """Power normalisation followed by a noisy channel: ``y = channel(normalize_power(z))``.
 
-    kinds: ``"awgn"``, ``"rayleigh_block"``, ``"rayleigh_fast"`` (ZF-equalised, perfect CSI)
-    and ``"none"`` (identity after power normalisation; for debugging).
+    kinds: ``"awgn"``, ``"rayleigh_block"``, ``"rayleigh_fast"`` (ZF-equalised with perfect
+    CSI, or unequalised with ``csi=False``), ``"sionna_tdl"`` (3GPP TDL + OFDM from the optional
+    Sionna package, configured by ``sionna_options``; see :mod:`diffjscc.channel_sionna`) and
+    ``"none"`` (identity after power normalisation; for debugging).
 
     SNR (dB, per real symbol) when ``forward`` gets ``snr_db=None``: in training mode a
     per-sample SNR ``~ U[lo, hi]`` if ``snr_range=(lo, hi)`` is set, else the fixed
@@ -333,6 +341,8 @@ class Channel(nn.Module):
         kind: str = "awgn",
         snr_db: float = 10.0,
         snr_range: tuple[float, float] | None = None,
+        csi: bool = True,
+        sionna_options: dict | None = None,
     ) -> None:
         super().__init__()
         if kind not in CHANNEL_KINDS:
@@ -361,6 +371,12 @@ class Channel(nn.Module):
         self.kind = kind
         self.snr_db = snr_f
         self.snr_range = rng
+        self.csi = bool(csi)
+        self.sionna = None
+        if kind == "sionna_tdl":
+            from diffjscc.channel_sionna import build_sionna_channel
+
+            self.sionna = build_sionna_channel(csi=self.csi, **(sionna_options or {}))
 
     def sample_snr(
         self,
@@ -394,11 +410,15 @@ class Channel(nn.Module):
         if self.kind == "awgn":
             return awgn(x, snr, generator)
         if self.kind == "rayleigh_block":
-            return rayleigh_block(x, snr, generator)  # type: ignore[return-value]
-        return rayleigh_fast(x, snr, generator)  # type: ignore[return-value]
+            return rayleigh_block(x, snr, generator, csi=self.csi)  # type: ignore[return-value]
+        if self.kind == "rayleigh_fast":
+            return rayleigh_fast(x, snr, generator, csi=self.csi)  # type: ignore[return-value]
+        return self.sionna(x, snr, generator)
 
     def extra_repr(self) -> str:
         s = f"kind={self.kind!r}, snr_db={self.snr_db}"
         if self.snr_range is not None:
             s += f", snr_range={self.snr_range}"
+        if self.kind.startswith("rayleigh") and not self.csi:
+            s += ", csi=False"
         return s

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from diffjscc import __version__
+from diffjscc.config import CHANNELS
 from diffjscc.errors import UserError
 
 EXIT_USAGE = 2
@@ -102,7 +103,7 @@ def _add_evaluate(sub) -> None:
                    help="posterior samples per image for gaussian/mean (default 1, or 4 with --start mean)")
     p.add_argument("--limit", type=int, default=None, help="at most the first N images (sorted file names)")
     p.add_argument("--seed", type=int, default=0, help="seed of channel noise and sampling (default 0)")
-    p.add_argument("--channel", default=None, choices=["awgn", "rayleigh_block", "rayleigh_fast", "none"],
+    p.add_argument("--channel", default=None, choices=list(CHANNELS),
                    help="channel for every model (default: each checkpoint's own)")
     p.add_argument("--digital", default="none", metavar="CODECS",
                    help="digital baselines: 'all' (webp,jpeg,jpeg2000,avif), a comma-separated subset, or "
@@ -155,7 +156,7 @@ def _add_transmit(sub) -> None:
     p.add_argument("--snr", type=float, required=True, help="channel SNR in dB")
     p.add_argument("input", type=Path, metavar="IN", help="input image (PNG, JPEG, ...)")
     p.add_argument("output", type=Path, metavar="OUT", help="output image; format from the extension (PNG is lossless)")
-    p.add_argument("--channel", default=None, choices=["awgn", "rayleigh", "rayleigh_block", "rayleigh_fast"],
+    p.add_argument("--channel", default=None, choices=["rayleigh", *[k for k in CHANNELS if k != "none"]],
                    help="default: the checkpoint's; rayleigh = rayleigh_block (one fading gain per tile)")
     p.add_argument("--receiver", default="auto", choices=["auto", "diffusion", "deep_jscc"],
                    help="auto: diffusion (Gaussian start) when the checkpoint has one, else Deep JSCC")
@@ -264,7 +265,7 @@ def _cmd_sample(args) -> int:
             raise UserError("--start inversion needs a diffusion checkpoint")
         received = system.transmit(images, snr_db=snr, generator=generator)
         rows = [images, system.receive(received, steps=args.steps, start="inversion", source=images,
-                                       class_labels=labels, generator=generator)]
+                                       class_labels=labels, generator=generator, snr_db=snr)]
         names = ["source", f"ORACLE inversion {args.steps}"]
     else:
         rows, names = reconstruct_rows(system, images, labels, steps=args.steps, generator=generator, snr_db=snr)

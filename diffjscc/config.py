@@ -24,7 +24,9 @@ from diffjscc.errors import UserError
 
 MODES = ("jscc", "joint", "frozen", "unconditional")
 ENCODERS = ("jscc", "half_unet")
-CHANNELS = ("awgn", "rayleigh_block", "rayleigh_fast", "none")
+CHANNELS = ("awgn", "rayleigh_block", "rayleigh_fast", "sionna_tdl", "none")
+CONDITIONINGS = ("embed", "spatial", "residual")
+TDL_MODELS = ("A", "B", "C", "D", "E")
 NOISE_SCHEDULES = ("linear", "cosine")
 JSCC_NORMS = ("gdn", "batchnorm")
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,9 +57,19 @@ class Config:
     jscc_norm: str = "gdn"  # gdn | batchnorm
 
     # --- channel ---------------------------------------------------------------------------
-    channel: str = "awgn"  # awgn | rayleigh_block | rayleigh_fast | none
+    channel: str = "awgn"  # awgn | rayleigh_block | rayleigh_fast | sionna_tdl | none
     snr_db: float = 10.0  # evaluation SNR, and training SNR when snr_range is empty
     snr_range: list[float] = field(default_factory=list)  # [lo, hi]: per-sample training SNR
+    csi: bool = True  # fading: the receiver knows h and equalises (zero forcing); false: it gets h·s + n
+    tdl_model: str = "A"  # sionna_tdl: 3GPP TR 38.901 TDL profile A..E (pip install 'diffjscc[sionna]')
+    tdl_delay_spread_ns: float = 100.0  # sionna_tdl: RMS delay spread
+    tdl_speed_mps: float = 0.0  # sionna_tdl: receiver speed (Doppler)
+
+    # --- receiver conditioning and SNR adaptation ----------------------------------------
+    conditioning: str = "embed"  # embed (original) | spatial | residual: how the UNet sees y
+    residual_scale: float = 0.5  # residual: the diffusion generates (x − x̂_DeepJSCC) / residual_scale
+    snr_adaptive: bool = False  # the channel SNR conditions the receivers (ADJSCC-style): one model, all SNRs
+    snr_feedback: bool = True  # snr_adaptive: the SNR is fed back to the transmitter's encoder too
 
     # --- conditional UNet (diffusers UNet2DModel) -----------------------------------------
     num_channels: int = 128
@@ -120,6 +132,8 @@ class Config:
         _choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
         _choice("jscc_norm", self.jscc_norm, JSCC_NORMS)
         _choice("device", self.device, DEVICES)
+        _choice("conditioning", self.conditioning, CONDITIONINGS)
+        _choice("tdl_model", self.tdl_model, TDL_MODELS)
         for key in ("image_size", "c_out", "latent_dim", "jscc_num_filters", "num_channels",
                     "num_res_blocks", "num_heads", "num_classes", "diffusion_steps",
                     "sample_steps", "batch_size", "total_steps", "log_interval",
@@ -139,7 +153,13 @@ class Config:
             )
         if self.channel != "awgn" and self.channel != "none" and self.latent_dim % 2:
             raise UserError(f"config key 'latent_dim' must be even for the complex channel '{self.channel}'")
-        for key in ("snr_db", "lr", "ema_rate", "dropout", "weight_decay", "grad_clip", "vlb_weight"):
+        for key in ("residual_scale", "tdl_delay_spread_ns"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"config key '{key}' must be positive, got {getattr(self, key)}")
+        if not self.tdl_speed_mps >= 0:
+            raise UserError(f"config key 'tdl_speed_mps' must be >= 0, got {self.tdl_speed_mps}")
+        for key in ("snr_db", "lr", "ema_rate", "dropout", "weight_decay", "grad_clip", "vlb_weight",
+                    "residual_scale", "tdl_delay_spread_ns", "tdl_speed_mps"):
             if not math.isfinite(getattr(self, key)):
                 raise UserError(f"config key '{key}' must be a finite number, got {getattr(self, key)}")
         if any(not math.isfinite(v) for v in self.snr_range):
@@ -187,6 +207,17 @@ class Config:
         if self.mode == "jscc" and self.encoder != "jscc":
             raise UserError("config key 'encoder' must be 'jscc' in mode 'jscc' (Deep JSCC pairs "
                             "the CNN encoder with its decoder)")
+        if self.conditioning != "embed" and self.mode not in ("joint", "frozen"):
+            raise UserError(f"config key 'conditioning' is '{self.conditioning}', which conditions a diffusion "
+                            f"receiver on y: modes joint and frozen only, not '{self.mode}'")
+        if self.conditioning == "residual" and self.encoder != "jscc":
+            raise UserError("config key 'conditioning' is 'residual', which needs the Deep JSCC decoder: "
+                            "encoder must be 'jscc'")
+        if self.snr_adaptive and self.mode == "unconditional":
+            raise UserError("config key 'snr_adaptive' needs a channel: not in mode 'unconditional'")
+        if self.snr_adaptive and self.snr_feedback and self.encoder == "half_unet":
+            raise UserError("config key 'snr_feedback' must be false with encoder 'half_unet' (it has no SNR "
+                            "input); the receiver still adapts to the SNR")
         if self.mode == "frozen" and self.encoder != "jscc":
             raise UserError("config key 'encoder' must be 'jscc' in mode 'frozen' (the frozen "
                             "encoder comes from a `mode: jscc` checkpoint)")

@@ -4,6 +4,10 @@
                                                             ├─ JSCC decoder ─▶ x̂ (Deep JSCC)
                                                             └─ conditional diffusion ─▶ x̂
 
+SNR-adaptive systems (``snr_adaptive``) pass the channel SNR to the decoder and the UNet
+(and, with ``snr_feedback``, to the encoder): every method that crosses the channel takes
+``snr_db``, a float or one value per image.
+
 Which parts exist depends on ``mode``:
 
 ==============  =========================  ============  ==================
@@ -14,6 +18,10 @@ joint           trained (jscc/half_unet)   —             trained
 frozen          from a jscc checkpoint     kept (eval)   trained
 unconditional   —                          —             trained, no latent
 ==============  =========================  ============  ==================
+
+With ``conditioning: residual`` the JSCC decoder also exists in ``joint`` mode (trained with
+its MSE beside the diffusion loss) and the diffusion receiver generates the residual
+``(x − x̂) / residual_scale`` around the Deep JSCC estimate x̂, conditioned on it.
 """
 
 from __future__ import annotations
@@ -40,7 +48,21 @@ def build_encoder(cfg: Config) -> nn.Module:
             image_size=cfg.image_size, num_channels=cfg.num_channels, channel_mult=tuple(cfg.channel_mult),
             num_res_blocks=cfg.num_res_blocks, attention_resolutions=tuple(cfg.attention_resolutions),
             num_heads=cfg.num_heads, dropout=cfg.dropout, c_out=cfg.c_out, latent_size=cfg.latent_size)
-    return JSCCEncoder(in_channels=3, c_out=cfg.c_out, num_filters=cfg.jscc_num_filters, norm=cfg.jscc_norm)
+    return JSCCEncoder(in_channels=3, c_out=cfg.c_out, num_filters=cfg.jscc_num_filters, norm=cfg.jscc_norm,
+                       snr_adaptive=cfg.snr_adaptive and cfg.snr_feedback)
+
+
+def build_channel(cfg: Config, kind: str | None = None) -> Channel:
+    """The config's channel (or the channel ``kind`` with the config's CSI and TDL options)."""
+    kind = kind or cfg.channel
+    tdl = {"model": cfg.tdl_model, "delay_spread_ns": cfg.tdl_delay_spread_ns, "speed_mps": cfg.tdl_speed_mps}
+    return Channel(kind, snr_db=cfg.snr_db, snr_range=tuple(cfg.snr_range) if cfg.snr_range else None,
+                   csi=cfg.csi, sionna_options=tdl if kind == "sionna_tdl" else None)
+
+
+def has_jscc_decoder(cfg: Config) -> bool:
+    """Deep JSCC decoder: the baseline receiver (jscc, frozen) and the residual's first estimate."""
+    return cfg.mode in ("jscc", "frozen") or (cfg.mode == "joint" and cfg.conditioning == "residual")
 
 
 class TransmissionSystem(nn.Module):
@@ -49,18 +71,18 @@ class TransmissionSystem(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.channel = Channel(cfg.channel, snr_db=cfg.snr_db,
-                               snr_range=tuple(cfg.snr_range) if cfg.snr_range else None)
+        self.channel = build_channel(cfg)
         self.encoder = build_encoder(cfg) if cfg.has_encoder else None
         self.decoder = (JSCCDecoder(out_channels=3, c_out=cfg.c_out, num_filters=cfg.jscc_num_filters,
-                                    norm=cfg.jscc_norm)
-                        if cfg.mode in ("jscc", "frozen") else None)
+                                    norm=cfg.jscc_norm, snr_adaptive=cfg.snr_adaptive)
+                        if has_jscc_decoder(cfg) else None)
         self.unet = (ConditionalUNet(
             image_size=cfg.image_size, num_channels=cfg.num_channels, channel_mult=tuple(cfg.channel_mult),
             num_res_blocks=cfg.num_res_blocks, attention_resolutions=tuple(cfg.attention_resolutions),
             num_heads=cfg.num_heads, dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm,
             learn_sigma=cfg.learn_sigma, latent_dim=cfg.latent_dim if cfg.has_encoder else None,
-            num_classes=cfg.num_classes if cfg.class_cond else None)
+            num_classes=cfg.num_classes if cfg.class_cond else None,
+            conditioning=cfg.conditioning, latent_channels=cfg.c_out, snr_adaptive=cfg.snr_adaptive)
             if cfg.has_diffusion else None)
         self.diffusion = (GaussianDiffusion.from_schedule(cfg.noise_schedule, cfg.diffusion_steps, cfg.learn_sigma)
                           if cfg.has_diffusion else None)
@@ -82,30 +104,69 @@ class TransmissionSystem(nn.Module):
 
     # ---- transmitter + channel --------------------------------------------------------------
     def transmit(self, images: torch.Tensor, snr_db: float | torch.Tensor | None = None,
-                 generator: AnyGenerator = None) -> torch.Tensor:
-        """Images in [−1, 1] → received latent (B, c_out, h, w) after the channel."""
+                 generator: AnyGenerator = None, channel: Channel | None = None) -> torch.Tensor:
+        """Images in [−1, 1] → received latent (B, c_out, h, w) after the channel.
+
+        ``snr_db=None`` draws the SNR as the channel does (per image from ``snr_range`` in
+        training); ``channel`` replaces the configured one (evaluation on another channel).
+        """
         if self.encoder is None:
             raise ValueError("an unconditional model has no transmitter")
-        return self.channel(self.encoder(images), snr_db=snr_db, generator=generator)
+        channel = channel or self.channel
+        if snr_db is None:
+            snr_db = channel.sample_snr(images.shape[0], images.device, generator)
+        uses_snr = self.cfg.snr_adaptive and self.cfg.snr_feedback
+        latent = self.encoder(images, snr_db) if uses_snr else self.encoder(images)
+        return channel(latent, snr_db=snr_db, generator=generator)
 
     # ---- receivers ----------------------------------------------------------------------------
+    def _receiver_snr(self, snr_db: float | torch.Tensor | None) -> float | torch.Tensor | None:
+        """The SNR a receiver is told: required by SNR-adaptive models, ignored by the others."""
+        if not self.cfg.snr_adaptive:
+            return None
+        if snr_db is None:
+            raise ValueError("this model is SNR-adaptive: its receivers need snr_db")
+        return snr_db
+
     def sampling_process(self, steps: int) -> GaussianDiffusion:
         """The trained process respaced to ``steps`` DDIM steps (strided, never t = T−1)."""
         assert self.diffusion is not None
         total = self.diffusion.num_timesteps
         return respace(self.diffusion, parse_respacing(f"ddim{min(steps, max(total - 1, 1))}", total))
 
-    def denoiser(self, received: torch.Tensor | None, class_labels: torch.Tensor | None = None):
-        """The network as a function of (x_t, t) with the conditioning closed over."""
+    def residual_base(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor | None:
+        """The Deep JSCC estimate x̂ that ``residual`` conditioning diffuses around, else None."""
+        if self.cfg.conditioning != "residual" or received is None:
+            return None
+        return self.decode(received, snr_db)
+
+    def to_residual(self, images: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+        """What the diffusion models: the image, or its scaled residual around ``base``."""
+        return images if base is None else (images - base) / self.cfg.residual_scale
+
+    def from_residual(self, generated: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+        return generated if base is None else base + self.cfg.residual_scale * generated
+
+    def clip_range(self, base: torch.Tensor | None) -> bool | tuple[torch.Tensor, torch.Tensor]:
+        """Where the sampler clamps x̂_0: the image range, or for a residual the values that
+        keep x̂ + residual_scale·r inside [−1, 1]."""
+        if base is None:
+            return True
+        return self.to_residual(-torch.ones_like(base), base), self.to_residual(torch.ones_like(base), base)
+
+    def denoiser(self, received: torch.Tensor | None, class_labels: torch.Tensor | None = None,
+                 snr_db: float | torch.Tensor | None = None, base: torch.Tensor | None = None,
+                 batch: int | None = None):
+        """The network as a function of (x_t, t) with the conditioning computed once and closed over."""
         assert self.unet is not None
-        latent = received.flatten(1) if received is not None else None
-        return lambda x, t: self.unet(x, t, latent=latent, class_labels=class_labels)
+        condition = self.unet.condition(received, class_labels, self._receiver_snr(snr_db), base, batch=batch)
+        return lambda x, t: self.unet(x, t, condition=condition)
 
     @torch.no_grad()
     def receive(self, received: torch.Tensor | None, steps: int, start: str = "gaussian",
                 source: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, batch: int | None = None,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
         """Diffusion receiver: received latent → image in [−1, 1] by DDIM.
 
         ``start="gaussian"`` draws x_T ~ N(0, I): a real receiver. ``start="inversion"`` obtains
@@ -113,8 +174,9 @@ class TransmissionSystem(nn.Module):
         have: an oracle upper bound, to be labelled as such wherever it is reported.
         """
         process = self.sampling_process(steps)
-        denoise = self.denoiser(received, class_labels)
         count = received.shape[0] if received is not None else batch
+        base = self.residual_base(received, snr_db)
+        denoise = self.denoiser(received, class_labels, snr_db, base, batch=count)
         shape = (count, 3, self.cfg.image_size, self.cfg.image_size)
         if start == "gaussian":
             device = next(self.parameters()).device
@@ -122,17 +184,24 @@ class TransmissionSystem(nn.Module):
         elif start == "inversion":
             if source is None:
                 raise ValueError("start='inversion' needs the source images (oracle mode)")
-            x_T = ddim_invert(process, denoise, source, progress=progress)
+            x_T = ddim_invert(process, denoise, self.to_residual(source, base), progress=progress)
         else:
             raise ValueError(f"unknown start mode {start!r}; expected one of {START_MODES}")
-        return ddim_sample(process, denoise, x_T, generator=generator, progress=progress).clamp(-1, 1)
+        generated = ddim_sample(process, denoise, x_T, clip=self.clip_range(base), generator=generator,
+                                progress=progress)
+        return self.from_residual(generated, base).clamp(-1, 1)
 
-    @torch.no_grad()
-    def jscc_decode(self, received: torch.Tensor) -> torch.Tensor:
-        """Deep JSCC receiver (the baseline): received latent → image in [−1, 1]."""
+    def decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
+        """The JSCC decoder on the received latent (differentiable; told the SNR if adaptive)."""
         if self.decoder is None:
             raise ValueError("this model has no JSCC decoder (mode jscc or frozen have one)")
-        return self.decoder(received)
+        snr = self._receiver_snr(snr_db)
+        return self.decoder(received) if snr is None else self.decoder(received, snr)
+
+    @torch.no_grad()
+    def jscc_decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Deep JSCC receiver (the baseline): received latent → image in [−1, 1]."""
+        return self.decode(received, snr_db)
 
 
 def _state_from(payload: dict, prefer_ema: bool) -> dict:
@@ -145,8 +214,11 @@ def load_jscc_into(system: TransmissionSystem, path: str) -> None:
     saved = payload["config"]
     if saved.get("mode") != "jscc":
         raise UserError(f"jscc_encoder_path {path} is a '{saved.get('mode')}' checkpoint, not a 'jscc' one")
-    for key in ("c_out", "image_size", "jscc_num_filters", "jscc_norm"):
-        if saved.get(key) != getattr(system.cfg, key):
+    defaults = Config()
+    keys = ["c_out", "image_size", "jscc_num_filters", "jscc_norm", "snr_adaptive"]
+    keys += ["snr_feedback"] if system.cfg.snr_adaptive else []
+    for key in keys:
+        if saved.get(key, getattr(defaults, key)) != getattr(system.cfg, key):
             raise UserError(f"jscc_encoder_path {path} has {key}={saved.get(key)!r} but the config "
                             f"says {key}={getattr(system.cfg, key)!r}")
     state = _state_from(payload, prefer_ema=True)

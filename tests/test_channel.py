@@ -94,6 +94,33 @@ def test_rayleigh_fast_shape_and_finite() -> None:
     assert torch.allclose(y_clean, x.double(), atol=1e-6)
 
 
+@pytest.mark.parametrize("snr_db", [0.0, 10.0])
+def test_rayleigh_fast_post_equalisation_snr_per_symbol(snr_db: float) -> None:
+    """ZF leaves symbol k with noise n_k / h_k: its SNR is |h_k|^2 · SNR. Scaling each error
+    back by |h_k| must give noise of the nominal variance sigma^2 per real component."""
+    x = _unit_signal(batch=2, seed=11)
+    y, h = rayleigh_fast(x, snr_db, generator=_gen(12), return_gain=True)
+    error = to_complex(y - x) * h.abs()  # (B, N/2): n_k · conj(h_k)/|h_k|, same law as n_k
+    measured = error.abs().pow(2).mean() / 2  # per real component
+    assert abs(measured.item() / 10 ** (-snr_db / 10) - 1) < 0.05
+    # and per symbol the SNR follows |h_k|^2: weak symbols are the noisy ones
+    weak, strong = h.abs() < 0.3, h.abs() > 1.5
+    assert (to_complex(y - x)[weak].abs().mean() > 5 * to_complex(y - x)[strong].abs().mean())
+
+
+@pytest.mark.parametrize("kind", ["rayleigh_block", "rayleigh_fast"])
+def test_fading_without_csi_returns_the_unequalised_signal(kind: str) -> None:
+    x = _unit_signal(batch=4, seed=13)
+    fade = rayleigh_block if kind == "rayleigh_block" else rayleigh_fast
+    y, h = fade(x, 300.0, generator=_gen(14), return_gain=True, csi=False)  # noiseless: y = h s
+    s = to_complex(x)
+    assert torch.allclose(to_complex(y), s * (h[:, None] if kind == "rayleigh_block" else h), atol=1e-6)
+    assert not torch.allclose(y, x, atol=1e-2)
+    same = fade(x, 300.0, generator=_gen(14), csi=True)
+    assert torch.allclose(same, x, atol=1e-6)  # the same draws, equalised
+    assert "csi=False" in repr(Channel(kind, csi=False))
+
+
 def test_complex_view_roundtrip_interleaved() -> None:
     x = torch.arange(8.0).view(1, 2, 2, 2)
     s = to_complex(x)

@@ -142,8 +142,12 @@ class GaussianDiffusion:
         return out, None
 
     def p_mean_variance(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                        clip: bool = True) -> ModelPrediction:
-        """Mean and log-variance of p(x_{t−1} | x_t) from a network output ``out``."""
+                        clip: bool | tuple[torch.Tensor, torch.Tensor] = True) -> ModelPrediction:
+        """Mean and log-variance of p(x_{t−1} | x_t) from a network output ``out``.
+
+        ``clip=True`` clamps x̂_0 to the image range [−1, 1]; a ``(low, high)`` pair of tensors
+        clamps it to those bounds instead (a residual's range, which depends on the pixel).
+        """
         eps, v = self.split_output(out)
         if v is None:
             log_variance = _extract(self.log_betas_large, t, x_t).expand_as(x_t)
@@ -153,8 +157,9 @@ class GaussianDiffusion:
             max_log = _extract(torch.log(self.betas), t, x_t)
             log_variance = frac * max_log + (1 - frac) * min_log
         pred_x0 = self.predict_x0(x_t, t, eps.to(x_t.dtype))
-        if clip:
-            pred_x0 = pred_x0.clamp(-1, 1)
+        if clip is not False:
+            low, high = (-1.0, 1.0) if clip is True else clip
+            pred_x0 = pred_x0.clamp(low, high)
             eps = self.predict_eps(x_t, t, pred_x0)
         mean, _ = self.q_posterior(pred_x0, x_t, t)
         return ModelPrediction(mean=mean, log_variance=log_variance, pred_x0=pred_x0, eps=eps.to(x_t.dtype))

@@ -43,9 +43,9 @@ def _steps(indices, progress: bool, desc: str):
 
 @torch.no_grad()
 def ddim_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor, eta: float = 0.0,
-                clip: bool = True, generator: torch.Generator | None = None,
+                clip: bool | tuple[torch.Tensor, torch.Tensor] = True, generator: torch.Generator | None = None,
                 progress: bool = False) -> torch.Tensor:
-    """x_T → x_0 with DDIM (η = 0: deterministic)."""
+    """x_T → x_0 with DDIM (η = 0: deterministic); ``clip`` as in ``p_mean_variance``."""
     x = x_T
     batch = x.shape[0]
     for i in _steps(reversed(range(diffusion.num_timesteps)), progress, "DDIM"):

@@ -1,10 +1,22 @@
 """The conditional denoiser: diffusers' UNet2DModel plus our conditioning on the received latent.
 
-Conditioning follows the original Diff_JSCC receiver ("embed"): the received channel symbols
-(a flat vector of ``latent_dim`` reals) go through a small MLP to the timestep-embedding width
-and are added to the timestep embedding; an optional class label adds a learned embedding the
-same way. diffusers' ``class_embed_type="identity"`` adds whatever vector we pass as
-``class_labels`` to the timestep embedding, which is exactly that hook.
+Three ways to condition on the received symbols y (``conditioning`` in the config):
+
+* ``embed`` — the original Diff_JSCC receiver: y (a flat vector of ``latent_dim`` reals) goes
+  through a small MLP to the timestep-embedding width and is added to the timestep embedding.
+  diffusers' ``class_embed_type="identity"`` adds whatever vector we pass as ``class_labels``
+  to the timestep embedding, which is exactly that hook. One global vector must carry where
+  everything is in the image: the network learns that slowly.
+* ``spatial`` — additionally, y keeps its (c_out, H/4, W/4) layout: a small convolutional
+  lifter upsamples it to image-sized feature maps that are concatenated to x_t at the UNet
+  input, so every pixel's denoiser sees the symbols that describe its neighbourhood.
+* ``residual`` — as ``spatial``, plus the Deep JSCC decoder's estimate x̂ (3 channels) is
+  concatenated too; :class:`~diffjscc.system.TransmissionSystem` then diffuses the residual
+  x − x̂ (scaled), so an untrained denoiser already starts from Deep JSCC's quality.
+
+An optional class label and, for SNR-adaptive models, the channel SNR add learned
+embeddings to the timestep embedding the same way. :meth:`ConditionalUNet.condition` builds
+the conditioning once per received batch (samplers reuse it at every step).
 
 Layout mirrors improved-diffusion's 32×32 UNet: widths ``num_channels·channel_mult``,
 ``num_res_blocks`` residual blocks per level, self-attention at the listed resolutions,
@@ -14,21 +26,62 @@ interpolation v) when the variance is learned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from diffusers import UNet2DModel
 
+from diffjscc.encoders.snr_attention import SNR_SCALE_DB, snr_vector
+
+CONDITIONINGS = ("embed", "spatial", "residual")
+ESTIMATE_CHANNELS = 3  # the Deep JSCC estimate x̂ concatenated in ``residual`` conditioning
+
+
+@dataclass
+class Condition:
+    """What the denoiser is conditioned on, computed once per received batch."""
+
+    vector: torch.Tensor | None  # added to the timestep embedding (B, emb_dim)
+    maps: torch.Tensor | None  # concatenated to x_t (B, C, H, W)
+
+
+class LatentLifter(nn.Module):
+    """Received symbols (B, c, H/4, W/4) → feature maps (B, out, H, W): two ×2 nearest
+    upsamplings, each followed by a 3×3 convolution, so that maps line up with pixels."""
+
+    def __init__(self, latent_channels: int, width: int, out_channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(latent_channels, width, 3, padding=1), nn.SiLU(), nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, width, 3, padding=1), nn.SiLU(), nn.Upsample(scale_factor=2),
+            nn.Conv2d(width, out_channels, 3, padding=1))
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.net(latent)
+
 
 class ConditionalUNet(nn.Module):
-    """ε-prediction UNet conditioned on the received latent (and optionally a class label)."""
+    """ε-prediction UNet conditioned on the received latent (and optionally a class label / the SNR).
+
+    ``latent_channels`` (the latent's c_out) is needed by ``spatial`` and ``residual``
+    conditioning, which read y as (c_out, image_size/4, image_size/4) maps.
+    """
 
     def __init__(self, image_size: int = 32, in_channels: int = 3, num_channels: int = 128,
                  channel_mult: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 3,
                  attention_resolutions: tuple[int, ...] = (16, 8), num_heads: int = 4,
                  dropout: float = 0.0, use_scale_shift_norm: bool = True, learn_sigma: bool = False,
-                 latent_dim: int | None = None, num_classes: int | None = None) -> None:
+                 latent_dim: int | None = None, num_classes: int | None = None,
+                 conditioning: str = "embed", latent_channels: int | None = None,
+                 snr_adaptive: bool = False) -> None:
         super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
+        spatial = conditioning != "embed" and latent_dim is not None
+        if spatial and (latent_channels is None or latent_dim % latent_channels):
+            raise ValueError(f"{conditioning!r} conditioning needs latent_channels dividing latent_dim")
         widths = tuple(num_channels * m for m in channel_mult)
         resolutions = [image_size // 2**i for i in range(len(channel_mult))]
         use_attention = [res in attention_resolutions for res in resolutions]
@@ -39,10 +92,15 @@ class ConditionalUNet(nn.Module):
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        conditional = latent_dim is not None or num_classes is not None
+        self.conditioning = conditioning
+        self.image_size = image_size
+        self.latent_channels = latent_channels
+        lift_channels = num_channels if spatial else 0
+        estimate_channels = ESTIMATE_CHANNELS if spatial and conditioning == "residual" else 0
+        conditional = latent_dim is not None or num_classes is not None or snr_adaptive
         self.unet = UNet2DModel(
             sample_size=image_size,
-            in_channels=in_channels,
+            in_channels=in_channels + lift_channels + estimate_channels,
             out_channels=self.out_channels,
             down_block_types=down,
             up_block_types=up,
@@ -59,24 +117,59 @@ class ConditionalUNet(nn.Module):
             if latent_dim is not None else None
         )
         self.class_embedding = nn.Embedding(num_classes, self.emb_dim) if num_classes is not None else None
+        self.snr_embedding = (
+            nn.Sequential(nn.Linear(1, self.emb_dim), nn.SiLU(), nn.Linear(self.emb_dim, self.emb_dim))
+            if snr_adaptive else None
+        )
+        self.lifter = LatentLifter(latent_channels, num_channels, lift_channels) if spatial else None
+        self.uses_estimate = estimate_channels > 0
 
-    def condition(self, batch: int, latent: torch.Tensor | None, class_labels: torch.Tensor | None,
-                  device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-        """The vector added to the timestep embedding, or None for an unconditional model."""
-        if self.latent_proj is None and self.class_embedding is None:
-            return None
-        cond = torch.zeros(batch, self.emb_dim, device=device, dtype=dtype)
+    def condition(self, latent: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
+                  snr_db: float | torch.Tensor | None = None, estimate: torch.Tensor | None = None,
+                  batch: int | None = None) -> Condition:
+        """Everything the denoiser is conditioned on, for a batch of received latents.
+
+        ``latent`` is y, flat (B, latent_dim) or in its (B, c_out, h, w) layout; ``estimate``
+        the Deep JSCC reconstruction (``residual`` conditioning); ``snr_db`` the channel SNR
+        (SNR-adaptive models). ``batch`` sizes an unconditional batch.
+        """
+        if latent is not None:
+            batch, device, dtype = latent.shape[0], latent.device, latent.dtype
+        else:
+            param = next(self.parameters())
+            device, dtype = param.device, param.dtype
+        vector = None
+        if self.latent_proj is not None or self.class_embedding is not None or self.snr_embedding is not None:
+            vector = torch.zeros(batch, self.emb_dim, device=device, dtype=dtype)
         if self.latent_proj is not None:
             if latent is None:
                 raise ValueError("this UNet is conditioned on the received latent; pass latent=")
-            cond = cond + self.latent_proj(latent.flatten(1).to(dtype))
+            vector = vector + self.latent_proj(latent.flatten(1).to(dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this UNet is class-conditional; pass class_labels=")
-            cond = cond + self.class_embedding(class_labels)
-        return cond
+            vector = vector + self.class_embedding(class_labels)
+        if self.snr_embedding is not None:
+            if snr_db is None:
+                raise ValueError("this UNet is SNR-adaptive; pass snr_db=")
+            snr = snr_vector(snr_db, batch, device)[:, None] / SNR_SCALE_DB
+            vector = vector + self.snr_embedding(snr.to(dtype))
+        maps = None
+        if self.lifter is not None:
+            side = self.image_size // 4
+            maps = self.lifter(latent.reshape(batch, self.latent_channels, side, side).to(dtype))
+            if self.uses_estimate:
+                if estimate is None:
+                    raise ValueError("residual conditioning needs the Deep JSCC estimate; pass estimate=")
+                maps = torch.cat([maps, estimate.to(dtype)], dim=1)
+        return Condition(vector, maps)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, latent: torch.Tensor | None = None,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        cond = self.condition(x.shape[0], latent, class_labels, x.device, x.dtype)
-        return self.unet(x, timesteps, class_labels=cond).sample
+                class_labels: torch.Tensor | None = None, snr_db: float | torch.Tensor | None = None,
+                estimate: torch.Tensor | None = None, condition: Condition | None = None) -> torch.Tensor:
+        """Network output for x_t; pass a prepared ``condition`` or what :meth:`condition` takes."""
+        if condition is None:
+            condition = self.condition(latent, class_labels, snr_db, estimate, batch=x.shape[0])
+        if condition.maps is not None:
+            x = torch.cat([x, condition.maps.to(x.dtype)], dim=1)
+        return self.unet(x, timesteps, class_labels=condition.vector).sample

@@ -6,6 +6,11 @@ no activation (the channel normalises the power). Decoder: the mirror image with
 convolutions, inverse GDN (or BatchNorm) + PReLU, and a final ``tanh`` so images lie in
 [-1, 1]. The latent has ``c_out * H/4 * W/4`` real symbols, i.e. bandwidth ratio
 ``k/n = c_out / 48`` for RGB images (see :func:`diffjscc.channel.bandwidth_ratio`).
+
+``snr_adaptive=True`` adds an ADJSCC attention-feature module after every hidden block
+(:class:`~diffjscc.encoders.snr_attention.SNRAttention`), so that ``forward(x, snr_db)`` adapts
+one network to the channel SNR. The plain layers keep their names (``net.*``), and the
+attention modules live beside them (``snr_attention.*``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from diffjscc.encoders.gdn import GDN
+from diffjscc.encoders.snr_attention import SNRAttention, snr_vector
 from diffjscc.errors import UserError
 
 __all__ = ["NORM_KINDS", "JSCCDecoder", "JSCCEncoder", "latent_shape"]
@@ -46,6 +52,22 @@ def _check_spatial(x: Tensor, name: str) -> None:
         raise UserError(f"{name} expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
 
 
+def _run_layers(net: nn.Sequential, attention: nn.ModuleList | None, x: Tensor, snr_db: float | Tensor | None,
+                name: str) -> Tensor:
+    """The layer stack, with the SNR attention (when present) after every hidden block's PReLU."""
+    if attention is None:
+        return net(x)
+    if snr_db is None:
+        raise ValueError(f"this {name} is SNR-adaptive: pass snr_db")
+    snr = snr_vector(snr_db, x.shape[0], x.device)
+    blocks = iter(attention)
+    for layer in net:
+        x = layer(x)
+        if isinstance(layer, nn.PReLU):
+            x = next(blocks)(x, snr)
+    return x
+
+
 def latent_shape(image_size: int, c_out: int) -> tuple[int, int, int]:
     """Latent shape ``(c_out, image_size // 4, image_size // 4)`` of :class:`JSCCEncoder`."""
     image_size = _check_positive("image_size", image_size)
@@ -68,6 +90,7 @@ class JSCCEncoder(nn.Module):
         c_out: int = 8,
         num_filters: int = 64,
         norm: str = "gdn",
+        snr_adaptive: bool = False,
     ) -> None:
         super().__init__()
         in_channels = _check_positive("in_channels", in_channels)
@@ -87,12 +110,14 @@ class JSCCEncoder(nn.Module):
                 layers += [_norm(norm, out, inverse=False), nn.PReLU(out)]
             ch = out
         self.net = nn.Sequential(*layers)
+        self.snr_attention = (nn.ModuleList(SNRAttention(num_filters) for _ in range(_NUM_LAYERS - 1))
+                              if snr_adaptive else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, snr_db: float | Tensor | None = None) -> Tensor:
         _check_spatial(x, "JSCCEncoder")
         if x.shape[-2] % 4 or x.shape[-1] % 4:
             raise UserError(f"image height/width must be divisible by 4, got {tuple(x.shape[-2:])}")
-        return self.net(x)
+        return _run_layers(self.net, self.snr_attention, x, snr_db, "encoder")
 
 
 class JSCCDecoder(nn.Module):
@@ -104,6 +129,7 @@ class JSCCDecoder(nn.Module):
         c_out: int = 8,
         num_filters: int = 64,
         norm: str = "gdn",
+        snr_adaptive: bool = False,
     ) -> None:
         super().__init__()
         out_channels = _check_positive("out_channels", out_channels)
@@ -125,7 +151,9 @@ class JSCCDecoder(nn.Module):
             ch = out
         layers.append(nn.Tanh())
         self.net = nn.Sequential(*layers)
+        self.snr_attention = (nn.ModuleList(SNRAttention(num_filters) for _ in range(_NUM_LAYERS - 1))
+                              if snr_adaptive else None)
 
-    def forward(self, y: Tensor) -> Tensor:
+    def forward(self, y: Tensor, snr_db: float | Tensor | None = None) -> Tensor:
         _check_spatial(y, "JSCCDecoder")
-        return self.net(y)
+        return _run_layers(self.net, self.snr_attention, y, snr_db, "decoder")

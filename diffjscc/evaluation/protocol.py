@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffjscc import __version__
-from diffjscc.channel import CHANNEL_KINDS, Channel, bandwidth_ratio
+from diffjscc.channel import CHANNEL_KINDS, bandwidth_ratio
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
@@ -64,7 +64,7 @@ from diffjscc.evaluation.metrics import (
     ssim_per_image,
     to_uint8,
 )
-from diffjscc.system import TransmissionSystem, load_system
+from diffjscc.system import TransmissionSystem, build_channel, load_system
 from diffjscc.training.distributed import all_reduce_sum, get_world_size, is_main_process, shard_range
 
 __all__ = ["EVAL_START_MODES", "ROW_FIELDS", "EvalModel", "Protocol", "load_models", "run_protocol",
@@ -251,7 +251,7 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
     system, cfg = model.system, model.system.cfg
     device = next(system.parameters()).device
     kind = protocol.channel or cfg.channel
-    channel = Channel(kind, snr_db=cfg.snr_db).eval()
+    channel = build_channel(cfg, kind).eval()
     ratio = bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size))
     K = protocol.samples
     starts = [s for s in protocol.starts] if system.unet is not None else []
@@ -270,19 +270,19 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
             g_sample = torch.Generator(device=device).manual_seed(sample_seed)
             x = images[part].to(device)
             lab = labels[part].to(device) if use_labels else None
-            received = channel(system.encoder(x), snr_db=snr, generator=g_channel)
+            received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
             if system.decoder is not None and not skip_deep:
-                outs.setdefault("deep_jscc", []).append(to_uint8(system.jscc_decode(received)).cpu())
+                outs.setdefault("deep_jscc", []).append(to_uint8(system.jscc_decode(received, snr)).cpu())
             if "gaussian" in starts or "mean" in starts:
                 samples = [system.receive(received, steps=protocol.steps, start="gaussian", class_labels=lab,
-                                          generator=g_sample) for _ in range(K)]
+                                          generator=g_sample, snr_db=snr) for _ in range(K)]
                 if "gaussian" in starts:
                     outs.setdefault("gaussian", []).append(torch.stack([to_uint8(s).cpu() for s in samples]))
                 if "mean" in starts:
                     outs.setdefault("mean", []).append(to_uint8(torch.stack(samples).mean(0)).cpu())
             if "inversion" in starts:
                 out = system.receive(received, steps=protocol.steps, start="inversion", source=x, class_labels=lab,
-                                     generator=g_sample)
+                                     generator=g_sample, snr_db=snr)
                 outs.setdefault("inversion", []).append(to_uint8(out).cpu())
             bar.update(x.shape[0])
         base = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,

@@ -36,15 +36,16 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
                      snr_db: float | None = None) -> tuple[list[torch.Tensor], list[str]]:
     """Rows for a comparison grid: source | received-decoded | diffusion output."""
     rows, names = [images], ["source"]
+    snr_db = system.cfg.snr_db if snr_db is None else snr_db
     received = system.transmit(images, snr_db=snr_db, generator=generator) if system.encoder is not None else None
     if system.decoder is not None and received is not None:
-        rows.append(system.jscc_decode(received))
+        rows.append(system.jscc_decode(received, snr_db))
         names.append("Deep JSCC")
     elif received is not None:
         rows.append(latent_preview(received, images.shape[-1]))
         names.append("received y")
     if system.unet is not None:
         rows.append(system.receive(received, steps=steps, class_labels=labels, generator=generator,
-                                   batch=images.shape[0]))
+                                   batch=images.shape[0], snr_db=snr_db))
         names.append(f"diffusion {steps}")
     return rows, names

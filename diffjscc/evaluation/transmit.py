@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffjscc.channel import Channel
 from diffjscc.errors import UserError
 from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, psnr_per_image, ssim_per_image, to_uint8
-from diffjscc.system import TransmissionSystem
+from diffjscc.system import TransmissionSystem, build_channel
 
 __all__ = ["TransmitResult", "GRAY_MODES", "transmit_file", "transmit_image"]
 
@@ -81,17 +80,18 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
     device = next(system.parameters()).device
     h, w = image.shape[-2:]
     tiles, rows, cols = _tiles(image, cfg.image_size)
-    link = Channel(channel, snr_db=snr_db).eval()
+    link = build_channel(cfg, channel).eval()
     g_channel = torch.Generator(device=device).manual_seed(seed)
     g_sample = torch.Generator(device=device).manual_seed(seed + 1)
     out = []
     for start in range(0, tiles.shape[0], batch_size):
         x = tiles[start:start + batch_size].to(device)
-        received = link(system.encoder(x), snr_db=snr_db, generator=g_channel)
+        received = system.transmit(x, snr_db=snr_db, generator=g_channel, channel=link)
         if receiver == "diffusion":
-            out.append(system.receive(received, steps=steps, start="gaussian", generator=g_sample).cpu())
+            out.append(system.receive(received, steps=steps, start="gaussian", generator=g_sample,
+                                      snr_db=snr_db).cpu())
         else:
-            out.append(system.jscc_decode(received).clamp(-1, 1).cpu())
+            out.append(system.jscc_decode(received, snr_db).clamp(-1, 1).cpu())
     recon = _stitch(torch.cat(out), rows, cols, h, w)
     source_u8, recon_u8 = to_uint8(image), to_uint8(recon)
     if gray:

@@ -145,26 +145,35 @@ def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torc
     """
     cfg = system.cfg
     draws = generator if isinstance(generator, BatchGenerator) else BatchGenerator(generator, images.shape[0])
+    snr = system.channel.sample_snr(images.shape[0], images.device, draws) if system.encoder is not None else None
     if cfg.mode == "jscc":
-        reconstruction = system.decoder(system.transmit(images, generator=draws))
+        reconstruction = system.decode(system.transmit(images, snr_db=snr, generator=draws), snr)
         mse = F.mse_loss(reconstruction.float(), images.float())
         return {"loss": mse, "mse": mse}
-    received = None
-    if cfg.mode in ("joint", "frozen"):
-        if cfg.mode == "frozen":
-            with torch.no_grad():
-                received = system.transmit(images, generator=draws)
-        else:
-            received = system.transmit(images, generator=draws)
+    received, base, parts = None, None, {}
+    if cfg.mode == "frozen":
+        with torch.no_grad():
+            received = system.transmit(images, snr_db=snr, generator=draws)
+            base = system.residual_base(received, snr)
+    elif cfg.mode == "joint":
+        received = system.transmit(images, snr_db=snr, generator=draws)
+        base = system.residual_base(received, snr)
+        if base is not None:  # the joint residual model trains its Deep JSCC decoder too
+            parts["jscc_mse"] = F.mse_loss(base.float(), images.float())
+            base = base.detach()
     diffusion = system.diffusion
+    target = system.to_residual(images, base)
     t = draws.randint(diffusion.num_timesteps, (images.shape[0],), device=images.device)
     noise = draws.randn(images.shape, device=images.device, dtype=images.dtype)
-    x_t = diffusion.q_sample(images, t, noise)
-    out = system.unet(x_t, diffusion.model_timesteps(t),
-                      latent=received.flatten(1) if received is not None else None,
-                      class_labels=labels if cfg.class_cond else None)
-    terms = diffusion.training_losses(out, images, x_t, t, noise, vlb_weight=cfg.vlb_weight)
-    return {key: value.mean() for key, value in terms.items()}
+    x_t = diffusion.q_sample(target, t, noise)
+    out = system.unet(x_t, diffusion.model_timesteps(t), latent=received,
+                      class_labels=labels if cfg.class_cond else None,
+                      snr_db=snr if cfg.snr_adaptive else None, estimate=base)
+    terms = diffusion.training_losses(out, target, x_t, t, noise, vlb_weight=cfg.vlb_weight)
+    losses = {key: value.mean() for key, value in terms.items()}
+    if parts:
+        losses["loss"] = losses["loss"] + parts["jscc_mse"]
+    return {**losses, **parts}
 
 
 class StepLoss(nn.Module):
@@ -298,6 +307,10 @@ class Trainer:
             snr = f"SNR {cfg.snr_range[0]:g}..{cfg.snr_range[1]:g} dB" if cfg.snr_range else f"SNR {cfg.snr_db:g} dB"
             ratio = bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size))
             parts.insert(2, f"channel {cfg.channel} at {snr}, {cfg.latent_dim} symbols/image (k/n = {ratio:.4f})")
+            if cfg.snr_adaptive:
+                parts.insert(3, "SNR-adaptive" + (" (SNR fed back to the encoder)" if cfg.snr_feedback else ""))
+        if cfg.mode in ("joint", "frozen"):
+            parts.insert(1, f"conditioning={cfg.conditioning}")
         return ", ".join(parts)
 
     # ---- loop -------------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""Receiver conditioning (embed / spatial / residual), SNR-adaptive models, receiver CSI and
+bandwidth ratios: each trains a few steps on real images and samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffjscc.cli import main
+from diffjscc.config import load_config
+from diffjscc.errors import UserError
+from diffjscc.system import TransmissionSystem, load_system
+from diffjscc.training.trainer import Trainer, training_loss
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
+         "jscc_num_filters=16", "diffusion_steps=100", "sample_steps=2", "batch_size=8",
+         "log_interval=1", "device=cpu", "sample_interval=0"]
+
+
+def _train(cifar_root: Path, log_dir: Path, steps: int, *overrides: str) -> Path:
+    cfg = load_config(TINY, [*MICRO, f"data_dir={cifar_root / 'cifar_train'}", f"log_dir={log_dir}",
+                             f"total_steps={steps}", f"save_interval={steps}", *overrides])
+    result = Trainer(cfg, progress=False).train()
+    assert result.step == steps and torch.isfinite(torch.tensor(result.final_loss))
+    return result.last_checkpoint
+
+
+@pytest.fixture(scope="module")
+def jscc_checkpoints(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Deep JSCC runs to freeze: a plain one and an SNR-adaptive one."""
+    root = tmp_path_factory.mktemp("jscc")
+    return {"plain": _train(cifar_root, root / "plain", 3, "mode=jscc"),
+            "adaptive": _train(cifar_root, root / "adaptive", 3, "mode=jscc", "snr_adaptive=true",
+                               "snr_range=[0,20]")}
+
+
+def _test_images(cifar_root: Path, count: int = 4) -> torch.Tensor:
+    from diffjscc.data import load_image_tensor
+
+    files = sorted((cifar_root / "cifar_test").glob("*.png"))[:count]
+    return torch.stack([load_image_tensor(f) for f in files])
+
+
+@pytest.mark.parametrize("mode", ["joint", "frozen"])
+@pytest.mark.parametrize("conditioning", ["embed", "spatial", "residual"])
+def test_each_conditioning_trains_and_samples(cifar_root: Path, tmp_path: Path, jscc_checkpoints: dict,
+                                              mode: str, conditioning: str) -> None:
+    extra = [f"jscc_encoder_path={jscc_checkpoints['plain']}"] if mode == "frozen" else []
+    ckpt = _train(cifar_root, tmp_path / "run", 2, f"mode={mode}", f"conditioning={conditioning}", *extra)
+    system = load_system(str(ckpt))
+    assert (system.decoder is not None) == (mode == "frozen" or conditioning == "residual")
+    images = _test_images(cifar_root)
+    received = system.transmit(images, snr_db=10.0, generator=torch.Generator().manual_seed(0))
+    out = system.receive(received, steps=2, generator=torch.Generator().manual_seed(1), snr_db=10.0)
+    assert out.shape == images.shape and torch.isfinite(out).all() and out.abs().max() <= 1
+
+
+def test_spatial_conditioning_sees_where_the_symbols_are() -> None:
+    """A spatial receiver's output near a latent position depends on that position's symbols
+    through the lifted maps, which an embed receiver only has as one global vector."""
+    cfg = load_config(TINY, [*MICRO, "mode=joint", "conditioning=spatial"])
+    unet = TransmissionSystem(cfg).unet.eval()
+    latent = torch.randn(1, cfg.c_out, cfg.latent_size, cfg.latent_size)
+    moved = latent.clone()
+    moved[..., 0, 0] += 3.0  # change the symbols of the top-left latent position only
+    maps, maps_moved = unet.condition(latent).maps, unet.condition(moved).maps
+    assert maps.shape == (1, cfg.num_channels, cfg.image_size, cfg.image_size)
+    changed = (maps - maps_moved).abs().sum(dim=1)[0]
+    assert changed[:4, :4].min() > 0 and changed[16:, 16:].max() == 0  # local, like the encoder's field
+
+
+def test_residual_receiver_is_built_around_the_deep_jscc_estimate(cifar_root: Path, tmp_path: Path,
+                                                                  jscc_checkpoints: dict) -> None:
+    cfg = load_config(TINY, [*MICRO, "mode=frozen", "conditioning=residual",
+                             f"jscc_encoder_path={jscc_checkpoints['plain']}"])
+    system = TransmissionSystem(cfg)
+    from diffjscc.system import load_jscc_into
+
+    load_jscc_into(system, str(jscc_checkpoints["plain"]))
+    system.eval()
+    images = _test_images(cifar_root)
+    received = system.transmit(images, snr_db=10.0, generator=torch.Generator().manual_seed(0))
+    base = system.residual_base(received)
+    assert torch.allclose(base, system.jscc_decode(received))
+    residual = system.to_residual(images, base)
+    assert torch.allclose(system.from_residual(residual, base), images, atol=1e-6)
+    low, high = system.clip_range(base)
+    assert torch.allclose(system.from_residual(low, base), -torch.ones_like(base), atol=1e-6)
+    assert torch.allclose(system.from_residual(high, base), torch.ones_like(base), atol=1e-6)
+    # the diffusion target is the scaled residual: training sees (x − x̂)/s, not x
+    with torch.no_grad():
+        system.unet.unet.conv_out.weight.zero_()
+        system.unet.unet.conv_out.bias.zero_()  # ε̂ ≡ 0: DDIM returns its start's x̂_0 estimates
+    out = system.receive(received, steps=2, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all() and out.abs().max() <= 1
+
+
+def test_snr_adaptive_models_use_the_snr(cifar_root: Path, jscc_checkpoints: dict) -> None:
+    system = load_system(str(jscc_checkpoints["adaptive"]))
+    assert set(system.encoder.state_dict()) > {k for k in system.encoder.state_dict() if k.startswith("net.")}
+    images = _test_images(cifar_root)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - the same channel draws each time
+    with torch.no_grad():
+        assert not torch.allclose(system.encoder(images, 0.0), system.encoder(images, 20.0))
+        received = system.transmit(images, snr_db=10.0, generator=g())
+        assert not torch.allclose(system.jscc_decode(received, 0.0), system.jscc_decode(received, 20.0))
+        per_image = torch.tensor([0.0, 5.0, 10.0, 20.0])
+        assert system.jscc_decode(system.transmit(images, snr_db=per_image, generator=g()), per_image).shape \
+            == images.shape
+    with pytest.raises(ValueError, match="SNR-adaptive"):
+        system.jscc_decode(received)
+    plain = load_system(str(jscc_checkpoints["plain"]))
+    assert all(k.startswith("net.") for k in plain.encoder.state_dict())  # old checkpoints still load
+
+
+def test_snr_adaptive_diffusion_trains_on_a_frozen_adaptive_encoder(cifar_root: Path, tmp_path: Path,
+                                                                     jscc_checkpoints: dict) -> None:
+    ckpt = _train(cifar_root, tmp_path / "run", 2, "mode=frozen", "conditioning=residual", "snr_adaptive=true",
+                  "snr_range=[0,20]", f"jscc_encoder_path={jscc_checkpoints['adaptive']}")
+    system = load_system(str(ckpt))
+    assert system.unet.snr_embedding is not None
+    images = _test_images(cifar_root)
+    received = system.transmit(images, snr_db=3.0, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(system.receive(received, steps=2, snr_db=3.0)).all()
+    # a frozen encoder must match: an adaptive diffusion run cannot freeze a plain Deep JSCC
+    with pytest.raises(UserError, match="snr_adaptive"):
+        _train(cifar_root, tmp_path / "bad", 1, "mode=frozen", "snr_adaptive=true",
+               f"jscc_encoder_path={jscc_checkpoints['plain']}")
+
+
+@pytest.mark.parametrize("channel", ["rayleigh_block", "rayleigh_fast"])
+@pytest.mark.parametrize("csi", [True, False])
+def test_fading_channels_train_with_and_without_csi(cifar_root: Path, tmp_path: Path, channel: str,
+                                                    csi: bool) -> None:
+    ckpt = _train(cifar_root, tmp_path / "run", 2, "mode=joint", "conditioning=spatial", f"channel={channel}",
+                  f"csi={str(csi).lower()}", "snr_range=[0,20]")
+    system = load_system(str(ckpt))
+    assert system.channel.csi is csi and system.channel.kind == channel
+    out = system.receive(system.transmit(_test_images(cifar_root), snr_db=5.0), steps=2)
+    assert torch.isfinite(out).all()
+
+
+def test_bandwidth_ratios_beyond_one_sixth_through_the_cli(cifar_root: Path, tmp_path: Path) -> None:
+    """k/n = 1/12 and 1/24 by config (c_out), evaluated together: rows carry their k/n."""
+    ckpts = [_train(cifar_root, tmp_path / f"c{c}", 2, "mode=jscc", f"c_out={c}", f"latent_dim={c * 64}")
+             for c in (4, 2)]
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data", str(cifar_root / "cifar_test"), "--snr", "0,10", "--limit", "8", "--no-fid",
+            "--out", str(out)]
+    for ckpt in ckpts:
+        argv += ["--checkpoint", str(ckpt)]
+    assert main(argv) == 0
+    import json
+
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert sorted({round(r["k_over_n"], 5) for r in rows}) == [round(1 / 24, 5), round(1 / 12, 5)]
+    assert main(["plot", str(out / "results.json"), "--out", str(tmp_path / "curves.png")]) == 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mode=jscc", "conditioning=spatial"], "conditioning"),
+    (["mode=unconditional", "conditioning=residual"], "conditioning"),
+    (["mode=joint", "encoder=half_unet", "conditioning=residual"], "residual"),
+    (["mode=unconditional", "snr_adaptive=true"], "snr_adaptive"),
+    (["mode=joint", "encoder=half_unet", "snr_adaptive=true"], "snr_feedback"),
+    (["conditioning=film"], "conditioning"),
+    (["residual_scale=0"], "residual_scale"),
+    (["channel=sionna_tdl", "tdl_model=Z"], "tdl_model"),
+])
+def test_bad_conditioning_configs_name_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_config(TINY, overrides)
+
+
+def test_training_loss_of_joint_residual_trains_the_decoder_too() -> None:
+    cfg = load_config(TINY, [*MICRO, "mode=joint", "conditioning=residual"])
+    system = TransmissionSystem(cfg).train()
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    terms = training_loss(system, images, None, torch.Generator().manual_seed(0))
+    assert set(terms) >= {"loss", "mse", "vlb", "jscc_mse"}
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in system.decoder.parameters())
+    assert system.encoder.net[0].weight.grad.abs().sum() > 0
