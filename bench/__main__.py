@@ -1,17 +1,29 @@
-"""``python -m bench SUB``: run a benchmark from the repository root."""
+"""``python -m bench SUB``: run a benchmark from the repository root.
+
+Sub-benchmarks: ``train-step`` (images/s, fast path over eager fp32, FLOP/s against the matmul
+peak), ``sample`` (DDIM steps against PSNR), ``quality`` (Deep JSCC against the diffusion
+receivers at the same training budget), ``memory`` (peak memory of a training step),
+``snr-adaptive`` (SNR-adaptive Deep JSCC against single-SNR models). Each prints a table and
+writes JSON under ``bench/results/``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bench import train_step
+from bench import memory, quality, sample, snr_adaptive, train_step
+
+SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
+               "snr-adaptive": snr_adaptive}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="name", required=True)
-    train_step.add_arguments(sub.add_parser("train-step", help=train_step.__doc__.splitlines()[0]))
+    for name, module in SUBCOMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -34,20 +34,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", type=Path, default=Path("bench/work/snr_adaptive"),
                         help="data, checkpoints (reused when present: delete to retrain)")
     parser.add_argument("--train-snrs", default="0,5,10,15,20")
-    parser.add_argument("--eval-snrs", default="-6,-3,0,5,10,15,20")
+    parser.add_argument("--eval-snrs", default="-6,-3,0,5,10,15,20",
+                        help="write negative values as --eval-snrs=-6,0,10")
     parser.add_argument("--steps", type=int, default=2000, help="training steps per model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--test-images", type=int, default=1000)
+    parser.add_argument("--data-limit", type=int, default=None, help="extract at most N images per split")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every model")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op CPU threads (default: torch's); 1 when other jobs share the cores")
     parser.add_argument("--json", type=Path, default=Path("bench/results/snr_adaptive.json"))
     parser.set_defaults(run=run)
 
 
-def _prepare_data(archive: Path, work: Path) -> tuple[Path, Path]:
+def _prepare_data(archive: Path, work: Path, limit: int | None) -> tuple[Path, Path]:
     data = work / "data"
     if not (data / "cifar_test").is_dir():
-        extract_cifar10(archive, data)
+        extract_cifar10(archive, data, limit_per_split=limit)
     return data / "cifar_train", data / "cifar_test"
 
 
@@ -66,10 +70,12 @@ def _train(args, train_dir: Path, name: str, overrides: list[str]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train_snrs = parse_snr_list(args.train_snrs)
     eval_snrs = parse_snr_list(args.eval_snrs)
     lo, hi = min(train_snrs), max(train_snrs)
-    train_dir, test_dir = _prepare_data(args.archive, args.work)
+    train_dir, test_dir = _prepare_data(args.archive, args.work, args.data_limit)
     models = {f"single {snr:g} dB": [f"snr_db={snr}", "snr_range=[]"] for snr in train_snrs}
     models[f"range {lo:g}..{hi:g} dB"] = [f"snr_range=[{lo},{hi}]"]
     models[f"adaptive {lo:g}..{hi:g} dB"] = [f"snr_range=[{lo},{hi}]", "snr_adaptive=true"]

@@ -212,16 +212,25 @@ class Trainer:
         self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
                                           strict=cfg.strict_data)
         self.system = TransmissionSystem(cfg).to(self.device)
+        if cfg.channels_last:  # NHWC convolutions; the state_dict keys and values are unchanged
+            self.system = self.system.to(memory_format=torch.channels_last)
         if cfg.mode == "frozen":
             load_jscc_into(self.system, cfg.jscc_encoder_path)
-        self.optimizer = torch.optim.AdamW(self.system.trainable_parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        try:  # fused: one kernel for every parameter, the same AdamW update (bench train-step)
+            self.optimizer = torch.optim.AdamW(self.system.trainable_parameters(), lr=cfg.lr,
+                                               weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
+        except RuntimeError:  # no fused AdamW for this device in this torch (CPU before 2.4)
+            self.optimizer = torch.optim.AdamW(self.system.trainable_parameters(), lr=cfg.lr,
+                                               weight_decay=cfg.weight_decay)
         self.ema = AveragedModel(self.system, multi_avg_fn=ema_with_warmup(cfg.ema_rate), use_buffers=True)
         self.step = 0
         self._stop_signal: int | None = None
         if resume:
             self._resume(resume)
         self.step_loss: nn.Module = StepLoss(self.system)
+        if cfg.compile and self.system.unet is not None:
+            # In place (nn.Module.compile): state_dict keys, checkpoints and the EMA copy stay as they are.
+            self.system.unet.compile()
         if self.dist.enabled:
             self._check_ranks_start_together()
             if self.dist.rank:  # rank 0 keeps a single process's global RNG (dropout)

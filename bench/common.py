@@ -1,0 +1,98 @@
+"""Helpers shared by the benchmarks: machine description, bf16 check, data, result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
+DEFAULT_DATA_ROOT = Path("bench/work/cifar")  # the archive as PNG folders, shared by the benchmarks
+
+
+def config_stem(config: str | Path) -> str:
+    """``configs/cifar10.yaml`` and ``cifar10`` both name the result files ``..._cifar10``."""
+    return Path(str(config)).stem
+
+
+def cpu_model() -> str:
+    """The processor's marketing name (``platform.processor()`` is often just the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the figures were measured on: they are only comparable on the same machine."""
+    info = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether bf16 runs natively (AVX512-BF16 or AMX on CPU; the GPU's own check on CUDA).
+
+    Without it, CPU autocast to bf16 emulates the type and is many times slower than fp32, so
+    the fast path must not use it.
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported()), "torch.cuda.is_bf16_supported()"
+    checks = {"AVX512-BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              "AMX": getattr(torch.cpu, "_is_amx_tile_supported", None)}
+    found = {name: bool(check()) for name, check in checks.items() if check is not None}
+    described = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in found.items())
+    return any(found.values()), f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {described}"
+
+
+def prepare_cifar(archive: Path, data_root: Path) -> tuple[Path, Path]:
+    """``data_root``/cifar_train and cifar_test, extracted from ``archive`` the first time."""
+    from diffjscc.data.cifar10 import extract_cifar10
+    from diffjscc.errors import UserError
+
+    data_root = Path(data_root)
+    if not (data_root / "cifar_test").is_dir():
+        if not Path(archive).is_file():
+            raise UserError(f"CIFAR-10 archive not found at {archive} (give --archive or --data-root)")
+        extract_cifar10(archive, data_root)
+    for split in ("cifar_train", "cifar_test"):
+        if not (data_root / split).is_dir():
+            raise UserError(f"{data_root / split} is missing: --data-root needs cifar_train/ and cifar_test/")
+    return data_root / "cifar_train", data_root / "cifar_test"
+
+
+def write_json(path: Path, document: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def spread_subset(folder: Path, count: int, out: Path) -> Path:
+    """``count`` images of ``folder`` taken evenly over its sorted file names, copied into ``out``.
+
+    The evaluation protocol takes the first N files in name order, which in a CIFAR folder
+    (``{class}_{index}.png``) are all of one class; an even spread covers every class.
+    """
+    import shutil
+
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png")
+    count = min(count, len(files))
+    chosen = [files[i * len(files) // count] for i in range(count)] if count else []
+    marker = out / ".source"
+    wanted = f"{Path(folder).resolve()} {count}"
+    if marker.is_file() and marker.read_text() == wanted:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for path in chosen:
+        shutil.copyfile(path, out / path.name)
+    marker.write_text(wanted)
+    return out

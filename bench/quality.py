@@ -1,0 +1,218 @@
+"""Quality per compute: Deep JSCC against diffusion receivers at the same training budget.
+
+On the CIFAR-10 subset, k/n = 1/6 (the config's 512 symbols), AWGN at ``--snr`` dB: train the
+Deep JSCC baseline (``mode: jscc``), then one diffusion receiver per ``--conditioning`` on that
+frozen encoder (``mode: frozen``), each for the same number of training images (``--images``).
+Score them all on held-out test images with the evaluation protocol: the Deep JSCC decoder, one
+diffusion sample (Gaussian start: a real receiver), the ``mean`` of K samples (an MMSE
+estimate), and the ORACLE inversion start (x_T from the source image, which a receiver does not
+have: an upper bound). Compute is reported next to quality: training wall time and FLOPs per
+training image, and receiver FLOPs per transmitted image.
+
+Targets (issue 7): one diffusion sample within 3 dB PSNR of Deep JSCC, the mean within 1 dB.
+Runs are kept under ``--work`` and reused (delete them to retrain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import (DEFAULT_ARCHIVE, DEFAULT_DATA_ROOT, machine_info, prepare_cifar, spread_subset,
+                          write_json)
+from diffjscc.config import load_config
+from diffjscc.evaluation.protocol import EVAL_START_MODES, Protocol, load_models, run_protocol
+from diffjscc.training.trainer import Trainer
+
+CONDITIONINGS = ("embed", "spatial", "residual")
+TARGETS_DB = {"gaussian": 3.0, "mean": 1.0}  # allowed PSNR deficit against Deep JSCC
+# About 20 minutes per tiny diffusion model on 2 CPU cores (~40 img/s); --quick: a couple of minutes.
+FULL_BUDGET = {"images": 48000, "test_images": 1000}
+QUICK_BUDGET = {"images": 2000, "test_images": 64}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"training images seen per model (default {FULL_BUDGET['images']}: ~20 min per "
+                             f"tiny diffusion model on 2 CPU cores; --quick: {QUICK_BUDGET['images']})")
+    parser.add_argument("--quick", action="store_true", help="a budget of a couple of minutes per model")
+    parser.add_argument("--conditioning", default=",".join(CONDITIONINGS),
+                        help="comma-separated diffusion receivers to train: embed, spatial, residual")
+    parser.add_argument("--starts", default=",".join(EVAL_START_MODES),
+                        help="comma-separated start modes: gaussian, mean, inversion (ORACLE)")
+    parser.add_argument("--samples-per-image", type=int, default=4, help="K samples averaged by the mean start")
+    parser.add_argument("--sampling-steps", type=int, default=20, help="DDIM steps of the diffusion receivers")
+    parser.add_argument("--snr", type=float, default=10.0, help="AWGN SNR in dB (training and evaluation)")
+    parser.add_argument("--test-images", type=int, default=None,
+                        help=f"held-out images scored (default {FULL_BUDGET['test_images']}; --quick: "
+                             f"{QUICK_BUDGET['test_images']}), spread over every class")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the config's)")
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar-10-python.tar.gz")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                        help="folder with cifar_train/ and cifar_test/; extracted from --archive when missing "
+                             "(default %(default)s)")
+    parser.add_argument("--work", type=Path, default=Path("bench/work/quality"),
+                        help="training runs (reused when present) and the test subset")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every model")
+    parser.add_argument("--results", type=Path, default=Path("bench/results"),
+                        help="folder for quality.json and quality.md")
+    parser.set_defaults(run=run)
+
+
+def _train(config: str, log_dir: Path, overrides: list[str], images: int) -> dict:
+    """Train one model for ``images`` training images (or reuse the finished run)."""
+    cfg = load_config(config, overrides + [f"log_dir={log_dir}", "sample_interval=0"])
+    steps = max(math.ceil(images / cfg.batch_size), 1)
+    cfg = load_config(config, overrides + [f"log_dir={log_dir}", "sample_interval=0", f"total_steps={steps}",
+                                           f"save_interval={steps}", f"log_interval={min(cfg.log_interval, steps)}"])
+    record_path = log_dir / "bench_training.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("steps") == steps and Path(record["checkpoint"]).is_file():
+            print(f"{log_dir.name}: reusing {record['checkpoint']} ({record['seconds']:.0f} s when trained)")
+            return record
+    start = time.perf_counter()
+    result = Trainer(cfg, resume="auto", progress=False).train()
+    seconds = time.perf_counter() - start
+    record = {"checkpoint": str(result.last_checkpoint), "steps": steps, "batch_size": cfg.batch_size,
+              "images": steps * cfg.batch_size, "seconds": seconds, "mode": cfg.mode,
+              "conditioning": cfg.conditioning if cfg.has_diffusion else None,
+              "train_flops_per_image": _train_flops_per_image(cfg)}
+    record_path.write_text(json.dumps(record, indent=2))
+    print(f"{log_dir.name}: {steps} steps x {cfg.batch_size} images in {seconds / 60:.1f} min", flush=True)
+    return record
+
+
+def _train_flops_per_image(cfg) -> float:
+    """Forward + backward FLOPs of one training image (counted on a 2-image batch)."""
+    from bench.train_step import Variant, build_setup, count_step_flops
+
+    small = _with_overrides(cfg, ["batch_size=2", "device=cpu"])
+    return count_step_flops(build_setup(small, Variant(), torch.device("cpu"))) / 2
+
+
+def _with_overrides(cfg, overrides: list[str]):
+    from diffjscc.config import config_from_dict
+
+    return config_from_dict(cfg.to_dict(), overrides)
+
+
+@torch.no_grad()
+def _receiver_flops_per_image(system, steps: int, samples: int) -> dict[str, float]:
+    """FLOPs per transmitted image of each receiver (encoder and channel excluded)."""
+    image = torch.zeros(1, 3, system.cfg.image_size, system.cfg.image_size)
+    received = system.transmit(image, generator=torch.Generator().manual_seed(0))
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    one_sample = count(lambda: system.receive(received, steps=steps))
+    flops = {"deep_jscc": count(lambda: system.jscc_decode(received))} if system.decoder is not None else {}
+    flops.update({"gaussian": one_sample, "mean": samples * one_sample,
+                  "inversion": count(lambda: system.receive(received, steps=steps, start="inversion", source=image))})
+    return flops
+
+
+def run(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = QUICK_BUDGET if args.quick else FULL_BUDGET
+    images = args.images or budget["images"]
+    test_count = args.test_images or budget["test_images"]
+    conditionings = [c.strip() for c in args.conditioning.split(",") if c.strip()]
+    starts = tuple(s.strip() for s in args.starts.split(",") if s.strip())
+    for name in conditionings:
+        if name not in CONDITIONINGS:
+            raise SystemExit(f"unknown conditioning {name!r}; expected {', '.join(CONDITIONINGS)}")
+    train_dir, test_dir = prepare_cifar(args.archive, args.data_root)
+    test_dir = spread_subset(test_dir, test_count, args.work / f"test_{test_count}")
+    common = [f"data_dir={train_dir}", f"snr_db={args.snr}", "snr_range=[]", "channel=awgn",
+              f"device={args.device}", *([f"batch_size={args.batch_size}"] if args.batch_size else []),
+              *args.overrides]
+    runs = args.work / f"images_{images}"
+    trained = {"jscc": _train(args.config, runs / "jscc", common + ["mode=jscc"], images)}
+    for name in conditionings:
+        extra = [f"conditioning={name}"] if name != "embed" else []  # embed is the default receiver
+        trained[name] = _train(args.config, runs / f"frozen_{name}",
+                               common + ["mode=frozen", f"jscc_encoder_path={trained['jscc']['checkpoint']}", *extra],
+                               images)
+
+    models = load_models([Path(trained[name]["checkpoint"]) for name in conditionings], device=args.device)
+    protocol = Protocol(snrs=[args.snr], starts=starts, steps=args.sampling_steps,
+                        samples_per_image=args.samples_per_image if "mean" in starts else None)
+    document = run_protocol(models, test_dir, protocol, fid_info={"skipped": "FID not computed in this benchmark"},
+                            progress=False, echo=lambda *a, **k: None)
+    label_to_conditioning = {model.label: name for model, name in zip(models, conditionings)}
+    flops = {name: _receiver_flops_per_image(model.system, args.sampling_steps, protocol.samples)
+             for model, name in zip(models, conditionings)}
+
+    deep = next(r for r in document["results"] if r["receiver"] == "deep_jscc")
+    rows = [_summary_row("Deep JSCC", "-", "-", deep, deep, trained["jscc"],
+                         flops[conditionings[0]]["deep_jscc"])]
+    for result in document["results"]:
+        if result["receiver"] != "diffusion":
+            continue
+        name = label_to_conditioning[result["model"]]
+        rows.append(_summary_row(result["system"], name, result["start"], result, deep, trained[name],
+                                 flops[name][result["start"]]))
+    table = _markdown(rows)
+    heading = (f"Quality per compute: {args.config}, CIFAR-10 subset, AWGN {args.snr:g} dB, k/n = "
+               f"{deep['k_over_n']:.4f}, {images} training images per model, {deep['n']} test images, "
+               f"DDIM {args.sampling_steps} steps, mean of {protocol.samples}")
+    print("\n" + heading)
+    print(table)
+    notes = ["ORACLE: x_T by DDIM inversion of the source image, which a real receiver does not have: an upper "
+             "bound, not a result.",
+             f"targets: one sample within {TARGETS_DB['gaussian']:g} dB of Deep JSCC PSNR, the mean within "
+             f"{TARGETS_DB['mean']:g} dB.",
+             "train GFLOP/img: forward + backward of one training image; rx GFLOP/img: the receiver per "
+             "transmitted image (encoder and channel excluded)."]
+    for note in notes:
+        print(note)
+    write_json(args.results / "quality.json", {
+        "benchmark": "quality", "config": args.config, "snr_db": args.snr, "channel": "awgn",
+        "k_over_n": deep["k_over_n"], "images_per_model": images, "quick": args.quick, "test_images": deep["n"],
+        "sampling_steps": args.sampling_steps, "samples_per_image": protocol.samples, "starts": list(starts),
+        "targets_db": TARGETS_DB, "training": trained, "summary": rows, "notes": notes,
+        "machine": machine_info(), "threads": torch.get_num_threads(), "evaluation": document})
+    (args.results / "quality.md").write_text(f"{heading}\n\n{table}\n" + "".join(f"\n{n}" for n in notes) + "\n")
+    return 0
+
+
+def _summary_row(system: str, conditioning: str, start: str, result: dict, deep: dict, training: dict,
+                 receiver_flops: float) -> dict:
+    gap = result["psnr"] - deep["psnr"]
+    allowed = TARGETS_DB.get(start)
+    return {"system": system, "conditioning": conditioning, "start": start, "oracle": start == "inversion",
+            "psnr": result["psnr"], "ssim": result["ssim"], "psnr_minus_deep_jscc": gap,
+            "ssim_minus_deep_jscc": result["ssim"] - deep["ssim"],
+            "target_db": allowed, "target_met": None if allowed is None else gap >= -allowed,
+            "train_images": training["images"], "train_minutes": training["seconds"] / 60,
+            "train_gflop_per_image": training["train_flops_per_image"] / 1e9,
+            "receiver_gflop_per_image": receiver_flops / 1e9}
+
+
+def _markdown(rows: list[dict]) -> str:
+    header = ["receiver", "conditioning", "PSNR dB", "SSIM", "Δ PSNR vs Deep JSCC", "Δ SSIM", "target", "met",
+              "train img", "train min", "train GFLOP/img", "rx GFLOP/img"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        target = "-" if row["target_db"] is None else f"≥ −{row['target_db']:g} dB"
+        met = {None: "-", True: "yes", False: "NO"}[row["target_met"]]
+        lines.append(f"| {row['system']} | {row['conditioning']} | {row['psnr']:.2f} | {row['ssim']:.4f} | "
+                     f"{row['psnr_minus_deep_jscc']:+.2f} | {row['ssim_minus_deep_jscc']:+.4f} | {target} | {met} | "
+                     f"{row['train_images']} | {row['train_minutes']:.1f} | {row['train_gflop_per_image']:.3f} | "
+                     f"{row['receiver_gflop_per_image']:.3f} |")
+    return "\n".join(lines)

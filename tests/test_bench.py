@@ -1,0 +1,86 @@
+"""``python -m bench SUB`` end to end at a micro size: every sub-benchmark runs and writes its
+result file with the expected fields. No timing is asserted (the figures need the full runs)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main
+
+
+def test_train_step_prints_the_table_and_a_speedup_line(tmp_path: Path, capsys) -> None:
+    assert main(["train-step", "--config", "tiny", "--batch-size", "2", "--steps", "1", "--rounds", "1",
+                 "--matmul-size", "64", "--variants", "eager fp32,channels_last,fused AdamW",
+                 "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1])
+    assert re.match(r"tiny: fast path \(fused AdamW\) \d+\.\d\dx eager fp32, \d+\.\d% of the fp32 matmul peak",
+                    lines[-2])
+    result = json.loads((tmp_path / "train_step_tiny.json").read_text())
+    assert result["batch_size"] == 2 and result["flops_per_step"] > 0
+    assert result["fast_path"]["name"] == "fused AdamW"  # the trainer's default for tiny
+    assert result["fast_path"]["variant"]["adamw"] == "fused"
+    assert set(result["variants"]) == {"eager fp32", "channels_last", "fused AdamW"}
+    for row in result["variants"].values():
+        assert row["images_per_s"] > 0 and 0 < row["fraction_of_matmul_peak"]
+        assert {"ratio_to_eager_fp32", "achieved_flops_per_s", "step_s_best", "images_per_s_median"} <= set(row)
+    assert result["variants"]["eager fp32"]["ratio_to_eager_fp32"] == 1.0
+    assert result["speedup"] == result["variants"]["fused AdamW"]["ratio_to_eager_fp32"]
+    assert result["matmul_reference"]["size"] == 64 and result["matmul_reference"]["flops_per_s"] > 0
+    assert "AttnProcessor2_0" in result["attention_processors"]  # SDPA attention
+    assert isinstance(result["native_bf16"], bool) and result["machine"]["cpu"]
+    if not result["native_bf16"]:
+        assert any("bf16" in note for note in result["notes"]) or "bf16 autocast" not in result["variants"]
+
+
+def test_memory_measures_each_config_in_a_fresh_process(tmp_path: Path, capsys) -> None:
+    assert main(["memory", "--config", "tiny", "--batch-size", "2", "--device", "cpu", "--threads", "1",
+                 "--results", str(tmp_path)]) == 0
+    assert "step peak" in capsys.readouterr().out
+    result = json.loads((tmp_path / "memory.json").read_text())
+    (row,) = result["rows"]
+    assert row["batch_size"] == 2 and row["path"] == "fast" and row["variant"]["adamw"] == "fused"
+    assert row["rss_peak_bytes"] >= row["rss_after_build_bytes"] >= row["rss_baseline_bytes"] > 0
+    assert row["step_peak_rss_bytes"] == row["rss_peak_bytes"] - row["rss_baseline_bytes"] > 0
+
+
+def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path, tmp_path: Path, capsys) -> None:
+    assert main(["sample", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--train-steps", "2",
+                 "--set", "batch_size=4", "--set", "log_interval=1", "--test-images", "4", "--timing-images", "2",
+                 "--rounds", "1", "--steps", "2,3", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Δ vs 3" in out
+    result = json.loads((tmp_path / "sample.json").read_text())
+    assert result["trained_here"] and result["train_steps"] == 2 and result["snr_db"] == 10.0
+    assert [row["steps"] for row in result["rows"]] == [2, 3]
+    for row in result["rows"]:
+        assert row["n"] == 4 and row["images_per_s"] > 0 and 0 < row["psnr"] < 60
+    assert result["rows"][1]["psnr_minus_3"] == 0.0
+    assert result["target"]["gap_db"] is None  # 20 and 250 steps were not run
+
+
+def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    assert main(["quality", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--images", "8",
+                 "--batch-size", "4", "--conditioning", "embed", "--test-images", "4", "--sampling-steps", "2",
+                 "--samples-per-image", "2", "--set", "log_interval=1", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ORACLE" in out and "Δ PSNR vs Deep JSCC" in out
+    result = json.loads((tmp_path / "quality.json").read_text())
+    assert result["images_per_model"] == 8 and result["test_images"] == 4 and result["snr_db"] == 10.0
+    assert result["k_over_n"] == pytest.approx(1 / 6)
+    rows = {(row["system"].split(",")[0], row["start"]): row for row in result["summary"]}
+    assert set(rows) == {("Deep JSCC", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"),
+                         ("diffusion", "inversion")}
+    assert rows[("Deep JSCC", "-")]["psnr_minus_deep_jscc"] == 0.0
+    assert rows[("diffusion", "gaussian")]["target_db"] == 3.0 and rows[("diffusion", "mean")]["target_db"] == 1.0
+    assert rows[("diffusion", "inversion")]["oracle"] and rows[("diffusion", "inversion")]["target_met"] is None
+    for row in result["summary"]:
+        assert row["train_images"] == 8 and row["receiver_gflop_per_image"] > 0 and row["train_gflop_per_image"] > 0
+    assert result["training"]["embed"]["mode"] == "frozen"
+    assert (tmp_path / "quality.md").read_text().startswith("Quality per compute")
