@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -30,11 +31,25 @@ def cpu_model() -> str:
 
 def machine_info() -> dict:
     """What the figures were measured on: they are only comparable on the same machine."""
-    info = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": str(torch.__version__),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "torch": str(torch.__version__), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def load_warning() -> str | None:
+    """A warning when other jobs already load the cores: several intra-op threads then wait on
+    each other (measured here: a tiny step 80x slower with 2 threads at load 3 on 2 cores)."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if torch.get_num_threads() > 1 and load >= cores / 2:
+        return (f"warning: load average {load:.1f} on {cores} cores before this run and {torch.get_num_threads()} "
+                f"threads: timings may be far off; --threads 1 is steadier on a shared machine")
+    return None
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:

@@ -27,7 +27,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import config_stem, machine_info, native_bf16, write_json
+from bench.common import config_stem, load_warning, machine_info, native_bf16, write_json
 from diffjscc.config import Config, load_config
 from diffjscc.system import TransmissionSystem
 from diffjscc.training.trainer import ema_with_warmup, resolve_device, training_loss
@@ -301,6 +301,9 @@ def run(args) -> int:
     configs = args.config or ["configs/tiny.yaml", "configs/cifar10.yaml"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    warning = load_warning()
+    if warning:
+        print(warning)
     results = []
     for config in configs:
         result = measure_config(config, args)
