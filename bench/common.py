@@ -67,8 +67,9 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     return any(found.values()), f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {described}"
 
 
-def prepare_cifar(archive: Path, data_root: Path) -> tuple[Path, Path]:
-    """``data_root``/cifar_train and cifar_test, extracted from ``archive`` the first time."""
+def prepare_cifar(archive: Path, data_root: Path, limit: int | None = None) -> tuple[Path, Path]:
+    """``data_root``/cifar_train and cifar_test, extracted from ``archive`` the first time
+    (at most ``limit`` images per split)."""
     from diffjscc.data.cifar10 import extract_cifar10
     from diffjscc.errors import UserError
 
@@ -76,7 +77,7 @@ def prepare_cifar(archive: Path, data_root: Path) -> tuple[Path, Path]:
     if not (data_root / "cifar_test").is_dir():
         if not Path(archive).is_file():
             raise UserError(f"CIFAR-10 archive not found at {archive} (give --archive or --data-root)")
-        extract_cifar10(archive, data_root)
+        extract_cifar10(archive, data_root, limit_per_split=limit)
     for split in ("cifar_train", "cifar_test"):
         if not (data_root / split).is_dir():
             raise UserError(f"{data_root / split} is missing: --data-root needs cifar_train/ and cifar_test/")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from bench.common import prepare_cifar
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
-from diffjscc.data.cifar10 import extract_cifar10
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
 
@@ -48,13 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def _prepare_data(archive: Path, work: Path, limit: int | None) -> tuple[Path, Path]:
-    data = work / "data"
-    if not (data / "cifar_test").is_dir():
-        extract_cifar10(archive, data, limit_per_split=limit)
-    return data / "cifar_train", data / "cifar_test"
-
-
 def _train(args, train_dir: Path, name: str, overrides: list[str]) -> Path:
     """Train one model (or reuse a finished run of it); returns its final checkpoint."""
     log_dir = args.work / name
@@ -75,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     train_snrs = parse_snr_list(args.train_snrs)
     eval_snrs = parse_snr_list(args.eval_snrs)
     lo, hi = min(train_snrs), max(train_snrs)
-    train_dir, test_dir = _prepare_data(args.archive, args.work, args.data_limit)
+    train_dir, test_dir = prepare_cifar(args.archive, args.work / "data", args.data_limit)
     models = {f"single {snr:g} dB": [f"snr_db={snr}", "snr_range=[]"] for snr in train_snrs}
     models[f"range {lo:g}..{hi:g} dB"] = [f"snr_range=[{lo},{hi}]"]
     models[f"adaptive {lo:g}..{hi:g} dB"] = [f"snr_range=[{lo},{hi}]", "snr_adaptive=true"]
