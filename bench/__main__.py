@@ -13,6 +13,8 @@ import argparse
 import sys
 
 from bench import memory, quality, sample, snr_adaptive, train_step
+from diffjscc.cli import EXIT_USAGE
+from diffjscc.errors import UserError
 
 SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
                "snr-adaptive": snr_adaptive}
@@ -25,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except UserError as err:  # bad input or a stale run folder: one line, as the diffjscc command
+        print(f"python -m bench {args.name}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,6 +12,15 @@ import torch
 
 DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
 DEFAULT_DATA_ROOT = Path("bench/work/cifar")  # the archive as PNG folders, shared by the benchmarks
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, data_root: bool = True) -> None:
+    """--archive (and --data-root): where the benchmarks find CIFAR-10 (see prepare_cifar)."""
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar-10-python.tar.gz")
+    if data_root:
+        parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                            help="folder with cifar_train/ and cifar_test/; extracted from --archive when missing "
+                                 "(default %(default)s)")
 
 
 def config_stem(config: str | Path) -> str:

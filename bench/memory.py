@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.common import config_stem, machine_info, write_json
+from diffjscc.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("fast", "eager")
@@ -130,7 +131,7 @@ def run(args) -> int:
     configs = args.config or ["configs/tiny.yaml", "configs/cifar10.yaml"]
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if any(p not in PATHS for p in paths):
-        raise SystemExit(f"--paths takes {', '.join(PATHS)}")
+        raise UserError(f"--paths takes {', '.join(PATHS)}")
     records = [measure_in_subprocess(config, args, path) for config in configs for path in paths]
     cuda = any("cuda_max_allocated_bytes" in r for r in records)
     print(f"\nPeak memory of one training step (fresh process each; batch {args.batch_size})")

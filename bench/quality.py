@@ -1,8 +1,9 @@
 """Quality per compute: Deep JSCC against diffusion receivers at the same training budget.
 
 On the CIFAR-10 subset, k/n = 1/6 (the config's 512 symbols), AWGN at ``--snr`` dB: train the
-Deep JSCC baseline (``mode: jscc``), then one diffusion receiver per ``--conditioning`` on that
-frozen encoder (``mode: frozen``), each for the same number of training images (``--images``).
+Deep JSCC baseline (``mode: jscc``), then one diffusion receiver per ``--conditioning`` and
+``--prediction`` (ε, x_0 or v) on that frozen encoder (``mode: frozen``), each for the same
+number of training images (``--images``).
 Score them all on held-out test images with the evaluation protocol: the Deep JSCC decoder, one
 diffusion sample (Gaussian start: a real receiver), the ``mean`` of K samples (an MMSE
 estimate), and the ORACLE inversion start (x_T from the source image, which a receiver does not
@@ -24,9 +25,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import (DEFAULT_ARCHIVE, DEFAULT_DATA_ROOT, machine_info, prepare_cifar, spread_subset,
-                          write_json)
+from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from diffjscc.config import load_config
+from diffjscc.diffusion.gaussian import PREDICTIONS
+from diffjscc.errors import UserError
 from diffjscc.evaluation.protocol import EVAL_START_MODES, Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
 
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a budget of about a minute per model and 64 test images: shows that it works")
     parser.add_argument("--conditioning", default=",".join(CONDITIONINGS),
                         help="comma-separated diffusion receivers to train: embed, spatial, residual")
+    parser.add_argument("--prediction", default="epsilon",
+                        help="comma-separated diffusion parametrisations to train for each conditioning: "
+                             "epsilon (the original), x0, v")
     parser.add_argument("--starts", default=",".join(EVAL_START_MODES),
                         help="comma-separated start modes: gaussian, mean, inversion (ORACLE)")
     parser.add_argument("--samples-per-image", type=int, default=4, help="K samples averaged by the mean start")
@@ -56,16 +61,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"held-out images scored (default {FULL_BUDGET['test_images']}; --quick: "
                              f"{QUICK_BUDGET['test_images']}), spread over every class")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the config's)")
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar-10-python.tar.gz")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
-                        help="folder with cifar_train/ and cifar_test/; extracted from --archive when missing "
-                             "(default %(default)s)")
+    add_data_arguments(parser)
     parser.add_argument("--work", type=Path, default=Path("bench/work/quality"),
                         help="training runs (reused when present) and the test subset")
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every model")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or find) the models and stop: several invocations with different "
+                             "--conditioning/--prediction can train in parallel, then one run scores them all")
     parser.add_argument("--results", type=Path, default=Path("bench/results"),
                         help="folder for quality.json and quality.md")
     parser.set_defaults(run=run)
@@ -80,15 +85,19 @@ def _train(config: str, log_dir: Path, overrides: list[str], images: int) -> dic
     record_path = log_dir / "bench_training.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text())
+        if record.get("overrides", overrides) != overrides:
+            raise UserError(f"{log_dir} was trained with other settings ({record['overrides']}); "
+                             f"delete it or pass another --work")
         if record.get("steps") == steps and Path(record["checkpoint"]).is_file():
             print(f"{log_dir.name}: reusing {record['checkpoint']} ({record['seconds']:.0f} s when trained)")
             return record
     start = time.perf_counter()
     result = Trainer(cfg, resume="auto", progress=False).train()
     seconds = time.perf_counter() - start
-    record = {"checkpoint": str(result.last_checkpoint), "steps": steps, "batch_size": cfg.batch_size,
-              "images": steps * cfg.batch_size, "seconds": seconds, "mode": cfg.mode,
+    record = {"checkpoint": str(result.last_checkpoint), "overrides": overrides, "steps": steps,
+              "batch_size": cfg.batch_size, "images": steps * cfg.batch_size, "seconds": seconds, "mode": cfg.mode,
               "conditioning": cfg.conditioning if cfg.has_diffusion else None,
+              "prediction": cfg.prediction if cfg.has_diffusion else None,
               "train_flops_per_image": _train_flops_per_image(cfg)}
     record_path.write_text(json.dumps(record, indent=2))
     print(f"{log_dir.name}: {steps} steps x {cfg.batch_size} images in {seconds / 60:.1f} min", flush=True)
@@ -134,10 +143,16 @@ def run(args) -> int:
     images = args.images or budget["images"]
     test_count = args.test_images or budget["test_images"]
     conditionings = [c.strip() for c in args.conditioning.split(",") if c.strip()]
+    predictions = [p.strip() for p in args.prediction.split(",") if p.strip()]
     starts = tuple(s.strip() for s in args.starts.split(",") if s.strip())
     for name in conditionings:
         if name not in CONDITIONINGS:
-            raise SystemExit(f"unknown conditioning {name!r}; expected {', '.join(CONDITIONINGS)}")
+            raise UserError(f"unknown conditioning {name!r}; expected {', '.join(CONDITIONINGS)}")
+    for name in predictions:
+        if name not in PREDICTIONS:
+            raise UserError(f"unknown prediction {name!r}; expected {', '.join(PREDICTIONS)}")
+    # one receiver per (conditioning, prediction); ε-prediction keeps the plain name (and run folder)
+    receivers = {(c if p == "epsilon" else f"{c}, {p}"): (c, p) for c in conditionings for p in predictions}
     train_dir, test_dir = prepare_cifar(args.archive, args.data_root)
     test_dir = spread_subset(test_dir, test_count, args.work / f"test_{test_count}")
     common = [f"data_dir={train_dir}", f"snr_db={args.snr}", "snr_range=[]", "channel=awgn",
@@ -145,28 +160,31 @@ def run(args) -> int:
               *args.overrides]
     runs = args.work / f"images_{images}"
     trained = {"jscc": _train(args.config, runs / "jscc", common + ["mode=jscc"], images)}
-    for name in conditionings:
-        extra = [f"conditioning={name}"] if name != "embed" else []  # embed is the default receiver
-        trained[name] = _train(args.config, runs / f"frozen_{name}",
+    for name, (conditioning, prediction) in receivers.items():
+        extra = [f"conditioning={conditioning}", f"prediction={prediction}"]
+        folder = f"frozen_{conditioning}" + ("" if prediction == "epsilon" else f"_{prediction}")
+        trained[name] = _train(args.config, runs / folder,
                                common + ["mode=frozen", f"jscc_encoder_path={trained['jscc']['checkpoint']}", *extra],
                                images)
 
-    models = load_models([Path(trained[name]["checkpoint"]) for name in conditionings], device=args.device)
+    if args.train_only:
+        return 0
+    models = load_models([Path(trained[name]["checkpoint"]) for name in receivers], device=args.device)
     protocol = Protocol(snrs=[args.snr], starts=starts, steps=args.sampling_steps,
                         samples_per_image=args.samples_per_image if "mean" in starts else None)
     document = run_protocol(models, test_dir, protocol, fid_info={"skipped": "FID not computed in this benchmark"},
                             progress=False, echo=lambda *a, **k: None)
-    label_to_conditioning = {model.label: name for model, name in zip(models, conditionings)}
+    label_to_receiver = {model.label: name for model, name in zip(models, receivers)}
     flops = {name: _receiver_flops_per_image(model.system, args.sampling_steps, protocol.samples)
-             for model, name in zip(models, conditionings)}
+             for model, name in zip(models, receivers)}
 
     deep = next(r for r in document["results"] if r["receiver"] == "deep_jscc")
     rows = [_summary_row("Deep JSCC", "-", "-", deep, deep, trained["jscc"],
-                         flops[conditionings[0]]["deep_jscc"])]
+                         next(iter(flops.values()))["deep_jscc"])]
     for result in document["results"]:
         if result["receiver"] != "diffusion":
             continue
-        name = label_to_conditioning[result["model"]]
+        name = label_to_receiver[result["model"]]
         rows.append(_summary_row(result["system"], name, result["start"], result, deep, trained[name],
                                  flops[name][result["start"]]))
     table = _markdown(rows)

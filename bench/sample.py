@@ -1,7 +1,7 @@
 """DDIM steps against quality: images/s and PSNR of the diffusion receiver at 10..250 steps.
 
-On a trained tiny checkpoint (``--checkpoint``, or one trained here for ``--train-steps`` steps
-on the CIFAR-10 subset and reused on the next run), each step count is scored by the evaluation
+On a trained tiny checkpoint (``--checkpoint``, or a residual v-prediction receiver trained here
+for ``--train-steps`` steps on the CIFAR-10 subset and reused on the next run), each step count is scored by the evaluation
 protocol on real test images at AWGN ``--snr`` dB (Gaussian start: a real receiver), and its
 sampling speed is timed on its own (encoder + channel + DDIM, no scoring), interleaved over
 rounds so that every step count sees the same machine load. Target (issue 7): 20 DDIM steps
@@ -18,23 +18,23 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (DEFAULT_ARCHIVE, DEFAULT_DATA_ROOT, machine_info, prepare_cifar, spread_subset,
-                          write_json)
+from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from diffjscc.config import load_config
+from diffjscc.errors import UserError
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
 
 TARGET_STEPS, TARGET_DB = 20, 0.5  # against the largest step count (250 by default)
+# The receiver trained when no --checkpoint is given: the best of `bench quality` (joint mode
+# trains its Deep JSCC decoder beside the diffusion); --set overrides it.
+DEFAULT_RECEIVER = ["conditioning=residual", "prediction=v"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/tiny.yaml", help="config to train when no --checkpoint")
     parser.add_argument("--checkpoint", type=Path, default=None, help="a trained diffusion checkpoint (.pt)")
     parser.add_argument("--train-steps", type=int, default=600, help="training steps of the checkpoint trained here")
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar-10-python.tar.gz")
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
-                        help="folder with cifar_train/ and cifar_test/; extracted from --archive when missing "
-                             "(default %(default)s)")
+    add_data_arguments(parser)
     parser.add_argument("--work", type=Path, default=Path("bench/work/sample"),
                         help="the trained checkpoint (reused when present: delete to retrain) and the test subset")
     parser.add_argument("--steps", default="10,20,50,100,250", help="comma-separated DDIM step counts")
@@ -87,12 +87,12 @@ def run(args) -> int:
     trained_here = checkpoint is None
     if trained_here:
         checkpoint = train_checkpoint(args.config, train_dir, args.work / "run", args.train_steps,
-                                      [f"device={args.device}", *args.overrides])
+                                      [f"device={args.device}", *DEFAULT_RECEIVER, *args.overrides])
     test_dir = spread_subset(test_dir, args.test_images, args.work / f"test_{args.test_images}")
     models = load_models([checkpoint], device=args.device)
     system = models[0].system
     if system.unet is None:
-        raise SystemExit(f"{checkpoint} has no diffusion receiver (mode {system.cfg.mode})")
+        raise UserError(f"{checkpoint} has no diffusion receiver (mode {system.cfg.mode})")
 
     rows: dict[int, dict] = {}
     for steps in steps_list:

@@ -18,19 +18,18 @@ from pathlib import Path
 
 import torch
 
-from bench.common import prepare_cifar
+from bench.common import add_data_arguments, prepare_cifar
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
 
-DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-python.tar.gz"
 TARGET_DB = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="configs/tiny.yaml")
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE, help="cifar-10-python.tar.gz")
+    add_data_arguments(parser, data_root=False)  # its data lives under --work (a per-split limit)
     parser.add_argument("--work", type=Path, default=Path("bench/work/snr_adaptive"),
                         help="data, checkpoints (reused when present: delete to retrain)")
     parser.add_argument("--train-snrs", default="0,5,10,15,20")

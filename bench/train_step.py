@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import config_stem, load_warning, machine_info, native_bf16, write_json
 from diffjscc.config import Config, load_config
+from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
 from diffjscc.training.trainer import ema_with_warmup, resolve_device, training_loss
 
@@ -218,7 +219,7 @@ def measure_config(config: str, args) -> dict:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        raise UserError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     if "eager fp32" not in names:
         names.insert(0, "eager fp32")
     config_notes: list[str] = []

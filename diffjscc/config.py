@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from diffjscc.diffusion.gaussian import PREDICTIONS
 from diffjscc.errors import UserError
 
 MODES = ("jscc", "joint", "frozen", "unconditional")
@@ -86,6 +87,7 @@ class Config:
     diffusion_steps: int = 4000
     noise_schedule: str = "cosine"  # linear | cosine
     learn_sigma: bool = True  # learned variance trained with the hybrid loss (L_simple + λ·L_vlb)
+    prediction: str = "epsilon"  # what the UNet predicts: epsilon (original) | x0 | v = √ᾱ·ε − √(1−ᾱ)·x0
     vlb_weight: float = 0.001  # λ of the hybrid loss (Nichol & Dhariwal 2021)
     timestep_respacing: str = ""  # e.g. "250" or "ddim50"; sampling only
     sample_steps: int = 50  # DDIM steps for sample grids and `diffjscc sample`
@@ -133,6 +135,7 @@ class Config:
         _choice("encoder", self.encoder, ENCODERS)
         _choice("channel", self.channel, CHANNELS)
         _choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
+        _choice("prediction", self.prediction, PREDICTIONS)
         _choice("jscc_norm", self.jscc_norm, JSCC_NORMS)
         _choice("device", self.device, DEVICES)
         _choice("conditioning", self.conditioning, CONDITIONINGS)

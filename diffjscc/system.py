@@ -84,7 +84,8 @@ class TransmissionSystem(nn.Module):
             num_classes=cfg.num_classes if cfg.class_cond else None,
             conditioning=cfg.conditioning, latent_channels=cfg.c_out, snr_adaptive=cfg.snr_adaptive)
             if cfg.has_diffusion else None)
-        self.diffusion = (GaussianDiffusion.from_schedule(cfg.noise_schedule, cfg.diffusion_steps, cfg.learn_sigma)
+        self.diffusion = (GaussianDiffusion.from_schedule(cfg.noise_schedule, cfg.diffusion_steps, cfg.learn_sigma,
+                                                          cfg.prediction)
                           if cfg.has_diffusion else None)
 
     # ---- what is trained --------------------------------------------------------------------

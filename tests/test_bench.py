@@ -66,15 +66,25 @@ def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path,
 
 def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root: Path, tmp_path: Path,
                                                                       capsys) -> None:
-    assert main(["quality", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--images", "8",
-                 "--batch-size", "4", "--conditioning", "embed", "--test-images", "4", "--sampling-steps", "2",
-                 "--samples-per-image", "2", "--set", "log_interval=1", "--results", str(tmp_path)]) == 0
+    argv = ["quality", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--images", "8",
+            "--batch-size", "4", "--conditioning", "embed", "--test-images", "4", "--sampling-steps", "2",
+            "--samples-per-image", "2", "--set", "log_interval=1", "--results", str(tmp_path)]
+    # --train-only trains (here the v-prediction receiver) and stops; the full run reuses it
+    assert main([*argv, "--prediction", "v", "--train-only"]) == 0
+    assert not (tmp_path / "quality.json").exists()
+    trained_v = json.loads((tmp_path / "work" / "images_8" / "frozen_embed_v" / "bench_training.json").read_text())
+    assert trained_v["prediction"] == "v"
+    assert main([*argv, "--prediction", "epsilon,v"]) == 0
     out = capsys.readouterr().out
+    assert "reusing" in out
     assert "ORACLE" in out and "Δ PSNR vs Deep JSCC" in out
     result = json.loads((tmp_path / "quality.json").read_text())
     assert result["images_per_model"] == 8 and result["test_images"] == 4 and result["snr_db"] == 10.0
     assert result["k_over_n"] == pytest.approx(1 / 6)
-    rows = {(row["system"].split(",")[0], row["start"]): row for row in result["summary"]}
+    assert {row["conditioning"] for row in result["summary"]} == {"-", "embed", "embed, v"}
+    assert result["training"]["embed, v"]["seconds"] == trained_v["seconds"]  # reused, not retrained
+    rows = {(row["system"].split(",")[0], row["start"]): row for row in result["summary"]
+            if row["conditioning"] in ("-", "embed")}
     assert set(rows) == {("Deep JSCC", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"),
                          ("diffusion", "inversion")}
     assert rows[("Deep JSCC", "-")]["psnr_minus_deep_jscc"] == 0.0
@@ -84,3 +94,6 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
         assert row["train_images"] == 8 and row["receiver_gflop_per_image"] > 0 and row["train_gflop_per_image"] > 0
     assert result["training"]["embed"]["mode"] == "frozen"
     assert (tmp_path / "quality.md").read_text().startswith("Quality per compute")
+    # a run folder trained otherwise is not reused: one line, exit status 2
+    assert main([*argv[:-2], "--set", "lr=1e-3", "--results", str(tmp_path)]) == 2
+    assert "other settings" in capsys.readouterr().err

@@ -58,6 +58,42 @@ def test_each_conditioning_trains_and_samples(cifar_root: Path, tmp_path: Path, 
     assert out.shape == images.shape and torch.isfinite(out).all() and out.abs().max() <= 1
 
 
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_x0_and_v_prediction_train_sample_and_resume(cifar_root: Path, tmp_path: Path, jscc_checkpoints: dict,
+                                                     prediction: str) -> None:
+    """A residual receiver predicting x0 or v trains, samples, inverts, and resumes only under
+    the same parametrisation (the weights mean something else under another one)."""
+    overrides = ["mode=frozen", "conditioning=residual", f"jscc_encoder_path={jscc_checkpoints['plain']}",
+                 f"prediction={prediction}"]
+    ckpt = _train(cifar_root, tmp_path / "run", 2, *overrides)
+    system = load_system(str(ckpt))
+    assert system.diffusion.prediction == prediction
+    images = _test_images(cifar_root)
+    received = system.transmit(images, snr_db=10.0, generator=torch.Generator().manual_seed(0))
+    for start in ("gaussian", "inversion"):
+        out = system.receive(received, steps=2, start=start, source=images, generator=torch.Generator().manual_seed(1))
+        assert out.shape == images.shape and torch.isfinite(out).all() and out.abs().max() <= 1
+    cfg = load_config(TINY, [*MICRO, f"data_dir={cifar_root / 'cifar_train'}", f"log_dir={tmp_path / 'run'}",
+                             "total_steps=3", *overrides[:-1]])
+    with pytest.raises(UserError, match=f"prediction='{prediction}'"):
+        Trainer(cfg, resume="auto", progress=False)
+
+
+def test_checkpoints_from_before_the_prediction_key_load_and_resume(cifar_root: Path, tmp_path: Path) -> None:
+    """A checkpoint whose saved config has no ``prediction`` was trained with ε: it loads as ε and
+    resumes under the default config."""
+    from diffjscc.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = _train(cifar_root, tmp_path / "run", 2, "mode=joint")
+    payload = load_checkpoint(ckpt)
+    del payload["config"]["prediction"]
+    save_checkpoint(payload, ckpt)
+    assert load_system(str(ckpt)).diffusion.prediction == "epsilon"
+    cfg = load_config(TINY, [*MICRO, f"data_dir={cifar_root / 'cifar_train'}", f"log_dir={tmp_path / 'run'}",
+                             "total_steps=3", "save_interval=3", "mode=joint"])
+    assert Trainer(cfg, resume="auto", progress=False).train().step == 3
+
+
 def test_spatial_conditioning_sees_where_the_symbols_are() -> None:
     """A spatial receiver's output near a latent position depends on that position's symbols
     through the lifted maps, which an embed receiver only has as one global vector."""

@@ -118,6 +118,7 @@ def test_wrong_type(key, value, expected):
     ({"mode": "frozen"}, "jscc_encoder_path"),
     ({"mode": "diffuse"}, "mode"),
     ({"noise_schedule": "quadratic"}, "noise_schedule"),
+    ({"prediction": "sample"}, "prediction"),
     ({"timestep_respacing": "ddim0"}, "respacing"),
     ({"image_size": 30}, "image_size"),
     ({"channel_mult": [1, 2, 2, 2, 2, 2, 2]}, "channel_mult"),

@@ -10,6 +10,7 @@ from PIL import Image
 
 from diffjscc.cli import main
 from diffjscc.demo import embedded_sample_dir
+from diffjscc.system import load_system
 
 
 def test_embedded_sample_is_shipped() -> None:
@@ -30,6 +31,8 @@ def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
         assert row["snr_db"] == 10.0 and row["oracle"] is False  # the real (Gaussian-start) receiver
         assert row["fid"] is None and "Inception" in row["fid_note"]  # skipped, and says why
     assert results["demo"]["train_images"] == 256 and results["demo"]["held_back_images"] == 64
+    receiver = load_system(results["demo"]["diffusion_checkpoint"]).cfg
+    assert (receiver.mode, receiver.conditioning, receiver.prediction) == ("frozen", "residual", "v")
     assert results["seed"] == 0 and results["versions"]["torch"]
     grid = Image.open(out / "grid.png")
     assert grid.width > 8 * 32 and grid.height > 7 * 32  # source + 2 receivers at 3 SNRs

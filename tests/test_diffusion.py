@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from diffjscc.diffusion.gaussian import GaussianDiffusion
+from diffjscc.diffusion.gaussian import PREDICTIONS, GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import ddim_invert, ddim_sample, ddpm_sample
 from diffjscc.diffusion.schedule import MAX_BETA, get_betas
@@ -131,6 +131,66 @@ def test_predict_x0_inverts_q_sample():
     x_t = d.q_sample(x0, t, eps)
     torch.testing.assert_close(d.predict_x0(x_t, t, eps), x0, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(d.predict_eps(x_t, t, x0), eps, rtol=1e-7, atol=1e-7)
+
+
+# ---------------------------------------------------------------- what the network predicts
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_prediction_target_converts_back(prediction):
+    """The training target of each parametrisation maps back to the true (x0, ε), and a network
+    outputting exactly that target has zero loss."""
+    d = GaussianDiffusion.from_schedule("cosine", 100, prediction=prediction)
+    gen = torch.Generator().manual_seed(12)
+    x0 = torch.rand((4, 3, 2, 2), generator=gen, dtype=torch.float64) * 2 - 1
+    eps = torch.randn((4, 3, 2, 2), generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 5, 50, 99])
+    x_t = d.q_sample(x0, t, eps)
+    target = d.training_target(x0, t, eps)
+    got_x0, got_eps = d.x0_and_eps(target, x_t, t)
+    torch.testing.assert_close(got_x0, x0, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(got_eps, eps, rtol=1e-6, atol=1e-6)
+    assert d.training_losses(target, x0, x_t, t, eps)["loss"].abs().max() < 1e-10
+    if prediction == "v":  # v = √ᾱ ε − √(1−ᾱ) x0 (Salimans & Ho 2022)
+        a = d.alphas_cumprod[t].view(-1, 1, 1, 1)
+        torch.testing.assert_close(target, a.sqrt() * eps - (1 - a).sqrt() * x0)
+
+
+def _as_prediction(denoise, diffusion: GaussianDiffusion, prediction: str):
+    """The same optimal denoiser, outputting ``prediction`` instead of ε."""
+    alpha_bar = diffusion.alphas_cumprod
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = denoise(x, t)
+        a = alpha_bar[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        return {"epsilon": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+
+    return predict
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_samplers_agree_across_predictions(prediction):
+    """DDIM sampling and inversion give the same trajectories whether the optimal network
+    outputs ε, x0 or v: the parametrisation changes training, not the sampler's maths."""
+    s = 0.5
+    base = GaussianDiffusion.from_schedule("cosine", 1000)
+    other = GaussianDiffusion.from_schedule("cosine", 1000, prediction=prediction)
+    eps_net = _analytic_denoiser(base, s)
+    other_net = _as_prediction(eps_net, base, prediction)
+    spacing = parse_respacing("ddim20", 1000)
+    process, other_process = respace(base, spacing), respace(other, spacing)
+    assert other_process.prediction == prediction
+    gen = torch.Generator().manual_seed(13)
+    x_T = torch.randn((4, 3, 8, 8), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(ddim_sample(other_process, other_net, x_T, clip=False),
+                               ddim_sample(process, eps_net, x_T, clip=False), rtol=1e-6, atol=1e-6)
+    x0 = s * torch.randn((4, 3, 8, 8), generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(ddim_invert(other_process, other_net, x0), ddim_invert(process, eps_net, x0),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_prediction_is_rejected():
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion.from_schedule("cosine", 10, prediction="sample")
 
 
 # ---------------------------------------------------------------- hybrid loss

@@ -5,11 +5,14 @@ Notation (Ho et al. 2020; Nichol & Dhariwal 2021), index t = 0 … T-1:
     q(x_t | x_0)        = N(√ᾱ_t · x_0, (1 − ᾱ_t) I)
     q(x_{t-1} | x_t,x_0) = N(μ̃_t, β̃_t I),  μ̃_t = c1_t·x_0 + c2_t·x_t,
                            β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
-    p(x_{t-1} | x_t)     = N(μ_θ, Σ_θ),  μ_θ from the predicted ε,
-                           Σ_θ = exp(v·log β_t + (1 − v)·log β̃_t) when the variance is learned
-                           (the network outputs v ∈ [−1, 1] → (v+1)/2), else β_t ("large").
+    p(x_{t-1} | x_t)     = N(μ_θ, Σ_θ),  μ_θ = μ̃_t with the predicted x̂_0,
+                           Σ_θ = exp(v_σ·log β_t + (1 − v_σ)·log β̃_t) when the variance is learned
+                           (the network outputs v_σ ∈ [−1, 1] → (v_σ+1)/2), else β_t ("large").
 
-The model predicts ε (and v when ``learn_sigma``). The timesteps given to the network are
+The network predicts ε (``prediction="epsilon"``, the original), x_0 (``"x0"``) or
+v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (``"v"``, Salimans & Ho 2022), plus the variance interpolation
+(v_σ above) when ``learn_sigma``. Whatever it predicts is converted to the pair (x̂_0, ε̂)
+that the posterior and the samplers use. The timesteps given to the network are
 ``timestep_map[t]``: for a respaced process (fewer steps, see :mod:`.respace`) they are the
 original timesteps, so one trained network serves every number of sampling steps.
 
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from diffjscc.diffusion.schedule import get_betas
+
+PREDICTIONS = ("epsilon", "x0", "v")  # what the network outputs (besides the variance)
 
 
 def _extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -80,12 +85,15 @@ class GaussianDiffusion:
     """All schedule-derived arrays (float64 on CPU, cast on use) and the equations that use them."""
 
     def __init__(self, betas: torch.Tensor, learn_sigma: bool = False,
-                 timestep_map: torch.Tensor | None = None) -> None:
+                 timestep_map: torch.Tensor | None = None, prediction: str = "epsilon") -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.dim() != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D tensor in (0, 1]")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {prediction!r}")
         self.betas = betas
         self.learn_sigma = learn_sigma
+        self.prediction = prediction
         self.num_timesteps = len(betas)
         self.timestep_map = (torch.arange(self.num_timesteps) if timestep_map is None
                              else torch.as_tensor(timestep_map, dtype=torch.long))
@@ -107,8 +115,9 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
 
     @classmethod
-    def from_schedule(cls, schedule: str, num_timesteps: int, learn_sigma: bool = False) -> "GaussianDiffusion":
-        return cls(get_betas(schedule, num_timesteps), learn_sigma=learn_sigma)
+    def from_schedule(cls, schedule: str, num_timesteps: int, learn_sigma: bool = False,
+                      prediction: str = "epsilon") -> "GaussianDiffusion":
+        return cls(get_betas(schedule, num_timesteps), learn_sigma=learn_sigma, prediction=prediction)
 
     # ---- forward process --------------------------------------------------------------------
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
@@ -133,12 +142,33 @@ class GaussianDiffusion:
         """ε implied by x_t and a (possibly clipped) x̂_0."""
         return (_extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t)
 
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for x_t = q_sample(x0, t, noise)."""
+        if self.prediction == "epsilon":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return (_extract(self.sqrt_alphas_cumprod, t, x0) * noise
+                - _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def x0_and_eps(self, prediction: torch.Tensor, x_t: torch.Tensor,
+                   t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, ε̂) implied by the network's prediction at x_t, whatever it predicts."""
+        prediction = prediction.to(x_t.dtype)
+        if self.prediction == "epsilon":
+            return self.predict_x0(x_t, t, prediction), prediction
+        if self.prediction == "x0":
+            return prediction, self.predict_eps(x_t, t, prediction)
+        root_a = _extract(self.sqrt_alphas_cumprod, t, x_t)
+        root_1ma = _extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return root_a * x_t - root_1ma * prediction, root_1ma * x_t + root_a * prediction
+
     # ---- reverse process --------------------------------------------------------------------
     def split_output(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(ε, v) from the network output; v is None without a learned variance."""
+        """(prediction, v_σ) from the network output; v_σ is None without a learned variance."""
         if self.learn_sigma:
-            eps, v = out.chunk(2, dim=1)
-            return eps, v
+            prediction, v = out.chunk(2, dim=1)
+            return prediction, v
         return out, None
 
     def p_mean_variance(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -148,7 +178,7 @@ class GaussianDiffusion:
         ``clip=True`` clamps x̂_0 to the image range [−1, 1]; a ``(low, high)`` pair of tensors
         clamps it to those bounds instead (a residual's range, which depends on the pixel).
         """
-        eps, v = self.split_output(out)
+        prediction, v = self.split_output(out)
         if v is None:
             log_variance = _extract(self.log_betas_large, t, x_t).expand_as(x_t)
         else:
@@ -156,7 +186,7 @@ class GaussianDiffusion:
             min_log = _extract(self.posterior_log_variance_clipped, t, x_t)
             max_log = _extract(torch.log(self.betas), t, x_t)
             log_variance = frac * max_log + (1 - frac) * min_log
-        pred_x0 = self.predict_x0(x_t, t, eps.to(x_t.dtype))
+        pred_x0, eps = self.x0_and_eps(prediction, x_t, t)
         if clip is not False:
             low, high = (-1.0, 1.0) if clip is True else clip
             pred_x0 = pred_x0.clamp(low, high)
@@ -179,15 +209,16 @@ class GaussianDiffusion:
 
     def training_losses(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                         noise: torch.Tensor, vlb_weight: float = 0.001) -> dict[str, torch.Tensor]:
-        """Per-sample losses: ``mse`` = ‖ε − ε_θ‖² mean; with a learned variance also ``vlb`` and
-        ``loss`` = mse + λ·T·vlb (the VLB estimate of one uniformly drawn term, scaled to the
-        sum over T terms, on a detached ε so that it trains only the variance)."""
+        """Per-sample losses: ``mse`` = mean squared error of the prediction (ε, x_0 or v) against
+        its target; with a learned variance also ``vlb`` and ``loss`` = mse + λ·T·vlb (the VLB
+        estimate of one uniformly drawn term, scaled to the sum over T terms, on a detached
+        prediction so that it trains only the variance)."""
         out = out.float()
-        eps, v = self.split_output(out)
-        mse = mean_flat((noise - eps) ** 2)
+        prediction, v = self.split_output(out)
+        mse = mean_flat((self.training_target(x0.float(), t, noise.float()) - prediction) ** 2)
         terms = {"mse": mse, "loss": mse}
         if v is not None:
-            frozen = torch.cat([eps.detach(), v], dim=1)
+            frozen = torch.cat([prediction.detach(), v], dim=1)
             vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t)
             terms["vlb"] = vlb
             terms["loss"] = mse + vlb_weight * self.num_timesteps * vlb

@@ -58,4 +58,4 @@ def respace(diffusion: GaussianDiffusion, use_timesteps: list[int]) -> GaussianD
     prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
     betas = 1.0 - alpha_bar / prev
     return GaussianDiffusion(betas, learn_sigma=diffusion.learn_sigma,
-                             timestep_map=diffusion.timestep_map[keep])
+                             timestep_map=diffusion.timestep_map[keep], prediction=diffusion.prediction)

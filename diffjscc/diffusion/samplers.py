@@ -85,8 +85,8 @@ def ddim_invert(diffusion: GaussianDiffusion, denoiser: Denoiser, x0: torch.Tens
     for i in _steps(range(diffusion.num_timesteps), progress, "DDIM inversion"):
         # ε̂ at the current point x_{i−1}, evaluated with the network's timestep of step i.
         t = _full(batch, i, x.device)
-        eps, _ = diffusion.split_output(denoiser(x, diffusion.model_timesteps(t)))
-        eps = eps.to(x.dtype)
+        prediction, _ = diffusion.split_output(denoiser(x, diffusion.model_timesteps(t)))
+        _, eps = diffusion.x0_and_eps(prediction, x, t)
         a_prev, a_t = _alpha_bar(diffusion, i - 1, x), _alpha_bar(diffusion, i, x)
         pred_x0 = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
         x = a_t.sqrt() * pred_x0 + (1 - a_t).sqrt() * eps

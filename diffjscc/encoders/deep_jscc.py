@@ -77,6 +77,15 @@ def latent_shape(image_size: int, c_out: int) -> tuple[int, int, int]:
     return (c_out, image_size // 4, image_size // 4)
 
 
+def _check_sizes(image_channels_name: str, image_channels: int, c_out: int, num_filters: int,
+                 norm: str) -> tuple[int, int, int]:
+    """The constructor arguments shared by the encoder and the decoder, checked."""
+    if norm not in NORM_KINDS:
+        raise UserError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_KINDS)}")
+    return (_check_positive(image_channels_name, image_channels), _check_positive("c_out", c_out),
+            _check_positive("num_filters", num_filters))
+
+
 class JSCCEncoder(nn.Module):
     """Deep JSCC encoder: (B, in_channels, H, W) in [-1, 1] -> (B, c_out, H/4, W/4).
 
@@ -93,11 +102,7 @@ class JSCCEncoder(nn.Module):
         snr_adaptive: bool = False,
     ) -> None:
         super().__init__()
-        in_channels = _check_positive("in_channels", in_channels)
-        c_out = _check_positive("c_out", c_out)
-        num_filters = _check_positive("num_filters", num_filters)
-        if norm not in NORM_KINDS:
-            raise UserError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_KINDS)}")
+        in_channels, c_out, num_filters = _check_sizes("in_channels", in_channels, c_out, num_filters, norm)
         self.in_channels, self.c_out, self.num_filters, self.norm = (
             in_channels, c_out, num_filters, norm)
         layers: list[nn.Module] = []
@@ -132,11 +137,7 @@ class JSCCDecoder(nn.Module):
         snr_adaptive: bool = False,
     ) -> None:
         super().__init__()
-        out_channels = _check_positive("out_channels", out_channels)
-        c_out = _check_positive("c_out", c_out)
-        num_filters = _check_positive("num_filters", num_filters)
-        if norm not in NORM_KINDS:
-            raise UserError(f"unknown norm {norm!r}; expected one of {', '.join(NORM_KINDS)}")
+        out_channels, c_out, num_filters = _check_sizes("out_channels", out_channels, c_out, num_filters, norm)
         self.out_channels, self.c_out, self.num_filters, self.norm = (
             out_channels, c_out, num_filters, norm)
         layers: list[nn.Module] = []

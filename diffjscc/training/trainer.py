@@ -50,6 +50,8 @@ from diffjscc.training.checkpoint import (checkpoint_path, latest_valid_checkpoi
 from diffjscc.training.distributed import DistContext, DistributedError, all_gather_tensors, all_reduce_sum
 from diffjscc.training.run_log import RunLog
 
+DEFAULTS = Config()
+
 MAX_NONFINITE_IN_A_ROW = 10
 GRID_IMAGES = 8
 
@@ -251,9 +253,11 @@ class Trainer:
             path, payload = Path(resume), load_checkpoint(resume)
         saved = payload["config"]
         for key in ("mode", "encoder", "image_size", "c_out", "latent_dim", "num_channels", "channel_mult",
-                    "num_res_blocks", "attention_resolutions", "learn_sigma", "diffusion_steps",
-                    "noise_schedule", "class_cond", "jscc_num_filters", "jscc_norm"):
-            if saved.get(key) != getattr(self.cfg, key):
+                    "num_res_blocks", "attention_resolutions", "learn_sigma", "prediction", "diffusion_steps",
+                    "noise_schedule", "class_cond", "jscc_num_filters", "jscc_norm", "conditioning",
+                    "residual_scale", "snr_adaptive"):
+            # a key newer than the checkpoint was trained with its default
+            if saved.get(key, getattr(DEFAULTS, key)) != getattr(self.cfg, key):
                 raise UserError(f"checkpoint {path} was trained with {key}={saved.get(key)!r}, "
                                 f"but the config says {key}={getattr(self.cfg, key)!r}")
         try:
