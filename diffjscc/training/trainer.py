@@ -256,9 +256,9 @@ class Trainer:
                     "num_res_blocks", "attention_resolutions", "learn_sigma", "prediction", "diffusion_steps",
                     "noise_schedule", "class_cond", "jscc_num_filters", "jscc_norm", "conditioning",
                     "residual_scale", "snr_adaptive"):
-            # a key newer than the checkpoint was trained with its default
-            if saved.get(key, getattr(DEFAULTS, key)) != getattr(self.cfg, key):
-                raise UserError(f"checkpoint {path} was trained with {key}={saved.get(key)!r}, "
+            trained_with = saved.get(key, getattr(DEFAULTS, key))  # a key newer than the checkpoint: its default
+            if trained_with != getattr(self.cfg, key):
+                raise UserError(f"checkpoint {path} was trained with {key}={trained_with!r}, "
                                 f"but the config says {key}={getattr(self.cfg, key)!r}")
         try:
             self.system.load_state_dict(payload["model"])
