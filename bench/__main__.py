@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from bench import memory, quality, sample, snr_adaptive, train_step
 from diffjscc.cli import EXIT_USAGE
 from diffjscc.errors import UserError
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0], description=module.__doc__,
                                             formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None) and args.name != "memory":  # memory sets them in its subprocess
+        torch.set_num_threads(args.threads)
     try:
         return args.run(args)
     except UserError as err:  # bad input or a stale run folder: one line, as the diffjscc command

@@ -137,8 +137,6 @@ def _receiver_flops_per_image(system, steps: int, samples: int) -> dict[str, flo
 
 
 def run(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     budget = QUICK_BUDGET if args.quick else FULL_BUDGET
     images = args.images or budget["images"]
     test_count = args.test_images or budget["test_images"]

@@ -79,8 +79,6 @@ def time_sampling(system, images: torch.Tensor, steps_list: list[int], snr: floa
 
 
 def run(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     steps_list = [int(s) for s in args.steps.split(",") if s.strip()]
     train_dir, test_dir = prepare_cifar(args.archive, args.data_root)
     checkpoint = args.checkpoint

@@ -11,14 +11,10 @@ cliff). Target (issue 5): the adaptive model within 1 dB PSNR of the model train
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
-import torch
-
-from bench.common import add_data_arguments, prepare_cifar
+from bench.common import add_data_arguments, machine_info, prepare_cifar, write_json
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
@@ -62,8 +58,6 @@ def _train(args, train_dir: Path, name: str, overrides: list[str]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     train_snrs = parse_snr_list(args.train_snrs)
     eval_snrs = parse_snr_list(args.eval_snrs)
     lo, hi = min(train_snrs), max(train_snrs)
@@ -102,12 +96,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"PSNR dB (Deep JSCC receivers, {args.test_images} test images, AWGN, "
           f"{args.steps} steps × batch {args.batch_size} per model)")
     print(table)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
+    write_json(args.json, {
         "benchmark": "snr_adaptive", "config": args.config, "steps": args.steps, "batch_size": args.batch_size,
         "test_images": args.test_images, "train_snrs": train_snrs, "eval_snrs": eval_snrs,
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "summary": summary, "rows": document["results"]}, indent=2))
+        "machine": machine_info(), "summary": summary, "rows": document["results"]})
     args.json.with_suffix(".md").write_text(table + "\n")
     return 0

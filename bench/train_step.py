@@ -51,9 +51,8 @@ class Variant:
     @classmethod
     def trainer_default(cls, cfg: Config) -> "Variant":
         """What the Trainer runs for this config (its fast-path keys)."""
-        return cls(channels_last=getattr(cfg, "channels_last", False),
-                   adamw="fused" if getattr(cfg, "fused_adamw", False) else "default",
-                   bf16=cfg.bf16, compile=getattr(cfg, "compile", False))
+        return cls(channels_last=cfg.channels_last, adamw="fused" if cfg.fused_adamw else "default",
+                   bf16=cfg.bf16, compile=cfg.compile)
 
 
 VARIANTS = {
@@ -300,8 +299,6 @@ def print_config(result: dict) -> None:
 
 def run(args) -> int:
     configs = args.config or ["configs/tiny.yaml", "configs/cifar10.yaml"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     warning = load_warning()
     if warning:
         print(warning)

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.__main__ import main
 
@@ -50,13 +51,19 @@ def test_memory_measures_each_config_in_a_fresh_process(tmp_path: Path, capsys) 
 
 
 def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path, tmp_path: Path, capsys) -> None:
-    assert main(["sample", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--train-steps", "2",
-                 "--set", "batch_size=4", "--set", "log_interval=1", "--test-images", "4", "--timing-images", "2",
-                 "--rounds", "1", "--steps", "2,3", "--results", str(tmp_path)]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["sample", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--train-steps",
+                     "2", "--set", "batch_size=4", "--set", "log_interval=1", "--test-images", "4",
+                     "--timing-images", "2", "--rounds", "1", "--steps", "2,3", "--threads", "1",
+                     "--results", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "Δ vs 3" in out
     result = json.loads((tmp_path / "sample.json").read_text())
     assert result["trained_here"] and result["train_steps"] == 2 and result["snr_db"] == 10.0
+    assert result["threads"] == 1  # --threads, applied by `python -m bench` for every sub-benchmark
     assert [row["steps"] for row in result["rows"]] == [2, 3]
     for row in result["rows"]:
         assert row["n"] == 4 and row["images_per_s"] > 0 and 0 < row["psnr"] < 60
