@@ -15,8 +15,7 @@ import sys
 import torch
 
 from bench import memory, quality, sample, snr_adaptive, train_step
-from diffjscc.cli import EXIT_USAGE
-from diffjscc.errors import UserError
+from diffjscc.errors import EXIT_USAGE, UserError
 
 SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
                "snr-adaptive": snr_adaptive}

@@ -82,7 +82,7 @@ def measure_in_this_process(config: str, batch_size: int, path: str, device_name
 
     from bench.train_step import Variant, build_setup, train_step
     from diffjscc.config import load_config
-    from diffjscc.training.trainer import resolve_device
+    from diffjscc.runtime.device import resolve_device
 
     reset = _reset_peak()
     baseline = _rss_bytes()

@@ -26,13 +26,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
-from diffjscc.config import load_config
-from diffjscc.diffusion.gaussian import PREDICTIONS
+from diffjscc.config import CONDITIONINGS, PREDICTIONS, START_MODES, load_config
 from diffjscc.errors import UserError
-from diffjscc.evaluation.protocol import EVAL_START_MODES, Protocol, load_models, run_protocol
+from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
 
-CONDITIONINGS = ("embed", "spatial", "residual")
 TARGETS_DB = {"gaussian": 3.0, "mean": 1.0}  # allowed PSNR deficit against Deep JSCC
 # About 20 minutes per tiny diffusion model on this 2-core machine (measured ~33 img/s when shared
 # with other jobs); --quick: about a minute per model.
@@ -52,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prediction", default="epsilon",
                         help="comma-separated diffusion parametrisations to train for each conditioning: "
                              "epsilon (the original), x0, v")
-    parser.add_argument("--starts", default=",".join(EVAL_START_MODES),
+    parser.add_argument("--starts", default=",".join(START_MODES),
                         help="comma-separated start modes: gaussian, mean, inversion (ORACLE)")
     parser.add_argument("--samples-per-image", type=int, default=4, help="K samples averaged by the mean start")
     parser.add_argument("--sampling-steps", type=int, default=20, help="DDIM steps of the diffusion receivers")
@@ -130,7 +128,7 @@ def _receiver_flops_per_image(system, steps: int, samples: int) -> dict[str, flo
         return float(counter.get_total_flops())
 
     one_sample = count(lambda: system.receive(received, steps=steps))
-    flops = {"deep_jscc": count(lambda: system.jscc_decode(received))} if system.decoder is not None else {}
+    flops = {"deep_jscc": count(lambda: system.decode(received))} if system.decoder is not None else {}
     flops.update({"gaussian": one_sample, "mean": samples * one_sample,
                   "inversion": count(lambda: system.receive(received, steps=steps, start="inversion", source=image))})
     return flops

@@ -20,6 +20,7 @@ import torch
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from diffjscc.config import load_config
+from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
@@ -103,7 +104,8 @@ def run(args) -> int:
                        "deep_jscc_psnr": deep["psnr"] if deep else None}
         print(f"  {steps:>4} steps: PSNR {row['psnr']:.2f} dB", flush=True)
 
-    test_images = torch.stack(_first_images(test_dir, system.cfg.image_size, args.timing_images)).to(args.device)
+    dataset = ImageFolderDataset(test_dir, image_size=system.cfg.image_size)
+    test_images, _ = dataset.first(args.timing_images, args.device)
     seconds = time_sampling(system, test_images, steps_list, args.snr, args.rounds)
     for steps in steps_list:
         rows[steps]["images_per_s"] = test_images.shape[0] / seconds[steps]
@@ -142,10 +144,3 @@ def run(args) -> int:
                    "converged": None if gap is None else abs(gap) <= TARGET_DB},
         "machine": machine_info(), "rows": [rows[s] for s in steps_list]})
     return 0
-
-
-def _first_images(folder: Path, image_size: int, count: int) -> list[torch.Tensor]:
-    from diffjscc.data import ImageFolderDataset
-
-    dataset = ImageFolderDataset(folder, image_size=image_size)
-    return [dataset[i] for i in range(min(count, len(dataset)))]

@@ -31,7 +31,8 @@ from bench.common import config_stem, load_warning, machine_info, native_bf16, w
 from diffjscc.config import Config, load_config
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
-from diffjscc.training.trainer import ema_with_warmup, resolve_device, training_loss
+from diffjscc.runtime.device import resolve_device
+from diffjscc.training.trainer import ema_with_warmup, training_loss
 
 ADAMW_OPTIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 """AdamW implementations; ``default`` is torch's choice (a per-parameter loop on CPU, foreach on CUDA)."""

@@ -17,7 +17,7 @@ Conventions used throughout this module
 
 All functions are differentiable with respect to their input (the noise and fading
 gains are sampled without gradient) and take an optional ``torch.Generator`` for
-reproducible draws — or a :class:`BatchGenerator`, which draws for a whole batch and keeps
+reproducible draws — or a :class:`~diffjscc.runtime.seeding.BatchGenerator`, which draws for a whole batch and keeps
 some of its rows, so that a sample's noise does not depend on how a batch is split across
 processes.
 """
@@ -30,11 +30,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from diffjscc.config import CHANNELS
 from diffjscc.errors import UserError
+from diffjscc.runtime.seeding import AnyGenerator, BatchGenerator
 
 __all__ = [
-    "CHANNEL_KINDS",
-    "BatchGenerator",
     "Channel",
     "awgn",
     "bandwidth_ratio",
@@ -47,67 +47,11 @@ __all__ = [
     "to_complex",
 ]
 
-CHANNEL_KINDS: tuple[str, ...] = ("awgn", "rayleigh_block", "rayleigh_fast", "sionna_tdl", "none")
-
 _POWER_EPS = 1e-12
 _GAIN_EPS = 1e-12
 
 
 # --------------------------------------------------------------------------- helpers
-class BatchGenerator:
-    """Draws for rows ``[start, stop)`` of a batch of ``total``: every draw is made for all
-    ``total`` rows with ``generator`` (on its device; the global RNG when None) and the
-    other rows are dropped.
-
-    A sample thus gets the same random numbers whichever slice of the batch it is in: data-
-    parallel training, where each process holds one slice of the global batch, draws exactly
-    what one process with the whole batch draws. ``batch_dim`` names the batch axis of a draw.
-    """
-
-    def __init__(self, generator: torch.Generator | None, total: int, start: int = 0,
-                 stop: int | None = None) -> None:
-        stop = total if stop is None else stop
-        if not 0 <= start < stop <= total:
-            raise ValueError(f"rows [{start}, {stop}) are not a slice of a batch of {total}")
-        self.generator, self.total, self.start, self.stop = generator, total, start, stop
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-    def _whole(self, shape: Sequence[int], batch_dim: int) -> list[int]:
-        full = list(shape)
-        if full[batch_dim] != self.rows:
-            raise ValueError(f"draw of shape {tuple(shape)} has {full[batch_dim]} rows on dim {batch_dim}, "
-                             f"this slice has {self.rows}")
-        full[batch_dim] = self.total
-        return full
-
-    def _device(self, device: torch.device | str | None) -> torch.device | str | None:
-        return self.generator.device if self.generator is not None else device
-
-    def randn(self, shape: Sequence[int], batch_dim: int = 0, device: torch.device | str | None = None,
-              dtype: torch.dtype | None = None) -> Tensor:
-        out = torch.randn(self._whole(shape, batch_dim), generator=self.generator,
-                          device=self._device(device), dtype=dtype)
-        return out.narrow(batch_dim, self.start, self.rows).to(device)
-
-    def rand(self, shape: Sequence[int], batch_dim: int = 0, device: torch.device | str | None = None,
-             dtype: torch.dtype | None = None) -> Tensor:
-        out = torch.rand(self._whole(shape, batch_dim), generator=self.generator,
-                         device=self._device(device), dtype=dtype)
-        return out.narrow(batch_dim, self.start, self.rows).to(device)
-
-    def randint(self, high: int, shape: Sequence[int], batch_dim: int = 0,
-                device: torch.device | str | None = None) -> Tensor:
-        out = torch.randint(0, high, self._whole(shape, batch_dim), generator=self.generator,
-                            device=self._device(device))
-        return out.narrow(batch_dim, self.start, self.rows).to(device)
-
-
-AnyGenerator = torch.Generator | BatchGenerator | None
-
-
 def _randn(shape: Sequence[int], like: Tensor, generator: AnyGenerator, batch_dim: int = 0) -> Tensor:
     """Standard normal draw of ``shape`` on ``like``'s device/dtype.
 
@@ -345,9 +289,9 @@ class Channel(nn.Module):
         sionna_options: dict | None = None,
     ) -> None:
         super().__init__()
-        if kind not in CHANNEL_KINDS:
+        if kind not in CHANNELS:
             raise UserError(
-                f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNEL_KINDS)}"
+                f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNELS)}"
             )
         try:
             snr_f = float(snr_db)

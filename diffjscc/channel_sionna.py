@@ -78,19 +78,17 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from diffjscc.config import TDL_MODELS
 from diffjscc.errors import UserError
-
-if TYPE_CHECKING:  # runtime import is lazy: diffjscc.channel may import this module
-    from diffjscc.channel import BatchGenerator
+from diffjscc.runtime.seeding import BatchGenerator
 
 __all__ = ["TDL_MODELS", "SionnaTDLChannel", "build_sionna_channel", "MISSING_SIONNA_MESSAGE"]
 
-TDL_MODELS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 MISSING_SIONNA_MESSAGE = (
     "channel 'sionna_tdl' needs the optional Sionna package: pip install 'diffjscc[sionna]'"
 )
@@ -288,8 +286,6 @@ class SionnaTDLChannel(nn.Module):
         Drawn on the generator's device (``like``'s when there is none) with that generator;
         a BatchGenerator draws for its whole batch and keeps its rows.
         """
-        from diffjscc.channel import BatchGenerator  # lazy: diffjscc.channel imports this module
-
         gen = generator.generator if isinstance(generator, BatchGenerator) else generator
         device = gen.device if gen is not None else like.device
         tdl, generate, _ = self._sionna_blocks(_sionna_device(device), precision, num_ofdm_symbols)
@@ -308,8 +304,6 @@ class SionnaTDLChannel(nn.Module):
     def _draw_noise(self, shape: tuple[int, ...], like: Tensor,
                     generator: torch.Generator | BatchGenerator | None) -> Tensor:
         """Standard normal draw of ``shape`` (batch first) in ``like``'s dtype and device."""
-        from diffjscc.channel import BatchGenerator
-
         if isinstance(generator, BatchGenerator):
             out = generator.randn(shape, batch_dim=0, device=like.device, dtype=like.dtype)
         else:

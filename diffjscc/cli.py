@@ -12,9 +12,8 @@ from pathlib import Path
 
 from diffjscc import __version__
 from diffjscc.config import CHANNELS
-from diffjscc.errors import UserError
+from diffjscc.errors import EXIT_USAGE, UserError
 
-EXIT_USAGE = 2
 EXIT_PEER_LOST = 1  # distributed training: another process died or stopped answering
 
 
@@ -207,7 +206,7 @@ def _cmd_data(args) -> int:
 def _peer_lost(err: Exception) -> int:
     """Another rank died or hung: one line, then leave at once (a normal interpreter exit can
     abort while tearing down a broken process group)."""
-    from diffjscc.training.distributed import is_initialized, leave_now
+    from diffjscc.runtime.distributed import is_initialized, leave_now
 
     print(f"diffjscc: error: {err}", file=sys.stderr)
     if is_initialized():
@@ -217,13 +216,15 @@ def _peer_lost(err: Exception) -> int:
 
 def _cmd_train(args) -> int:
     from diffjscc.config import load_config
-    from diffjscc.training.distributed import DistributedError, process_group
+    from diffjscc.evaluation.grids import write_training_grid
+    from diffjscc.runtime.distributed import DistributedError, process_group
     from diffjscc.training.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides + (["strict_data=true"] if args.strict else []))
     try:  # one process, or one of the N that torchrun / mpiexec / srun started
         with process_group(args.dist_timeout, cfg.device) as context:
-            result = Trainer(cfg, resume=args.resume, progress=not args.no_progress, dist=context).train()
+            result = Trainer(cfg, resume=args.resume, progress=not args.no_progress, dist=context,
+                             sample_grid=write_training_grid).train()
     except DistributedError as err:  # a peer died or hung: not a usage error
         return _peer_lost(err)
     if context.is_main:
@@ -235,7 +236,7 @@ def _cmd_train(args) -> int:
 def _load_for_receiving(args):
     from diffjscc.data import ImageFolderDataset
     from diffjscc.system import load_system
-    from diffjscc.training.trainer import resolve_device
+    from diffjscc.runtime.device import resolve_device
 
     for name in ("steps", "batch_size") + (("limit",) if args.limit is not None else ()):
         if getattr(args, name) <= 0:
@@ -251,14 +252,12 @@ def _cmd_sample(args) -> int:
 
     from diffjscc.data import save_image_tensor
     from diffjscc.evaluation.figures import save_image_grid
-    from diffjscc.evaluation.receivers import reconstruct_rows
+    from diffjscc.evaluation.grids import reconstruct_rows
 
     system, dataset, snr = _load_for_receiving(args)
-    count = min(args.limit, len(dataset))
-    items = [dataset[i] for i in range(count)]
     device = next(system.parameters()).device
-    images = torch.stack([it[0] if isinstance(it, tuple) else it for it in items]).to(device)
-    labels = torch.tensor([it[1] for it in items], device=device) if system.cfg.class_cond else None
+    images, labels = dataset.first(args.limit, device)
+    count = images.shape[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if args.start == "inversion":
         if system.unet is None:
@@ -308,8 +307,8 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
-    from diffjscc.training.distributed import DistributedError, barrier, process_group
-    from diffjscc.training.trainer import resolve_device
+    from diffjscc.runtime.distributed import DistributedError, barrier, process_group
+    from diffjscc.runtime.device import resolve_device
 
     try:
         snrs = parse_snr_list(args.snr)
@@ -416,7 +415,7 @@ def _cmd_plot(args) -> int:
 def _cmd_transmit(args) -> int:
     from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
     from diffjscc.system import load_system
-    from diffjscc.training.trainer import resolve_device
+    from diffjscc.runtime.device import resolve_device
 
     for name in ("steps", "batch_size"):
         if getattr(args, name) <= 0:

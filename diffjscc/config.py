@@ -3,7 +3,7 @@
 Key names follow the original Diff_JSCC / improved-diffusion YAML where one exists
 (``data_dir``, ``log_dir``, ``batch_size``, ``lr``, ``ema_rate``, ``image_size``,
 ``num_channels``, ``num_res_blocks``, ``attention_resolutions``, ``learn_sigma``,
-``diffusion_steps``, ``noise_schedule``, ``timestep_respacing``, ``class_cond``, ``c_out``,
+``diffusion_steps``, ``noise_schedule``, ``class_cond``, ``c_out``,
 ``jscc_encoder_path``...). ``total_steps`` is the original's ``lr_anneal_steps``.
 
 Every problem is a :class:`~diffjscc.errors.UserError` whose one-line message names the key.
@@ -20,17 +20,26 @@ from typing import Any
 
 import yaml
 
-from diffjscc.diffusion.gaussian import PREDICTIONS
 from diffjscc.errors import UserError
 
 MODES = ("jscc", "joint", "frozen", "unconditional")
 ENCODERS = ("jscc", "half_unet")
 CHANNELS = ("awgn", "rayleigh_block", "rayleigh_fast", "sionna_tdl", "none")
 CONDITIONINGS = ("embed", "spatial", "residual")
+PREDICTIONS = ("epsilon", "x0", "v")  # what the diffusion network outputs (besides the variance)
 TDL_MODELS = ("A", "B", "C", "D", "E")
 NOISE_SCHEDULES = ("linear", "cosine")
 JSCC_NORMS = ("gdn", "batchnorm")
 DEVICES = ("auto", "cpu", "cuda")
+START_MODES = ("gaussian", "mean", "inversion")  # diffusion receivers: x_T ~ N(0, I); mean of K; ORACLE
+
+RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error otherwise
+    "timestep_respacing": "sampling uses sample_steps (grids) or --steps (sample, evaluate, transmit) DDIM steps",
+}
+ARCHITECTURE_KEYS = (  # what a checkpoint's weights depend on: resuming or loading under others is refused
+    "mode", "encoder", "image_size", "c_out", "latent_dim", "num_channels", "channel_mult", "num_res_blocks",
+    "attention_resolutions", "learn_sigma", "prediction", "diffusion_steps", "noise_schedule", "class_cond",
+    "jscc_num_filters", "jscc_norm", "conditioning", "residual_scale", "snr_adaptive")
 
 
 @dataclass
@@ -89,7 +98,6 @@ class Config:
     learn_sigma: bool = True  # learned variance trained with the hybrid loss (L_simple + λ·L_vlb)
     prediction: str = "epsilon"  # what the UNet predicts: epsilon (original) | x0 | v = √ᾱ·ε − √(1−ᾱ)·x0
     vlb_weight: float = 0.001  # λ of the hybrid loss (Nichol & Dhariwal 2021)
-    timestep_respacing: str = ""  # e.g. "250" or "ddim50"; sampling only
     sample_steps: int = 50  # DDIM steps for sample grids and `diffjscc sample`
 
     # --- optimisation ----------------------------------------------------------------------
@@ -203,10 +211,6 @@ class Config:
                     f"config key 'num_channels' ({self.num_channels}) times channel_mult ({mult}) "
                     f"must be divisible by the group-norm groups and num_heads ({self.num_heads})"
                 )
-        if self.timestep_respacing:
-            from diffjscc.diffusion.respace import parse_respacing
-
-            parse_respacing(self.timestep_respacing, self.diffusion_steps)
         if self.mode == "frozen" and not self.jscc_encoder_path:
             raise UserError("config key 'jscc_encoder_path' is required in mode 'frozen' "
                             "(a checkpoint of a `mode: jscc` run)")
@@ -303,6 +307,10 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
     values: dict[str, Any] = {}
     known = {f.name for f in fields(Config)}
     for key, value in raw.items():
+        if key in RETIRED_KEYS and value in ("", None):  # as every checkpoint before its removal holds it
+            continue
+        if key in RETIRED_KEYS:
+            raise UserError(f"config key '{key}' was removed: {RETIRED_KEYS[key]}")
         if key not in known:
             hint = _closest(str(key), known)
             raise UserError(f"unknown config key '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
@@ -312,11 +320,23 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) ->
             raise UserError(f"--set expects key=value, got '{item}'")
         key, text = item.split("=", 1)
         key = key.strip()
+        if key in RETIRED_KEYS:
+            raise UserError(f"config key '{key}' was removed: {RETIRED_KEYS[key]}")
         if key not in known:
             hint = _closest(key, known)
             raise UserError(f"unknown config key '{key}' in --set" + (f" (did you mean '{hint}'?)" if hint else ""))
         values[key] = _coerce(key, yaml.safe_load(text) if text.strip() else "")
     return Config(**values).validate()
+
+
+def first_mismatch(saved: dict[str, Any], cfg: Config, keys: typing.Iterable[str]) -> tuple[str, Any] | None:
+    """The first of ``keys`` on which a checkpoint's saved config dict disagrees with ``cfg``, with
+    the saved value; a key newer than the checkpoint counts as its default. None when they agree."""
+    for key in keys:
+        trained_with = saved.get(key, getattr(_DEFAULTS, key))
+        if trained_with != getattr(cfg, key):
+            return key, trained_with
+    return None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
@@ -346,3 +366,5 @@ def _closest(key: str, known: set[str]) -> str | None:
     matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
     return matches[0] if matches else None
 
+
+_DEFAULTS = Config()

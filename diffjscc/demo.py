@@ -29,6 +29,7 @@ from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
+from diffjscc.evaluation.grids import write_training_grid
 from diffjscc.training.trainer import Trainer
 
 HELD_BACK_EVERY = 5  # every 5th embedded image is held back: 64 of 320
@@ -71,7 +72,7 @@ def _train(mode: str, steps: int, train_dir: Path, held_dir: Path, log_dir: Path
                  "snr_range=[0,20]", "device=cpu", *extra]
     cfg = load_config(packaged_config("tiny"), overrides)
     print(f"\n== training mode={mode} for {steps} steps (batch {cfg.batch_size}) → {log_dir}")
-    result = Trainer(cfg, resume="auto").train()
+    result = Trainer(cfg, resume="auto", sample_grid=write_training_grid).train()
     if result.last_checkpoint is None or not result.last_checkpoint.exists():
         raise RuntimeError(f"training {mode} wrote no checkpoint")
     return result.last_checkpoint
@@ -82,7 +83,7 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
     (the evaluation protocol's format, plus a ``demo`` section with the training budget)."""
     from diffjscc.evaluation.figures import plot_results, save_image_grid
     from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
-    from diffjscc.evaluation.receivers import reconstruct_rows
+    from diffjscc.evaluation.grids import reconstruct_rows
 
     snrs = parse_snr_list(snr_text)
     scale = 1.0 if minutes is None else minutes / 8.0
@@ -113,7 +114,7 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
         "train_minutes": round(train_minutes, 2),
     }
     held = ImageFolderDataset(held_dir, image_size=system.cfg.image_size)
-    images = torch.stack([held[i] for i in range(min(GRID_IMAGES, len(held)))])
+    images, _ = held.first(GRID_IMAGES)
     grid_rows, grid_names = [images], ["source"]
     for snr in GRID_SNRS:
         generator = torch.Generator().manual_seed(seed)

@@ -29,17 +29,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffjscc.channel import AnyGenerator, Channel
-from diffjscc.config import Config, config_from_dict
+from diffjscc.channel import Channel
+from diffjscc.config import Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import ddim_invert, ddim_sample
 from diffjscc.diffusion.unet import ConditionalUNet
 from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
-from diffjscc.training.checkpoint import load_checkpoint
-
-START_MODES = ("gaussian", "inversion")
+from diffjscc.runtime.checkpoint import load_checkpoint
+from diffjscc.runtime.seeding import AnyGenerator
 
 
 def build_encoder(cfg: Config) -> nn.Module:
@@ -187,22 +186,18 @@ class TransmissionSystem(nn.Module):
                 raise ValueError("start='inversion' needs the source images (oracle mode)")
             x_T = ddim_invert(process, denoise, self.to_residual(source, base), progress=progress)
         else:
-            raise ValueError(f"unknown start mode {start!r}; expected one of {START_MODES}")
+            raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
         generated = ddim_sample(process, denoise, x_T, clip=self.clip_range(base), generator=generator,
                                 progress=progress)
         return self.from_residual(generated, base).clamp(-1, 1)
 
     def decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
-        """The JSCC decoder on the received latent (differentiable; told the SNR if adaptive)."""
+        """Deep JSCC receiver: the JSCC decoder on the received latent (differentiable; told the
+        SNR if adaptive). Image in [−1, 1] only approximately: callers that show it clamp."""
         if self.decoder is None:
             raise ValueError("this model has no JSCC decoder (mode jscc or frozen have one)")
         snr = self._receiver_snr(snr_db)
         return self.decoder(received) if snr is None else self.decoder(received, snr)
-
-    @torch.no_grad()
-    def jscc_decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Deep JSCC receiver (the baseline): received latent → image in [−1, 1]."""
-        return self.decode(received, snr_db)
 
 
 def _state_from(payload: dict, prefer_ema: bool) -> dict:
@@ -215,13 +210,13 @@ def load_jscc_into(system: TransmissionSystem, path: str) -> None:
     saved = payload["config"]
     if saved.get("mode") != "jscc":
         raise UserError(f"jscc_encoder_path {path} is a '{saved.get('mode')}' checkpoint, not a 'jscc' one")
-    defaults = Config()
     keys = ["c_out", "image_size", "jscc_num_filters", "jscc_norm", "snr_adaptive"]
     keys += ["snr_feedback"] if system.cfg.snr_adaptive else []
-    for key in keys:
-        if saved.get(key, getattr(defaults, key)) != getattr(system.cfg, key):
-            raise UserError(f"jscc_encoder_path {path} has {key}={saved.get(key)!r} but the config "
-                            f"says {key}={getattr(system.cfg, key)!r}")
+    mismatch = first_mismatch(saved, system.cfg, keys)
+    if mismatch is not None:
+        key, trained_with = mismatch
+        raise UserError(f"jscc_encoder_path {path} has {key}={trained_with!r} but the config "
+                        f"says {key}={getattr(system.cfg, key)!r}")
     state = _state_from(payload, prefer_ema=True)
     for name in ("encoder", "decoder"):
         part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}

@@ -13,7 +13,8 @@ _rng_state = torch.random.get_rng_state()  # importing sionna.phy re-seeds torch
 pytest.importorskip("sionna.phy")           # keep it as it was for the tests that run after
 torch.random.set_rng_state(_rng_state)
 
-from diffjscc.channel import BatchGenerator, normalize_power  # noqa: E402
+from diffjscc.channel import normalize_power
+from diffjscc.runtime.seeding import BatchGenerator  # noqa: E402
 from diffjscc.channel_sionna import SionnaTDLChannel, build_sionna_channel  # noqa: E402
 from diffjscc.errors import UserError  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from diffjscc.cli import main
-from diffjscc.training.checkpoint import list_checkpoints, load_checkpoint
+from diffjscc.runtime.checkpoint import list_checkpoints, load_checkpoint
 from launch_helpers import train_argv
 
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",

@@ -82,7 +82,7 @@ def test_x0_and_v_prediction_train_sample_and_resume(cifar_root: Path, tmp_path:
 def test_checkpoints_from_before_the_prediction_key_load_and_resume(cifar_root: Path, tmp_path: Path) -> None:
     """A checkpoint whose saved config has no ``prediction`` was trained with ε: it loads as ε and
     resumes under the default config."""
-    from diffjscc.training.checkpoint import load_checkpoint, save_checkpoint
+    from diffjscc.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = _train(cifar_root, tmp_path / "run", 2, "mode=joint")
     payload = load_checkpoint(ckpt)
@@ -120,7 +120,7 @@ def test_residual_receiver_is_built_around_the_deep_jscc_estimate(cifar_root: Pa
     images = _test_images(cifar_root)
     received = system.transmit(images, snr_db=10.0, generator=torch.Generator().manual_seed(0))
     base = system.residual_base(received)
-    assert torch.allclose(base, system.jscc_decode(received))
+    assert torch.allclose(base, system.decode(received))
     residual = system.to_residual(images, base)
     assert torch.allclose(system.from_residual(residual, base), images, atol=1e-6)
     low, high = system.clip_range(base)
@@ -142,12 +142,12 @@ def test_snr_adaptive_models_use_the_snr(cifar_root: Path, jscc_checkpoints: dic
     with torch.no_grad():
         assert not torch.allclose(system.encoder(images, 0.0), system.encoder(images, 20.0))
         received = system.transmit(images, snr_db=10.0, generator=g())
-        assert not torch.allclose(system.jscc_decode(received, 0.0), system.jscc_decode(received, 20.0))
+        assert not torch.allclose(system.decode(received, 0.0), system.decode(received, 20.0))
         per_image = torch.tensor([0.0, 5.0, 10.0, 20.0])
-        assert system.jscc_decode(system.transmit(images, snr_db=per_image, generator=g()), per_image).shape \
+        assert system.decode(system.transmit(images, snr_db=per_image, generator=g()), per_image).shape \
             == images.shape
     with pytest.raises(ValueError, match="SNR-adaptive"):
-        system.jscc_decode(received)
+        system.decode(received)
     plain = load_system(str(jscc_checkpoints["plain"]))
     assert all(k.startswith("net.") for k in plain.encoder.state_dict())  # old checkpoints still load
 

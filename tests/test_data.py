@@ -17,6 +17,7 @@ from PIL import Image
 
 from diffjscc.data import (
     CLASS_NAMES,
+    NO_LABEL,
     ImageFolderDataset,
     download_cifar10,
     extract_cifar10,
@@ -312,7 +313,11 @@ def test_dataset_yields_scaled_chw_tensors_with_labels(cifar_root: Path, trusted
         assert np.array_equal(back, trusted_image(trusted["test_batch"], i))
     assert ds.files == sorted(ds.files)
     plain = ImageFolderDataset(cifar_root / "cifar_test")
-    assert isinstance(plain[0], torch.Tensor) and torch.equal(plain[0], ds[0][0])
+    assert torch.equal(plain[0][0], ds[0][0]) and plain[0][1] == NO_LABEL  # always (image, label)
+    images, labels = plain.first(3)
+    assert labels is None and torch.equal(images, torch.stack([plain[i][0] for i in range(3)]))
+    images, labels = ds.first(3)
+    assert labels.tolist() == [ds[i][1] for i in range(3)]
 
 
 def test_labels_from_sorted_prefixes(tmp_path: Path) -> None:
@@ -338,7 +343,7 @@ def test_grayscale_and_other_modes_become_rgb(tmp_path: Path) -> None:
     Image.fromarray(gray).convert("P").save(tmp_path / "c_palette.png")
     ds = ImageFolderDataset(tmp_path, image_size=8)
     for i in range(3):
-        x = ds[i]
+        x, _ = ds[i]
         assert x.shape == (3, 8, 8)
         expected = torch.from_numpy(gray).float() / 127.5 - 1
         for c in range(3):

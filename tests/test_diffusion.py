@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from diffjscc.diffusion.gaussian import PREDICTIONS, GaussianDiffusion
+from diffjscc.config import PREDICTIONS
+from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import ddim_invert, ddim_sample, ddpm_sample
 from diffjscc.diffusion.schedule import MAX_BETA, get_betas

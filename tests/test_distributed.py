@@ -35,15 +35,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffjscc.channel import BatchGenerator, Channel
+from diffjscc.channel import Channel
+from diffjscc.runtime.seeding import BatchGenerator, step_generator
 from diffjscc.cli import main
 from diffjscc.config import load_config
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
 from diffjscc.training import distributed
-from diffjscc.training.checkpoint import list_checkpoints, load_checkpoint
-from diffjscc.training.distributed import DistContext, detect_launch, first_slurm_host
-from diffjscc.training.trainer import EpochBatchSampler, step_generator, training_loss
+from diffjscc.runtime.checkpoint import list_checkpoints, load_checkpoint
+from diffjscc.runtime.distributed import DistContext, detect_launch, first_slurm_host
+from diffjscc.training.trainer import EpochBatchSampler, training_loss
 
 from launch_helpers import LAUNCH_TIMEOUT_S
 from launch_helpers import find_mpiexec as _mpiexec
@@ -255,7 +256,7 @@ def test_mpiexec_trains_the_frozen_mode_as_one_process(cifar_root: Path, tmp_pat
 
 HELPERS_AND_HANG = """
 import sys, time, torch
-from diffjscc.training.distributed import (DistributedError, all_gather_cat, all_gather_tensors,
+from diffjscc.runtime.distributed import (DistributedError, all_gather_cat, all_gather_tensors,
                                            all_reduce_sum, leave_now, process_group, shard_range)
 try:
     with process_group(timeout_s=float(sys.argv[1]), device_name="cpu") as ctx:

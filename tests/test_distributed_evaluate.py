@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from diffjscc.cli import main
-from diffjscc.training.checkpoint import list_checkpoints
+from diffjscc.runtime.checkpoint import list_checkpoints
 
 from launch_helpers import LAUNCH_TIMEOUT_S
 from launch_helpers import find_mpiexec as _mpiexec
@@ -133,7 +133,7 @@ from torch import nn
 
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
-from diffjscc.training.distributed import all_gather_tensors, is_main_process, process_group
+from diffjscc.runtime.distributed import all_gather_tensors, is_main_process, process_group
 
 
 class Features(nn.Module):

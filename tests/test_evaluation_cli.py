@@ -17,7 +17,7 @@ from PIL import Image
 from diffjscc.cli import main
 from diffjscc.evaluation.metrics import psnr_per_image
 from diffjscc.evaluation.protocol import ROW_FIELDS
-from diffjscc.training.checkpoint import list_checkpoints
+from diffjscc.runtime.checkpoint import list_checkpoints
 from launch_helpers import train_argv
 
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",

@@ -33,8 +33,7 @@ CHANNELS_LAST_LOSS_RTOL = 1e-4
 
 
 def _batch(folder: Path, count: int = 16) -> torch.Tensor:
-    dataset = ImageFolderDataset(folder, image_size=32)
-    return torch.stack([dataset[i] for i in range(count)])
+    return ImageFolderDataset(folder, image_size=32).first(count)[0]
 
 
 @pytest.mark.parametrize("mode", ["joint", "jscc"])

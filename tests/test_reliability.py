@@ -23,7 +23,7 @@ from diffjscc.cli import main
 from diffjscc.config import load_config
 from diffjscc.errors import UserError
 from diffjscc.training import trainer as trainer_module
-from diffjscc.training.checkpoint import list_checkpoints, load_checkpoint
+from diffjscc.runtime.checkpoint import list_checkpoints, load_checkpoint
 from launch_helpers import train_argv
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

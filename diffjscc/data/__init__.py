@@ -14,6 +14,7 @@ from diffjscc.data.cifar10 import (
 )
 from diffjscc.data.folder import (
     IMAGE_EXTENSIONS,
+    NO_LABEL,
     ImageFolderDataset,
     label_prefix,
     load_image_tensor,
@@ -25,6 +26,7 @@ __all__ = [
     "CIFAR10_URL",
     "CLASS_NAMES",
     "IMAGE_EXTENSIONS",
+    "NO_LABEL",
     "ImageFolderDataset",
     "RestrictedUnpickler",
     "check_tar_member",

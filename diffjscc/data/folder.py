@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from diffjscc.errors import UserError
 
+NO_LABEL = -1  # the label of every item of a dataset that reads no labels
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Images up to this many pixels are fully decoded at construction (cheap, catches truncation
 # that ``verify`` misses); larger ones only get the header/``verify`` check.
@@ -119,9 +120,9 @@ def label_prefix(path: Path) -> str | None:
 class ImageFolderDataset(Dataset):
     """Images of one folder (not recursive), in sorted file-name order, as [-1, 1] CHW tensors.
 
-    With ``with_labels`` each item is ``(image, label)``, the label coming from the file-name
+    Each item is ``(image, label)``. With ``with_labels`` the label comes from the file-name
     prefix (``cat_00012.png`` -> ``cat``) looked up in ``class_names`` or, when not given, in
-    the sorted set of prefixes. Corrupt files are skipped with a warning (listed in
+    the sorted set of prefixes; without, it is :data:`NO_LABEL`. Corrupt files are skipped with a warning (listed in
     ``skipped``) unless ``strict``, which raises instead. Images are never resized: a wrong
     size under ``image_size`` is an error, because the models are fixed-size.
     """
@@ -200,8 +201,15 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, int]:
-        image = _read_image(self.files[index])
-        if self.with_labels:
-            return image, self.labels[index]
-        return image
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return _read_image(self.files[index]), self.labels[index] if self.with_labels else NO_LABEL
+
+    def first(self, count: int | None = None,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The first ``count`` images (all when None) as one (N, 3, H, W) batch, and their labels
+        as a tensor when the dataset reads labels (else None)."""
+        count = len(self) if count is None else min(count, len(self))
+        items = [self[i] for i in range(count)]
+        images = torch.stack([image for image, _ in items]).to(device)
+        labels = torch.tensor([label for _, label in items], device=device) if self.with_labels else None
+        return images, labels

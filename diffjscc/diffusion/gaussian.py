@@ -28,9 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from diffjscc.config import PREDICTIONS
 from diffjscc.diffusion.schedule import get_betas
-
-PREDICTIONS = ("epsilon", "x0", "v")  # what the network outputs (besides the variance)
 
 
 def _extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,9 @@ from torch import nn
 
 from diffusers import UNet2DModel
 
+from diffjscc.config import CONDITIONINGS
 from diffjscc.encoders.snr_attention import SNR_SCALE_DB, snr_vector
 
-CONDITIONINGS = ("embed", "spatial", "residual")
 ESTIMATE_CHANNELS = 3  # the Deep JSCC estimate x̂ concatenated in ``residual`` conditioning
 
 

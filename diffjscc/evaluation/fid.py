@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
-from diffjscc.training.distributed import all_reduce_sum, is_main_process, shard_range
+from diffjscc.runtime.distributed import all_reduce_sum, is_main_process, shard_range
 
 __all__ = ["FIDScorer", "ReferenceStats", "reference_cache_path", "reference_key"]
 

@@ -48,7 +48,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffjscc import __version__
-from diffjscc.channel import CHANNEL_KINDS, bandwidth_ratio
+from diffjscc.channel import bandwidth_ratio
+from diffjscc.config import CHANNELS, START_MODES
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
@@ -65,12 +66,12 @@ from diffjscc.evaluation.metrics import (
     to_uint8,
 )
 from diffjscc.system import TransmissionSystem, build_channel, load_system
-from diffjscc.training.distributed import all_reduce_sum, get_world_size, is_main_process, shard_range
+from diffjscc.runtime.distributed import all_reduce_sum, get_world_size, is_main_process, shard_range
+from diffjscc.runtime.seeding import batch_seeds
 
-__all__ = ["EVAL_START_MODES", "ROW_FIELDS", "EvalModel", "Protocol", "load_models", "run_protocol",
+__all__ = ["ROW_FIELDS", "EvalModel", "Protocol", "load_models", "run_protocol",
            "score_outputs", "write_results", "results_table"]
 
-EVAL_START_MODES = ("gaussian", "mean", "inversion")
 DEFAULT_MEAN_SAMPLES = 4
 
 ROW_FIELDS = [
@@ -131,8 +132,8 @@ class Protocol:
         if not self.snrs:
             raise UserError("give at least one SNR")
         for start in self.starts:
-            if start not in EVAL_START_MODES:
-                raise UserError(f"unknown start mode {start!r}; expected {', '.join(EVAL_START_MODES)}")
+            if start not in START_MODES:
+                raise UserError(f"unknown start mode {start!r}; expected {', '.join(START_MODES)}")
         if not self.starts:
             raise UserError("give at least one start mode")
         for name, value in (("steps", self.steps), ("batch-size", self.batch_size),
@@ -142,8 +143,8 @@ class Protocol:
                 raise UserError(f"--{name} must be positive")
         if "mean" in self.starts and self.samples_per_image == 1:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
-        if self.channel is not None and self.channel not in CHANNEL_KINDS:
-            raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNEL_KINDS)}")
+        if self.channel is not None and self.channel not in CHANNELS:
+            raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNELS)}")
         for codec in self.digital:
             if codec not in CODECS:
                 raise UserError(f"unknown codec {codec!r}; expected {', '.join(CODECS)}")
@@ -212,15 +213,6 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _batch_seeds(seed: int, index: int) -> tuple[int, int]:
-    """Seeds of batch ``index``'s channel and sampling generators: (seed, seed + 1) for batch 0,
-    independent 64-bit seeds derived from (seed, index) for the others."""
-    if index == 0:
-        return seed, seed + 1
-    channel, sample = np.random.SeedSequence([seed % 2**64, index]).generate_state(2, dtype=np.uint64)
-    return int(channel), int(sample)
-
-
 def _my_batches(n: int, size: int) -> tuple[list[tuple[int, slice]], slice]:
     """This rank's contiguous block of (index, batch) and the slice of images they cover."""
     batches = list(enumerate(_batches(n, size)))
@@ -234,14 +226,8 @@ def _load_images(data_dir: Path, image_size: int, with_labels: bool, limit: int 
     from diffjscc.data import ImageFolderDataset
 
     dataset = ImageFolderDataset(data_dir, image_size=image_size, with_labels=with_labels)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    items = [dataset[i] for i in range(count)]
-    if with_labels:
-        images = torch.stack([it[0] for it in items])
-        labels = torch.tensor([it[1] for it in items])
-    else:
-        images, labels = torch.stack(items), None
-    return images, labels, dataset.files[:count]
+    images, labels = dataset.first(limit)
+    return images, labels, dataset.files[:images.shape[0]]
 
 
 @torch.no_grad()
@@ -265,14 +251,14 @@ def _model_rows(model: EvalModel, images: torch.Tensor, labels: torch.Tensor | N
     for snr in protocol.snrs:
         outs: dict[str, list[torch.Tensor]] = {}
         for index, part in mine:
-            channel_seed, sample_seed = _batch_seeds(protocol.seed, index)
+            channel_seed, sample_seed = batch_seeds(protocol.seed, index)
             g_channel = torch.Generator(device=device).manual_seed(channel_seed)
             g_sample = torch.Generator(device=device).manual_seed(sample_seed)
             x = images[part].to(device)
             lab = labels[part].to(device) if use_labels else None
             received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
             if system.decoder is not None and not skip_deep:
-                outs.setdefault("deep_jscc", []).append(to_uint8(system.jscc_decode(received, snr)).cpu())
+                outs.setdefault("deep_jscc", []).append(to_uint8(system.decode(received, snr)).cpu())
             if "gaussian" in starts or "mean" in starts:
                 samples = [system.receive(received, steps=protocol.steps, start="gaussian", class_labels=lab,
                                           generator=g_sample, snr_db=snr) for _ in range(K)]

@@ -91,7 +91,7 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
             out.append(system.receive(received, steps=steps, start="gaussian", generator=g_sample,
                                       snr_db=snr_db).cpu())
         else:
-            out.append(system.jscc_decode(received, snr_db).clamp(-1, 1).cpu())
+            out.append(system.decode(received, snr_db).clamp(-1, 1).cpu())
     recon = _stitch(torch.cat(out), rows, cols, h, w)
     source_u8, recon_u8 = to_uint8(image), to_uint8(recon)
     if gray:

@@ -7,7 +7,7 @@ is shared. The channel is applied in every mode that has an encoder (the origina
 skipped it during training).
 
 The same loop runs data-parallel under torchrun, mpiexec or srun (see
-:mod:`diffjscc.training.distributed`), and W processes train as one process with the same
+:mod:`diffjscc.runtime.distributed`), and W processes train as one process with the same
 global batch does, up to the order of floating-point sums:
 
 * the global batch of step k is the single-process batch k; rank r takes its contiguous
@@ -27,7 +27,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -40,29 +40,20 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from diffjscc import __version__
-from diffjscc.channel import BatchGenerator, bandwidth_ratio
-from diffjscc.config import Config
+from diffjscc.channel import bandwidth_ratio
+from diffjscc.config import ARCHITECTURE_KEYS, Config, first_mismatch
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem, load_jscc_into
-from diffjscc.training.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
+from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                           prune_checkpoints, save_checkpoint)
-from diffjscc.training.distributed import DistContext, DistributedError, all_gather_tensors, all_reduce_sum
+from diffjscc.runtime.device import resolve_device
+from diffjscc.runtime.distributed import DistContext, DistributedError, all_gather_tensors, all_reduce_sum
+from diffjscc.runtime.seeding import BatchGenerator, mixed_seed, step_generator
 from diffjscc.training.run_log import RunLog
-
-DEFAULTS = Config()
 
 MAX_NONFINITE_IN_A_ROW = 10
 GRID_IMAGES = 8
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; asking for a missing GPU is a UserError."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was requested but no CUDA GPU is available (use --set device=cpu)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -121,23 +112,6 @@ def ema_with_warmup(rate: float):
     return update
 
 
-def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator of one step's draws (t, ε, channel SNR and noise), from (seed, step) alone.
-
-    Every rank builds the same one, so with a :class:`~diffjscc.channel.BatchGenerator` a
-    sample's draws do not depend on the number of processes, and a resumed run draws what an
-    uninterrupted one would with no RNG state restored. SeedSequence decorrelates
-    neighbouring (seed, step) pairs.
-    """
-    return torch.Generator(device=device).manual_seed(mixed_seed(seed, step))
-
-
-def mixed_seed(*numbers: int) -> int:
-    """One 64-bit seed from several integers (any sign), well mixed by numpy's SeedSequence."""
-    entropy = [n & (2**64 - 1) for n in numbers]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0])
-
-
 def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
                   generator: torch.Generator | BatchGenerator | None = None) -> dict[str, torch.Tensor]:
     """Scalar ``loss`` (and parts to log) for one batch, whatever the mode.
@@ -191,6 +165,11 @@ class StepLoss(nn.Module):
         return training_loss(self.system, images, labels, generator)
 
 
+SampleGrid = Callable[[TransmissionSystem, torch.Tensor, "torch.Tensor | None", Path], None]
+"""Writes a PNG of the receivers' outputs: (EMA system in eval mode, images, labels or None, path).
+The trainer sits below evaluation, so the CLI passes :func:`diffjscc.evaluation.grids.write_training_grid`."""
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -203,8 +182,9 @@ class Trainer:
     """Builds everything from a Config and runs (or resumes) training to ``total_steps``."""
 
     def __init__(self, cfg: Config, resume: str | None = None, progress: bool = True,
-                 dist: DistContext | None = None) -> None:
+                 dist: DistContext | None = None, sample_grid: SampleGrid | None = None) -> None:
         self.cfg = cfg
+        self.sample_grid = sample_grid
         self.dist = dist or DistContext()
         self.progress = progress and self.dist.is_main
         self.device = self.dist.place(resolve_device(cfg.device))
@@ -251,15 +231,11 @@ class Trainer:
             path, payload = found
         else:
             path, payload = Path(resume), load_checkpoint(resume)
-        saved = payload["config"]
-        for key in ("mode", "encoder", "image_size", "c_out", "latent_dim", "num_channels", "channel_mult",
-                    "num_res_blocks", "attention_resolutions", "learn_sigma", "prediction", "diffusion_steps",
-                    "noise_schedule", "class_cond", "jscc_num_filters", "jscc_norm", "conditioning",
-                    "residual_scale", "snr_adaptive"):
-            trained_with = saved.get(key, getattr(DEFAULTS, key))  # a key newer than the checkpoint: its default
-            if trained_with != getattr(self.cfg, key):
-                raise UserError(f"checkpoint {path} was trained with {key}={trained_with!r}, "
-                                f"but the config says {key}={getattr(self.cfg, key)!r}")
+        mismatch = first_mismatch(payload["config"], self.cfg, ARCHITECTURE_KEYS)
+        if mismatch is not None:
+            key, trained_with = mismatch
+            raise UserError(f"checkpoint {path} was trained with {key}={trained_with!r}, "
+                            f"but the config says {key}={getattr(self.cfg, key)!r}")
         try:
             self.system.load_state_dict(payload["model"])
             self.ema.module.load_state_dict(payload["ema"])
@@ -446,33 +422,25 @@ class Trainer:
         return TrainResult(self.step, last_path, images_per_second, loss_value)
 
     def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        images, labels = (batch if isinstance(batch, (tuple, list)) else (batch, None))
+        images, labels = batch
         images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True) if labels is not None else None
-        return images, labels
+        return images, labels.to(self.device, non_blocking=True) if self.cfg.class_cond else None
 
     # ---- sample grid ------------------------------------------------------------------------
     @torch.no_grad()
-    def write_sample_grid(self) -> Path:
-        """PNG rows: source | received-decoded | diffusion output, from the EMA weights."""
-        from diffjscc.evaluation.figures import save_image_grid
-        from diffjscc.evaluation.receivers import reconstruct_rows
-
+    def write_sample_grid(self) -> Path | None:
+        """The caller's ``sample_grid`` of the EMA weights on the first test (or training) images."""
+        if self.sample_grid is None:
+            return None
         source_dir = self.cfg.test_dir or self.cfg.data_dir
         dataset = (self.dataset if source_dir == self.cfg.data_dir
                    else ImageFolderDataset(source_dir, image_size=self.cfg.image_size,
                                            with_labels=self.cfg.class_cond))
-        count = min(GRID_IMAGES, len(dataset))
-        items = [dataset[i] for i in range(count)]
-        images = torch.stack([it[0] if isinstance(it, tuple) else it for it in items]).to(self.device)
-        labels = (torch.tensor([it[1] for it in items], device=self.device)
-                  if self.cfg.class_cond else None)
+        images, labels = dataset.first(GRID_IMAGES, self.device)
         model = self.ema.module
         was_training = model.training
         model.eval()
-        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        rows, names = reconstruct_rows(model, images, labels, steps=self.cfg.sample_steps, generator=generator)
-        model.train(was_training)
         path = self.log_dir / f"samples_{self.step:07d}.png"
-        save_image_grid(rows, path, row_labels=names)
+        self.sample_grid(model, images, labels, path)
+        model.train(was_training)
         return path

@@ -13,6 +13,8 @@ this module makes the comparison rows that ``sample``, the demo and the trainer'
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -39,7 +41,7 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
     snr_db = system.cfg.snr_db if snr_db is None else snr_db
     received = system.transmit(images, snr_db=snr_db, generator=generator) if system.encoder is not None else None
     if system.decoder is not None and received is not None:
-        rows.append(system.jscc_decode(received, snr_db))
+        rows.append(system.decode(received, snr_db))
         names.append("Deep JSCC")
     elif received is not None:
         rows.append(latent_preview(received, images.shape[-1]))
@@ -49,3 +51,14 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
                                    batch=images.shape[0], snr_db=snr_db))
         names.append(f"diffusion {steps}")
     return rows, names
+
+
+def write_training_grid(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
+                        path: Path) -> None:
+    """The trainer's sample grid (:data:`~diffjscc.training.trainer.SampleGrid`): the comparison
+    rows at the config's SNR and ``sample_steps``, sampling seeded by the config's seed."""
+    from diffjscc.evaluation.figures import save_image_grid
+
+    generator = torch.Generator(device=images.device).manual_seed(system.cfg.seed)
+    rows, names = reconstruct_rows(system, images, labels, steps=system.cfg.sample_steps, generator=generator)
+    save_image_grid(rows, path, row_labels=names)
