@@ -41,7 +41,7 @@ from diffjscc.cli import main
 from diffjscc.config import load_config
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
-from diffjscc.training import distributed
+from diffjscc.runtime import distributed
 from diffjscc.runtime.checkpoint import list_checkpoints, load_checkpoint
 from diffjscc.runtime.distributed import DistContext, detect_launch, first_slurm_host
 from diffjscc.training.trainer import EpochBatchSampler, training_loss
