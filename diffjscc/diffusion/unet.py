@@ -20,8 +20,9 @@ the conditioning once per received batch (samplers reuse it at every step).
 
 Layout mirrors improved-diffusion's 32×32 UNet: widths ``num_channels·channel_mult``,
 ``num_res_blocks`` residual blocks per level, self-attention at the listed resolutions,
-scale-shift (FiLM) timestep conditioning, 6 output channels (ε and the variance
-interpolation v) when the variance is learned.
+scale-shift (FiLM) timestep conditioning. The output is the config's ``prediction`` target
+(ε, x₀ or v; see :mod:`diffjscc.diffusion.gaussian`), 3 channels, plus 3 for the variance
+interpolation when the variance is learned (6 in all).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class LatentLifter(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    """ε-prediction UNet conditioned on the received latent (and optionally a class label / the SNR).
+    """The denoising UNet (ε, x₀ or v prediction) conditioned on the received latent (and optionally a class label / the SNR).
 
     ``latent_channels`` (the latent's c_out) is needed by ``spatial`` and ``residual``
     conditioning, which read y as (c_out, image_size/4, image_size/4) maps.
