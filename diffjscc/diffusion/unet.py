@@ -64,7 +64,8 @@ class LatentLifter(nn.Module):
 
 
 class ConditionalUNet(nn.Module):
-    """The denoising UNet (ε, x₀ or v prediction) conditioned on the received latent (and optionally a class label / the SNR).
+    """The denoising UNet (ε, x₀ or v prediction) conditioned on the received latent (and
+    optionally a class label / the SNR).
 
     ``latent_channels`` (the latent's c_out) is needed by ``spatial`` and ``residual``
     conditioning, which read y as (c_out, image_size/4, image_size/4) maps.
