@@ -41,13 +41,18 @@ def _add_data(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config (all modes)",
                        description="Train in the config's mode (jscc | joint | frozen | unconditional); "
-                                   "checkpoints ckpt_*.pt are written under log_dir.")
+                                   "checkpoints ckpt_*.pt are written under log_dir, which belongs to one run "
+                                   "at a time: a second run into it is refused while the first runs, and a fresh "
+                                   "run over another run's files needs --resume auto or --overwrite.")
     p.add_argument("config", type=Path,
                    help="YAML config, e.g. configs/tiny.yaml, or the name of a shipped one: tiny, cifar10")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set log_dir=runs/a")
     p.add_argument("--resume", default=None, metavar="auto|CKPT",
                    help="continue from a checkpoint, or 'auto' for the newest valid one in log_dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="a fresh run into a log_dir that holds another run's files moves them into a dated "
+                        "subfolder previous_<time>/ first (default: refuse; nothing is ever deleted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.add_argument("--strict", action="store_true",
                    help="a corrupt image in data_dir is an error (default: skipped with a warning)")
@@ -224,7 +229,7 @@ def _cmd_train(args) -> int:
     try:  # one process, or one of the N that torchrun / mpiexec / srun started
         with process_group(args.dist_timeout, cfg.device) as context:
             result = Trainer(cfg, resume=args.resume, progress=not args.no_progress, dist=context,
-                             sample_grid=write_training_grid).train()
+                             sample_grid=write_training_grid, overwrite=args.overwrite).train()
     except DistributedError as err:  # a peer died or hung: not a usage error
         return _peer_lost(err)
     if context.is_main:

@@ -4,7 +4,8 @@
   renamed (``os.replace``): a reader sees the old file or the new one, never half of one.
 * Loaded with ``torch.load(weights_only=True)``: tensors and plain containers only; the
   config is stored as a plain dict. A file that needs more (a pickled callable) is refused.
-* ``ckpt_{step:07d}.pt`` under ``log_dir``; the newest ``keep`` are kept.
+* ``ckpt_{step:07d}.pt`` under ``log_dir``; the newest ``keep`` of the run that wrote them are
+  kept (``checkpoints.json`` says which run wrote which file; see :mod:`.rundir`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.rundir import read_manifest, write_manifest
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d{7,})\.pt$")
@@ -30,16 +32,27 @@ def checkpoint_path(log_dir: str | Path, step: int) -> Path:
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write ``payload`` (plain data and tensors) to ``path``."""
+    """Atomically write ``payload`` (plain data and tensors) to ``path``.
+
+    A failed write (a full disk, ``ENOSPC``) removes its temporary file, leaves every existing
+    checkpoint as it was, and is a one-line UserError.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({**payload, "format_version": FORMAT_VERSION}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        Path(tmp).unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _short(str(err))
+        raise UserError(f"cannot write checkpoint {path}: {reason}; the previous checkpoints are intact") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -100,10 +113,25 @@ def latest_valid_checkpoint(log_dir: str | Path) -> tuple[Path, dict[str, Any]] 
     return None
 
 
-def prune_checkpoints(log_dir: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints, and temporary files that a run killed
-    mid-write left behind (called right after a completed write, when none is in progress)."""
-    for path in list_checkpoints(log_dir)[:-keep]:
+def record_checkpoint(log_dir: str | Path, run_id: str, path: str | Path) -> None:
+    """Note in ``checkpoints.json`` that run ``run_id`` wrote ``path`` (what pruning may delete)."""
+    runs = read_manifest(log_dir)
+    names = runs.setdefault(run_id, [])
+    if Path(path).name not in names:
+        names.append(Path(path).name)
+    write_manifest(log_dir, runs)
+
+
+def prune_checkpoints(log_dir: str | Path, keep: int, run_id: str) -> None:
+    """Delete all but the newest ``keep`` checkpoints that run ``run_id`` wrote (never another
+    run's file), and temporary files a run killed mid-write left behind (called right after a
+    completed write by the run that holds the folder's lock, when none is in progress)."""
+    runs = read_manifest(log_dir)
+    mine = set(runs.get(run_id, []))
+    written = [p for p in list_checkpoints(log_dir) if p.name in mine]
+    for path in written[:-keep]:
         path.unlink(missing_ok=True)
+    runs[run_id] = [name for name in runs.get(run_id, []) if (Path(log_dir) / name).exists()]
+    write_manifest(log_dir, runs)
     for stale in Path(log_dir).glob(".ckpt_*.tmp"):
         stale.unlink(missing_ok=True)

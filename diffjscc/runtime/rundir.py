@@ -1,0 +1,137 @@
+"""A run directory belongs to one run at a time.
+
+* **Lock.** A run holds an exclusive OS lock (``flock``) on its ``log_dir`` for its whole life
+  (its PID in ``log_dir/.diffjscc.lock``); the kernel releases it when the process ends in any
+  way, a SIGKILL included, so a lock is never stale. A second run into a locked folder stops before it writes anything, with
+  one line naming the folder and the holder's PID.
+* **Fresh runs never write over another run.** Without ``--resume``, a folder that holds a run's
+  files (checkpoints, logs, config, grids) is refused; ``--overwrite`` moves those files into a
+  dated subfolder ``previous_<UTC time>/`` — nothing is deleted.
+* **Run id.** Every run has an id, kept in its checkpoints and in ``checkpoints.json`` (which
+  checkpoint files each run wrote); pruning deletes only files the pruning run wrote.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import uuid
+from pathlib import Path
+
+from diffjscc.errors import UserError
+
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunLock", "new_run_id", "prepare_fresh_run", "run_files"]
+
+LOCK_NAME = ".diffjscc.lock"
+MANIFEST_NAME = "checkpoints.json"
+RUN_FILE_PATTERNS = ("ckpt_*.pt", ".ckpt_*.tmp", "metrics.jsonl", "metrics.csv", "config.yaml", "samples_*.png",
+                     "tensorboard", MANIFEST_NAME)
+"""What a training run writes into its log_dir: a folder holding any of these holds a run."""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class RunLock:
+    """Exclusive lock on a run directory, held until :meth:`release` or the process ends.
+
+    The lock is a ``flock`` on the directory itself, so taking it (and failing to) writes
+    nothing; the holder's PID goes into ``.diffjscc.lock`` only once the run is sure to start
+    (:meth:`mark_holder`), so that a refused run leaves the folder exactly as it was.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.pid_file = self.log_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock or raise a one-line UserError naming the folder and the holder's PID."""
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.log_dir, os.O_RDONLY)
+        except OSError as err:
+            raise UserError(f"cannot use log_dir {self.log_dir}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            try:
+                holder = self.pid_file.read_text().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            raise UserError(f"log_dir {self.log_dir} is in use by another run (PID {holder}); wait for it to "
+                            f"end or choose another log_dir") from None
+        self._fd = fd
+        return self
+
+    def mark_holder(self) -> None:
+        """Record this process as the holder (what a refused second run names)."""
+        tmp = self.pid_file.with_name(f"{LOCK_NAME}.tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, self.pid_file)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+
+def run_files(log_dir: str | Path) -> list[Path]:
+    """The files and folders of a run in ``log_dir`` (sorted; empty for a new or empty folder)."""
+    folder = Path(log_dir)
+    if not folder.is_dir():
+        return []
+    return sorted({p for pattern in RUN_FILE_PATTERNS for p in folder.glob(pattern)})
+
+
+def prepare_fresh_run(log_dir: str | Path, overwrite: bool) -> Path | None:
+    """Make ``log_dir`` ready for a new run (the caller holds its lock).
+
+    A folder with another run's files is refused, or with ``overwrite`` those files are moved
+    into ``previous_<UTC time>/`` inside it; returns that folder (None when nothing was moved).
+    """
+    found = run_files(log_dir)
+    if not found:
+        return None
+    if not overwrite:
+        raise UserError(f"log_dir {log_dir} holds another run ({len(found)} files: checkpoints, logs); continue it "
+                        f"with --resume auto, choose another log_dir, or pass --overwrite to move its files into "
+                        f"a dated subfolder")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = Path(log_dir) / f"previous_{stamp}"
+    aside.mkdir()
+    for path in found:
+        path.rename(aside / path.name)
+    return aside
+
+
+def read_manifest(log_dir: str | Path) -> dict[str, list[str]]:
+    """Run id → checkpoint file names that run wrote, from ``checkpoints.json`` (empty if absent)."""
+    path = Path(log_dir) / MANIFEST_NAME
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not a diffjscc checkpoint manifest ({type(err).__name__})") from None
+    if not isinstance(runs, dict):
+        raise UserError(f"{path} is not a diffjscc checkpoint manifest")
+    return {str(k): [str(n) for n in v] for k, v in runs.items()}
+
+
+def write_manifest(log_dir: str | Path, runs: dict[str, list[str]]) -> None:
+    """Write ``checkpoints.json`` atomically (temporary file + rename)."""
+    path = Path(log_dir) / MANIFEST_NAME
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,206 @@
+"""A run directory belongs to one run: the lock, refusing a fresh run over another run,
+``--overwrite`` moving files aside, pruning only one's own checkpoints, a full disk during a
+checkpoint write. The scenarios run through the CLI on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffjscc.cli import main
+from diffjscc.errors import UserError
+from diffjscc.runtime import checkpoint as checkpoint_module
+from diffjscc.runtime.checkpoint import (checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints,
+                                         record_checkpoint, save_checkpoint)
+from diffjscc.runtime.rundir import LOCK_NAME, RunLock, prepare_fresh_run, read_manifest
+from launch_helpers import LAUNCH_TIMEOUT_S, launch_env, train_argv
+
+MICRO = ["mode=jscc", "jscc_num_filters=16", "batch_size=8", "log_interval=10", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def train_data(cifar_root: Path) -> Path:
+    return cifar_root / "cifar_train"
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _start(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "diffjscc", *argv], env=launch_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(condition, process: subprocess.Popen, what: str, timeout: float = LAUNCH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the first run ended (status {process.returncode}) before {what}: {process.stdout.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_second_run_into_a_busy_folder_is_refused(train_data: Path, tmp_path: Path, capsys) -> None:
+    """Two trainings into one log_dir at once: the second stops with one line naming the folder
+    and the holder's PID (exit 2); the first run's log holds only its own lines."""
+    log_dir = tmp_path / "run"
+    first = _start(train_argv(train_data, log_dir, 100000, 50, MICRO))
+    _wait_for(lambda: (log_dir / "metrics.jsonl").is_file(), first, "its first log line")
+    code = main(train_argv(train_data, log_dir, 30, 10, MICRO))
+    still_running = first.poll() is None
+    first.send_signal(signal.SIGTERM)  # it saves and exits 128 + 15
+    first.wait(timeout=LAUNCH_TIMEOUT_S)
+    line = _one_line_error(capsys)
+    assert still_running and code == 2
+    assert str(log_dir) in line and f"PID {first.pid}" in line and "in use" in line
+    steps = [json.loads(s)["step"] for s in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 10 * len(steps) + 1, 10))  # one run's lines, in order, none twice
+
+
+def test_new_run_over_a_finished_run_is_refused_then_moved_aside(train_data: Path, tmp_path: Path, capsys) -> None:
+    """A finished 30-step run, then a new run with another config and no --resume: refused
+    without changing a byte; with --overwrite the old files move into previous_*/ intact."""
+    log_dir = tmp_path / "run"
+    assert main(train_argv(train_data, log_dir, 30, 10, MICRO)) == 0
+    capsys.readouterr()
+    before = _hashes(log_dir)
+    other = [*MICRO, "c_out=4", "latent_dim=256"]
+    assert main(train_argv(train_data, log_dir, 20, 10, other)) == 2
+    line = _one_line_error(capsys)
+    assert "--resume auto" in line and "--overwrite" in line and str(log_dir) in line
+    assert _hashes(log_dir) == before
+
+    assert main(train_argv(train_data, log_dir, 20, 10, other, "--overwrite")) == 0
+    aside = [p for p in log_dir.iterdir() if p.name.startswith("previous_")]
+    assert len(aside) == 1
+    moved = _hashes(aside[0])
+    assert all(moved[name] == digest for name, digest in before.items() if name != LOCK_NAME)
+    new = load_checkpoint(list_checkpoints(log_dir)[-1])
+    assert new["step"] == 20 and new["config"]["c_out"] == 4
+    assert [json.loads(s)["step"] for s in (log_dir / "metrics.jsonl").read_text().splitlines()] == [10, 20]
+    old = load_checkpoint(list_checkpoints(aside[0])[-1])
+    assert old["step"] == 30 and old["run_id"] != new["run_id"]
+
+
+def test_killed_lock_holder_leaves_no_stale_lock(train_data: Path, tmp_path: Path) -> None:
+    """SIGKILL of the run holding the lock, then `--resume auto` takes the folder and continues."""
+    log_dir = tmp_path / "run"
+    first = _start(train_argv(train_data, log_dir, 100000, 20, MICRO))
+    _wait_for(lambda: bool(list_checkpoints(log_dir)), first, "its first checkpoint")
+    first.kill()
+    first.wait(timeout=LAUNCH_TIMEOUT_S)
+    saved = load_checkpoint(list_checkpoints(log_dir)[-1])
+    total = saved["step"] + 10
+    assert main(train_argv(train_data, log_dir, total, 10, MICRO, "--resume", "auto")) == 0
+    resumed = load_checkpoint(list_checkpoints(log_dir)[-1])
+    assert resumed["step"] == total and resumed["run_id"] == saved["run_id"]
+
+
+def test_resume_refuses_a_folder_whose_config_disagrees(train_data: Path, tmp_path: Path, capsys) -> None:
+    """The folder's config.yaml must agree with the checkpoint a run resumes."""
+    log_dir = tmp_path / "run"
+    assert main(train_argv(train_data, log_dir, 10, 10, MICRO)) == 0
+    config = log_dir / "config.yaml"
+    config.write_text(config.read_text().replace("c_out: 8", "c_out: 4"))
+    capsys.readouterr()
+    assert main(train_argv(train_data, log_dir, 20, 10, MICRO, "--resume", "auto")) == 2
+    line = _one_line_error(capsys)
+    assert "config.yaml" in line and "c_out" in line
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "run") as lock:
+        lock.mark_holder()
+        with pytest.raises(UserError, match=f"in use by another run \\(PID {os.getpid()}\\)"):
+            RunLock(tmp_path / "run").acquire()
+    RunLock(tmp_path / "run").acquire().release()  # free again once released
+
+
+def test_prepare_fresh_run(tmp_path: Path) -> None:
+    assert prepare_fresh_run(tmp_path / "missing", overwrite=False) is None
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    assert prepare_fresh_run(tmp_path, overwrite=False) is None  # not a run's file
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(UserError, match="--overwrite"):
+        prepare_fresh_run(tmp_path, overwrite=False)
+    aside = prepare_fresh_run(tmp_path, overwrite=True)
+    assert (aside / "metrics.jsonl").read_text() == "{}\n" and (tmp_path / "notes.txt").exists()
+
+
+def test_pruning_deletes_only_this_runs_checkpoints(tmp_path: Path) -> None:
+    """Files another run wrote (higher steps, or unrecorded) survive this run's pruning."""
+    payload = {"model": {"w": torch.zeros(2)}, "config": {}}
+    foreign = [save_checkpoint(payload, checkpoint_path(tmp_path, step)) for step in (200, 300)]
+    for path in foreign:
+        record_checkpoint(tmp_path, "other", path)
+    unrecorded = save_checkpoint(payload, checkpoint_path(tmp_path, 250))
+    mine = []
+    for step in (10, 20, 30):
+        mine.append(save_checkpoint(payload, checkpoint_path(tmp_path, step)))
+        record_checkpoint(tmp_path, "mine", mine[-1])
+        prune_checkpoints(tmp_path, keep=2, run_id="mine")
+    assert [p.exists() for p in mine] == [False, True, True]
+    assert all(p.exists() for p in [*foreign, unrecorded])
+    assert read_manifest(tmp_path) == {"other": ["ckpt_0000200.pt", "ckpt_0000300.pt"],
+                                       "mine": ["ckpt_0000020.pt", "ckpt_0000030.pt"]}
+
+
+def _small_filesystem(path: Path) -> bool:
+    """Mount a 1 MiB tmpfs at ``path`` (needs root and mount permission); False where impossible."""
+    path.mkdir()
+    if shutil.which("mount") is None:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def test_full_disk_keeps_previous_checkpoints(tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC during a checkpoint write: one-line error, earlier checkpoints intact, no temp file.
+
+    On a real 1 MiB tmpfs where the test may mount one, else with a writer that fills the disk."""
+    folder = tmp_path / "small"
+    mounted = _small_filesystem(folder)
+    try:
+        small = {"model": {"w": torch.zeros(1000)}, "config": {}}
+        first = save_checkpoint(small, checkpoint_path(folder, 1))
+        before = _hashes(folder)
+        if not mounted:
+            real_save = torch.save
+
+            def fill_then_fail(obj, handle, *args, **kwargs):
+                real_save(obj, handle, *args, **kwargs)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(checkpoint_module.torch, "save", fill_then_fail)
+        big = {"model": {"w": torch.zeros(2_000_000)}, "config": {}}  # 8 MB: more than the disk holds
+        with pytest.raises(UserError) as info:
+            save_checkpoint(big, checkpoint_path(folder, 2))
+        message = str(info.value)
+        assert "\n" not in message and "previous checkpoints are intact" in message
+        assert "space" in message.lower() or "write" in message.lower()
+        assert _hashes(folder) == before and list_checkpoints(folder) == [first]
+        assert not list(folder.glob(".ckpt_*.tmp"))
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], capture_output=True)
