@@ -98,7 +98,7 @@ class Config:
     learn_sigma: bool = True  # learned variance trained with the hybrid loss (L_simple + λ·L_vlb)
     prediction: str = "epsilon"  # what the UNet predicts: epsilon (original) | x0 | v = √ᾱ·ε − √(1−ᾱ)·x0
     vlb_weight: float = 0.001  # λ of the hybrid loss (Nichol & Dhariwal 2021)
-    sample_steps: int = 50  # DDIM steps for sample grids and `diffjscc sample`
+    sample_steps: int = 50  # DDIM steps of the sample grids written during training
 
     # --- optimisation ----------------------------------------------------------------------
     batch_size: int = 64
