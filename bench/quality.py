@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from bench.common import add_data_arguments, machine_info, prepare_cifar, spread
 from diffjscc.config import CONDITIONINGS, PREDICTIONS, START_MODES, load_config
 from diffjscc.errors import UserError
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
-from diffjscc.training.trainer import Trainer
+from diffjscc.training.runs import train_or_reuse
 
 TARGETS_DB = {"gaussian": 3.0, "mean": 1.0}  # allowed PSNR deficit against Deep JSCC
 # About 20 minutes per tiny diffusion model on this 2-core machine (measured ~33 img/s when shared
@@ -75,30 +74,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(config: str, log_dir: Path, overrides: list[str], images: int) -> dict:
-    """Train one model for ``images`` training images (or reuse the finished run)."""
+    """Train one model for ``images`` training images (or reuse the finished run); its record,
+    kept in ``bench_training.json`` beside the run so that a reused run keeps its training time."""
     cfg = load_config(config, overrides + [f"log_dir={log_dir}", "sample_interval=0"])
     steps = max(math.ceil(images / cfg.batch_size), 1)
     cfg = load_config(config, overrides + [f"log_dir={log_dir}", "sample_interval=0", f"total_steps={steps}",
                                            f"save_interval={steps}", f"log_interval={min(cfg.log_interval, steps)}"])
+    run = train_or_reuse(cfg)
     record_path = log_dir / "bench_training.json"
-    if record_path.is_file():
+    if run.reused and record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record.get("overrides", overrides) != overrides:
-            raise UserError(f"{log_dir} was trained with other settings ({record['overrides']}); "
-                             f"delete it or pass another --work")
-        if record.get("steps") == steps and Path(record["checkpoint"]).is_file():
-            print(f"{log_dir.name}: reusing {record['checkpoint']} ({record['seconds']:.0f} s when trained)")
-            return record
-    start = time.perf_counter()
-    result = Trainer(cfg, resume="auto", progress=False).train()
-    seconds = time.perf_counter() - start
-    record = {"checkpoint": str(result.last_checkpoint), "overrides": overrides, "steps": steps,
-              "batch_size": cfg.batch_size, "images": steps * cfg.batch_size, "seconds": seconds, "mode": cfg.mode,
-              "conditioning": cfg.conditioning if cfg.has_diffusion else None,
+        if record.get("steps") == run.step:  # the record of this run (the folder may have moved since)
+            return {**record, "checkpoint": str(run.checkpoint)}
+    record = {"checkpoint": str(run.checkpoint), "overrides": overrides, "steps": run.step,
+              "batch_size": cfg.batch_size, "images": run.step * cfg.batch_size,
+              "seconds": None if run.reused else run.seconds,  # None: reused a run trained without this record
+              "mode": cfg.mode, "conditioning": cfg.conditioning if cfg.has_diffusion else None,
               "prediction": cfg.prediction if cfg.has_diffusion else None,
               "train_flops_per_image": _train_flops_per_image(cfg)}
     record_path.write_text(json.dumps(record, indent=2))
-    print(f"{log_dir.name}: {steps} steps x {cfg.batch_size} images in {seconds / 60:.1f} min", flush=True)
+    if not run.reused:
+        print(f"{log_dir.name}: {steps} steps x {cfg.batch_size} images in {run.seconds / 60:.1f} min", flush=True)
     return record
 
 
@@ -215,7 +211,8 @@ def _summary_row(system: str, conditioning: str, start: str, result: dict, deep:
             "psnr": result["psnr"], "ssim": result["ssim"], "psnr_minus_deep_jscc": gap,
             "ssim_minus_deep_jscc": result["ssim"] - deep["ssim"],
             "target_db": allowed, "target_met": None if allowed is None else gap >= -allowed,
-            "train_images": training["images"], "train_minutes": training["seconds"] / 60,
+            "train_images": training["images"],
+            "train_minutes": None if training["seconds"] is None else training["seconds"] / 60,
             "train_gflop_per_image": training["train_flops_per_image"] / 1e9,
             "receiver_gflop_per_image": receiver_flops / 1e9}
 
@@ -229,6 +226,10 @@ def _markdown(rows: list[dict]) -> str:
         met = {None: "-", True: "yes", False: "NO"}[row["target_met"]]
         lines.append(f"| {row['system']} | {row['conditioning']} | {row['psnr']:.2f} | {row['ssim']:.4f} | "
                      f"{row['psnr_minus_deep_jscc']:+.2f} | {row['ssim_minus_deep_jscc']:+.4f} | {target} | {met} | "
-                     f"{row['train_images']} | {row['train_minutes']:.1f} | {row['train_gflop_per_image']:.3f} | "
+                     f"{row['train_images']} | {_minutes(row['train_minutes'])} | {row['train_gflop_per_image']:.3f} | "
                      f"{row['receiver_gflop_per_image']:.3f} |")
     return "\n".join(lines)
+
+
+def _minutes(minutes: float | None) -> str:
+    return "-" if minutes is None else f"{minutes:.1f}"

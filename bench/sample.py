@@ -23,7 +23,7 @@ from diffjscc.config import load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
-from diffjscc.training.trainer import Trainer
+from diffjscc.training.runs import train_or_reuse
 
 TARGET_STEPS, TARGET_DB = 20, 0.5  # against the largest step count (250 by default)
 # The receiver trained when no --checkpoint is given: the best of `bench quality` (joint mode
@@ -56,11 +56,11 @@ def train_checkpoint(config: str, train_dir: Path, log_dir: Path, steps: int, ov
     """Train (or finish, or reuse) a diffusion model of ``config`` for ``steps`` steps."""
     cfg = load_config(config, [f"data_dir={train_dir}", f"log_dir={log_dir}", f"total_steps={steps}",
                                f"save_interval={steps}", "sample_interval=0", *overrides])
-    start = time.perf_counter()
-    result = Trainer(cfg, resume="auto", progress=False).train()
-    print(f"trained {config} (mode {cfg.mode}) to step {result.step} in {time.perf_counter() - start:.0f} s "
-          f"→ {result.last_checkpoint}", flush=True)
-    return result.last_checkpoint
+    run = train_or_reuse(cfg)
+    if not run.reused:
+        print(f"trained {config} (mode {cfg.mode}) to step {run.step} in {run.seconds:.0f} s → {run.checkpoint}",
+              flush=True)
+    return run.checkpoint
 
 
 def time_sampling(system, images: torch.Tensor, steps_list: list[int], snr: float, rounds: int) -> dict[int, float]:

@@ -11,14 +11,13 @@ cliff). Target (issue 5): the adaptive model within 1 dB PSNR of the model train
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, write_json
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
 from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
-from diffjscc.training.trainer import Trainer
+from diffjscc.training.runs import train_or_reuse
 
 TARGET_DB = 1.0
 
@@ -50,11 +49,10 @@ def _train(args, train_dir: Path, name: str, overrides: list[str]) -> Path:
         "mode=jscc", f"data_dir={train_dir}", f"log_dir={log_dir}", f"total_steps={args.steps}",
         f"save_interval={args.steps}", f"batch_size={args.batch_size}", "sample_interval=0",
         *args.overrides, *overrides])
-    start = time.perf_counter()
-    result = Trainer(cfg, resume="auto", progress=False).train()
-    print(f"{name}: {result.step} steps, {result.images_per_second:.0f} img/s, "
-          f"{time.perf_counter() - start:.0f} s", flush=True)
-    return result.last_checkpoint
+    run = train_or_reuse(cfg)
+    if not run.reused:
+        print(f"{name}: {run.step} steps, {run.images_per_second:.0f} img/s, {run.seconds:.0f} s", flush=True)
+    return run.checkpoint
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from diffjscc.config import load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.evaluation.grids import write_training_grid
-from diffjscc.training.trainer import Trainer
+from diffjscc.training.runs import train_or_reuse
 
 HELD_BACK_EVERY = 5  # every 5th embedded image is held back: 64 of 320
 GRID_IMAGES = 8
@@ -67,15 +67,13 @@ def _split_sample(out: Path) -> tuple[Path, Path]:
 
 def _train(mode: str, steps: int, train_dir: Path, held_dir: Path, log_dir: Path, seed: int,
            extra: list[str]) -> Path:
+    """Train one model of the demo (or reuse it from an earlier demo into the same --out)."""
     overrides = [f"mode={mode}", f"data_dir={train_dir}", f"test_dir={held_dir}", f"log_dir={log_dir}",
                  f"total_steps={steps}", f"save_interval={max(steps // 4, 1)}", f"seed={seed}",
                  "snr_range=[0,20]", "device=cpu", *extra]
     cfg = load_config(packaged_config("tiny"), overrides)
     print(f"\n== training mode={mode} for {steps} steps (batch {cfg.batch_size}) → {log_dir}")
-    result = Trainer(cfg, resume="auto", sample_grid=write_training_grid).train()
-    if result.last_checkpoint is None or not result.last_checkpoint.exists():
-        raise RuntimeError(f"training {mode} wrote no checkpoint")
-    return result.last_checkpoint
+    return train_or_reuse(cfg, progress=True, sample_grid=write_training_grid).checkpoint
 
 
 def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0) -> dict:

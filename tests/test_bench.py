@@ -1,5 +1,8 @@
 """``python -m bench SUB`` end to end at a micro size: every sub-benchmark runs and writes its
-result file with the expected fields. No timing is asserted (the figures need the full runs)."""
+result file with the expected fields. No timing is asserted (the figures need the full runs);
+the quality figures are: the ``sample`` and ``quality`` rows must be those of ``diffjscc evaluate``
+on the same checkpoints, test images, step counts and seed, and the recorded training budgets
+those the checkpoints were trained for."""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import pytest
 import torch
 
 from bench.__main__ import main
+from bench_checks import evaluate_rows
+from diffjscc.runtime.checkpoint import load_checkpoint
 
 
 def test_train_step_prints_the_table_and_a_speedup_line(tmp_path: Path, capsys) -> None:
@@ -51,14 +56,19 @@ def test_memory_measures_each_config_in_a_fresh_process(tmp_path: Path, capsys) 
 
 
 def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path, tmp_path: Path, capsys) -> None:
+    work = tmp_path / "work"
+    argv = ["sample", "--data-root", str(cifar_root), "--work", str(work), "--set", "batch_size=4", "--set",
+            "log_interval=1", "--test-images", "4", "--timing-images", "2", "--rounds", "1", "--steps", "2,3",
+            "--threads", "1", "--results", str(tmp_path)]
     threads = torch.get_num_threads()
-    try:
-        assert main(["sample", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--train-steps",
-                     "2", "--set", "batch_size=4", "--set", "log_interval=1", "--test-images", "4",
-                     "--timing-images", "2", "--rounds", "1", "--steps", "2,3", "--threads", "1",
-                     "--results", str(tmp_path)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+
+    def run(train_steps: int) -> int:
+        try:
+            return main([*argv, "--train-steps", str(train_steps)])
+        finally:
+            torch.set_num_threads(threads)
+
+    assert run(2) == 0
     out = capsys.readouterr().out
     assert "Δ vs 3" in out
     result = json.loads((tmp_path / "sample.json").read_text())
@@ -66,21 +76,53 @@ def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path,
     assert result["threads"] == 1  # --threads, applied by `python -m bench` for every sub-benchmark
     assert [row["steps"] for row in result["rows"]] == [2, 3]
     for row in result["rows"]:
-        assert row["n"] == 4 and row["images_per_s"] > 0 and 0 < row["psnr"] < 60
+        assert row["n"] == 4 and row["images_per_s"] > 0
     assert result["rows"][1]["psnr_minus_3"] == 0.0
     assert result["target"]["gap_db"] is None  # 20 and 250 steps were not run
+
+    # the checkpoint is the receiver it says, trained for the recorded budget
+    checkpoint = Path(result["checkpoint"])
+    payload = load_checkpoint(checkpoint)
+    cfg = payload["config"]
+    assert payload["step"] == result["train_steps"] == cfg["total_steps"] and cfg["batch_size"] == 4
+    assert (cfg["mode"], cfg["conditioning"], cfg["prediction"]) == (result["mode"], "residual", "v")
+    assert cfg["data_dir"] == str(cifar_root / "cifar_train")
+
+    # each row is what `diffjscc evaluate` gives for that checkpoint, step count and seed
+    for row in result["rows"]:
+        expected = evaluate_rows([checkpoint], work / "test_4", tmp_path / f"eval_{row['steps']}.json",
+                                 "--snr", "10", "--start", "gaussian", "--steps", str(row["steps"]), "--seed", "0")
+        diffusion = next(r for r in expected if r["receiver"] == "diffusion")
+        deep = next(r for r in expected if r["receiver"] == "deep_jscc")
+        assert (row["psnr"], row["ssim"], row["deep_jscc_psnr"]) == pytest.approx(
+            (diffusion["psnr"], diffusion["ssim"], deep["psnr"]), abs=1e-9)
+    assert result["rows"][0]["psnr"] != result["rows"][1]["psnr"]  # the step count reached the sampler
+
+    # a rerun reuses the checkpoint: nothing retrained, the same rows
+    trained_at = checkpoint.stat().st_mtime_ns
+    assert run(2) == 0
+    assert "reusing the finished run" in capsys.readouterr().out
+    rerun = json.loads((tmp_path / "sample.json").read_text())
+    assert checkpoint.stat().st_mtime_ns == trained_at
+    assert [(r["psnr"], r["ssim"]) for r in rerun["rows"]] == [(r["psnr"], r["ssim"]) for r in result["rows"]]
+    # another budget in the same --work is refused, not reported under the old checkpoint
+    assert run(3) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "total_steps=2" in err and checkpoint.stat().st_mtime_ns == trained_at
 
 
 def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root: Path, tmp_path: Path,
                                                                       capsys) -> None:
-    argv = ["quality", "--data-root", str(cifar_root), "--work", str(tmp_path / "work"), "--images", "8",
+    work = tmp_path / "work"
+    argv = ["quality", "--data-root", str(cifar_root), "--work", str(work), "--images", "8",
             "--batch-size", "4", "--conditioning", "embed", "--test-images", "4", "--sampling-steps", "2",
             "--samples-per-image", "2", "--set", "log_interval=1", "--results", str(tmp_path)]
     # --train-only trains (here the v-prediction receiver) and stops; the full run reuses it
     assert main([*argv, "--prediction", "v", "--train-only"]) == 0
     assert not (tmp_path / "quality.json").exists()
-    trained_v = json.loads((tmp_path / "work" / "images_8" / "frozen_embed_v" / "bench_training.json").read_text())
+    trained_v = json.loads((work / "images_8" / "frozen_embed_v" / "bench_training.json").read_text())
     assert trained_v["prediction"] == "v"
+    v_trained_at = Path(trained_v["checkpoint"]).stat().st_mtime_ns
     assert main([*argv, "--prediction", "epsilon,v"]) == 0
     out = capsys.readouterr().out
     assert "reusing" in out
@@ -90,6 +132,7 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
     assert result["k_over_n"] == pytest.approx(1 / 6)
     assert {row["conditioning"] for row in result["summary"]} == {"-", "embed", "embed, v"}
     assert result["training"]["embed, v"]["seconds"] == trained_v["seconds"]  # reused, not retrained
+    assert Path(trained_v["checkpoint"]).stat().st_mtime_ns == v_trained_at
     rows = {(row["system"].split(",")[0], row["start"]): row for row in result["summary"]
             if row["conditioning"] in ("-", "embed")}
     assert set(rows) == {("Deep JSCC", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"),
@@ -99,8 +142,41 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
     assert rows[("diffusion", "inversion")]["oracle"] and rows[("diffusion", "inversion")]["target_met"] is None
     for row in result["summary"]:
         assert row["train_images"] == 8 and row["receiver_gflop_per_image"] > 0 and row["train_gflop_per_image"] > 0
-    assert result["training"]["embed"]["mode"] == "frozen"
     assert (tmp_path / "quality.md").read_text().startswith("Quality per compute")
+
+    # every recorded budget is what its checkpoint was trained for; the receivers sit on that Deep JSCC
+    training = result["training"]
+    assert set(training) == {"jscc", "embed", "embed, v"}
+    for name, record in training.items():
+        payload = load_checkpoint(record["checkpoint"])
+        cfg = payload["config"]
+        assert payload["step"] == record["steps"] == 2 and cfg["batch_size"] == record["batch_size"] == 4
+        assert record["images"] == payload["step"] * cfg["batch_size"] == 8
+        assert cfg["mode"] == record["mode"] == ("jscc" if name == "jscc" else "frozen")
+        if name != "jscc":
+            assert cfg["jscc_encoder_path"] == training["jscc"]["checkpoint"]
+            assert (cfg["conditioning"], cfg["prediction"]) == (record["conditioning"], record["prediction"]) == (
+                "embed", "v" if name == "embed, v" else "epsilon")
+
+    # the summary rows are those of `diffjscc evaluate` on the same checkpoints, test images and seed
+    receivers = ["embed", "embed, v"]
+    expected = evaluate_rows([Path(training[name]["checkpoint"]) for name in receivers], work / "test_4",
+                             tmp_path / "eval.json", "--snr", "10", "--start", "gaussian,mean,inversion",
+                             "--steps", "2", "--samples-per-image", "2", "--seed", "0")
+    deep = next(r for r in expected if r["receiver"] == "deep_jscc")
+    by_checkpoint = {(r["checkpoint"], r["start"]): r for r in expected if r["receiver"] == "diffusion"}
+    assert len(result["summary"]) == 1 + len(by_checkpoint) == 7
+    for row in result["summary"]:
+        if row["system"] == "Deep JSCC":
+            want = deep
+        else:
+            want = by_checkpoint[(training[row["conditioning"]]["checkpoint"], row["start"])]
+            assert row["system"] == want["system"]
+        assert (row["psnr"], row["ssim"]) == pytest.approx((want["psnr"], want["ssim"]), abs=1e-9)
+        assert row["psnr_minus_deep_jscc"] == pytest.approx(want["psnr"] - deep["psnr"], abs=1e-9)
+
     # a run folder trained otherwise is not reused: one line, exit status 2
+    capsys.readouterr()
     assert main([*argv[:-2], "--set", "lr=1e-3", "--results", str(tmp_path)]) == 2
-    assert "other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "other settings" in err and "lr=" in err and err.count("\n") == 1

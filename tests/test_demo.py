@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from diffjscc.cli import main
 from diffjscc.demo import embedded_sample_dir
+from diffjscc.runtime.checkpoint import load_checkpoint
 from diffjscc.system import load_system
+
+
+def _pixels(folder: Path) -> dict[str, str]:
+    """File name → digest of its decoded RGB pixels."""
+    return {p.name: hashlib.sha256(np.asarray(Image.open(p).convert("RGB")).tobytes()).hexdigest()
+            for p in sorted(folder.glob("*.png"))}
 
 
 def test_embedded_sample_is_shipped() -> None:
@@ -31,6 +40,22 @@ def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
         assert row["snr_db"] == 10.0 and row["oracle"] is False  # the real (Gaussian-start) receiver
         assert row["fid"] is None and "Inception" in row["fid_note"]  # skipped, and says why
     assert results["demo"]["train_images"] == 256 and results["demo"]["held_back_images"] == 64
+
+    # training and held-back images: disjoint by name and by pixels, together the embedded sample
+    train, held = _pixels(out / "data" / "train"), _pixels(out / "data" / "held_back")
+    sample = _pixels(embedded_sample_dir())
+    assert len(train) == 256 and len(held) == 64 and len(set(sample.values())) == len(sample) == 320
+    assert not set(train) & set(held) and not set(train.values()) & set(held.values())
+    assert {**train, **held} == sample
+    # the models learnt from the training images only, for the recorded budgets; scored on the held-back ones
+    assert results["data"] == str(out / "data" / "held_back") and results["n_images"] == 64
+    jscc, diffusion = (load_checkpoint(results["demo"][f"{name}_checkpoint"]) for name in ("jscc", "diffusion"))
+    assert jscc["step"] == jscc["config"]["total_steps"] == results["demo"]["jscc_train_steps"]
+    assert diffusion["step"] == diffusion["config"]["total_steps"] == results["demo"]["diffusion_train_steps"]
+    assert diffusion["config"]["jscc_encoder_path"] == results["demo"]["jscc_checkpoint"]
+    for payload in (jscc, diffusion):
+        assert payload["config"]["data_dir"] == str(out / "data" / "train")
+        assert payload["config"]["test_dir"] == str(out / "data" / "held_back")
     receiver = load_system(results["demo"]["diffusion_checkpoint"]).cfg
     assert (receiver.mode, receiver.conditioning, receiver.prediction) == ("frozen", "residual", "v")
     assert results["seed"] == 0 and results["versions"]["torch"]
