@@ -1,12 +1,13 @@
 """Peak memory of one training step: RSS on CPU, allocated memory on CUDA.
 
-Each config runs in a fresh subprocess, so that one measurement's allocations (and the
-allocator's cached pages) cannot hide the next one's peak. CPU: ``ru_maxrss`` after one full
-step (forward, backward, AdamW, EMA) minus the RSS once torch and diffjscc are imported — the
-memory the step itself needs, model, optimizer state and EMA included. On Linux the peak is the
-kernel's high-water mark VmHWM, reset after the imports (``/proc/self/clear_refs``) so that a
-transient peak while importing cannot hide the step's; elsewhere ``ru_maxrss``. CUDA:
-``torch.cuda.max_memory_allocated``.
+The step is the trainer's own (:class:`~diffjscc.training.trainer.TrainStep`, through
+:func:`bench.train_step.run_step`). Each config runs in a fresh subprocess, so that one
+measurement's allocations (and the allocator's cached pages) cannot hide the next one's peak.
+CPU: ``ru_maxrss`` after one full step (forward, backward, AdamW, EMA) minus the RSS once torch
+and diffjscc are imported — the memory the step itself needs, model, optimizer state and EMA
+included. On Linux the peak is the kernel's high-water mark VmHWM, reset after the imports
+(``/proc/self/clear_refs``) so that a transient peak while importing cannot hide the step's;
+elsewhere ``ru_maxrss``. CUDA: ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def measure_in_this_process(config: str, batch_size: int, path: str, device_name
     """Build the step's setup, run one step, report peak memory (run in a fresh process)."""
     import torch
 
-    from bench.train_step import Variant, build_setup, train_step
+    from bench.train_step import Variant, build_setup, run_step
     from diffjscc.config import load_config
     from diffjscc.runtime.device import resolve_device
 
@@ -94,12 +95,13 @@ def measure_in_this_process(config: str, batch_size: int, path: str, device_name
         torch.cuda.reset_peak_memory_stats(device)
     setup = build_setup(cfg, variant, device)
     built = _peak_rss_bytes(reset)
-    train_step(setup)
+    run_step(setup)
+    system = setup.train_step.system
     peak = _peak_rss_bytes(reset)
     record = {"config": config, "path": path, "variant": asdict(variant), "device": str(device),
               "batch_size": cfg.batch_size,
-              "parameters": sum(p.numel() for p in setup.system.parameters()),
-              "trainable_parameters": sum(p.numel() for p in setup.system.trainable_parameters()),
+              "parameters": sum(p.numel() for p in system.parameters()),
+              "trainable_parameters": sum(p.numel() for p in system.trainable_parameters()),
               "peak_source": "VmHWM (reset after imports)" if reset else "ru_maxrss",
               "rss_baseline_bytes": baseline, "rss_after_build_bytes": built, "rss_peak_bytes": peak,
               "step_peak_rss_bytes": peak - baseline}

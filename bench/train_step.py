@@ -1,11 +1,16 @@
 """Training-step throughput (images/s): eager fp32 against the trainer's fast path and its parts.
 
-One step is what :class:`~diffjscc.training.trainer.Trainer` does per batch: ``training_loss``
-forward, backward, grad-norm clipping, AdamW, EMA update. Variants run interleaved (round-robin,
-each step timed, fastest step kept) so that they see the same load on a shared machine; the
-figure that matters is the ratio to eager fp32 in the same run, printed last as ``speedup X.XX``
-(the trainer's default path for the config over eager fp32; the smallest one over several
-configs).
+The step timed is the trainer's own: :class:`~diffjscc.training.trainer.TrainStep`, set up as
+the Trainer sets it up and called as its loop calls it (LR for the step, draws seeded by
+(seed, step), autocast, ``training_loss`` forward, the non-finite guard, backward, grad-norm
+clipping, AdamW, EMA update), on a synthetic batch or, with ``--data``, the first images of a
+folder. Variants are the config's fast-path keys (``channels_last``, ``fused_adamw``, ``bf16``,
+``compile``); the two without a key, foreach AdamW and diffusers' classic attention, are applied
+to the TrainStep's objects after its set-up (:func:`apply_unconfigured`). Variants run
+interleaved (round-robin, each step timed, fastest step kept) so that they see the same load on
+a shared machine; the figure that matters is the ratio to eager fp32 in the same run, printed
+last as ``speedup X.XX`` (the trainer's default path for the config over eager fp32; the
+smallest one over several configs).
 
 Achieved FLOP/s: the FLOPs of one step are counted once with ``FlopCounterMode`` (matmuls,
 convolutions, attention; forward and backward) and divided by the step time, as a fraction of
@@ -16,6 +21,7 @@ practical limit.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import statistics
 import time
@@ -24,17 +30,16 @@ from pathlib import Path
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import config_stem, load_warning, machine_info, native_bf16, write_json
 from diffjscc.config import Config, load_config
+from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
-from diffjscc.system import TransmissionSystem
 from diffjscc.runtime.device import resolve_device
-from diffjscc.training.trainer import ema_with_warmup, training_loss
+from diffjscc.training.trainer import StepResult, TrainStep
 
-ADAMW_OPTIONS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+ADAMW = ("default", "foreach", "fused")
 """AdamW implementations; ``default`` is torch's choice (a per-parameter loop on CPU, foreach on CUDA)."""
 
 
@@ -54,6 +59,11 @@ class Variant:
         """What the Trainer runs for this config (its fast-path keys)."""
         return cls(channels_last=cfg.channels_last, adamw="fused" if cfg.fused_adamw else "default",
                    bf16=cfg.bf16, compile=cfg.compile)
+
+    def config(self, cfg: Config) -> Config:
+        """``cfg`` with this variant's fast-path keys: what the TrainStep is built from."""
+        return replace(cfg, channels_last=self.channels_last, fused_adamw=self.adamw == "fused", bf16=self.bf16,
+                       compile=self.compile)
 
 
 VARIANTS = {
@@ -93,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with other jobs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every variant")
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="train on the first batch_size images of this folder (default: a synthetic batch "
+                             "of uniform noise; the step's cost does not depend on the pixels)")
     parser.add_argument("--results", type=Path, default=Path("bench/results"),
                         help="folder for train_step_<config>.json")
     parser.set_defaults(run=run)
@@ -100,49 +113,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class StepSetup:
-    """Everything one variant's steps touch, built as the Trainer builds it."""
+    """One variant's TrainStep and the batch its timed steps train on."""
 
-    cfg: Config
-    system: TransmissionSystem
-    optimizer: torch.optim.Optimizer
-    ema: AveragedModel
-    images: torch.Tensor
     variant: Variant
+    train_step: TrainStep
+    images: torch.Tensor
+    labels: torch.Tensor | None
 
 
-def build_setup(cfg: Config, variant: Variant, device: torch.device, seed: int = 0) -> StepSetup:
-    """System, AdamW, EMA and a fixed batch, as the Trainer sets them up for ``variant``."""
-    torch.manual_seed(seed)
-    system = TransmissionSystem(cfg).to(device)
-    if variant.channels_last:
-        system = system.to(memory_format=torch.channels_last)
+def apply_unconfigured(train_step: TrainStep, variant: Variant) -> None:
+    """The variant's options that have no config key, applied to the set-up TrainStep's objects.
+
+    foreach AdamW: the optimizer is rebuilt with the trainer's options and ``foreach=True`` (it
+    has not stepped yet, so there is no state to carry). Classic attention: diffusers'
+    AttnProcessor replaces SDPA in the trained system (the EMA copy only averages weights).
+    """
+    if variant.adamw not in ADAMW:
+        raise UserError(f"unknown AdamW implementation {variant.adamw!r}; choose from {ADAMW}")
+    if variant.adamw == "foreach":
+        optimizer = train_step.optimizer
+        accepted = inspect.signature(type(optimizer)).parameters  # defaults also holds derived entries
+        options = {key: value for key, value in optimizer.defaults.items() if key in accepted}
+        train_step.optimizer = type(optimizer)([{"params": group["params"]} for group in optimizer.param_groups],
+                                               **{**options, "foreach": True, "fused": None})
     if variant.classic_attention:
-        for module in system.modules():
+        for module in train_step.system.modules():
             if isinstance(module, Attention):
                 module.set_processor(AttnProcessor())
-    optimizer = torch.optim.AdamW(system.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  **ADAMW_OPTIONS[variant.adamw])
-    ema = AveragedModel(system, multi_avg_fn=ema_with_warmup(cfg.ema_rate), use_buffers=True)
-    if variant.compile and system.unet is not None:
-        system.unet.compile()  # in place: state_dict keys unchanged
-    images = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size,
-                        generator=torch.Generator().manual_seed(seed)).mul(2).sub(1).to(device)
-    system.train()
-    return StepSetup(cfg, system, optimizer, ema, images, variant)
 
 
-def train_step(setup: StepSetup, step: int = 0) -> torch.Tensor:
-    """One training step exactly as the Trainer's loop body; returns the (detached) loss."""
-    cfg, system = setup.cfg, setup.system
-    generator = torch.Generator(device=setup.images.device).manual_seed(step)
-    with torch.autocast(setup.images.device.type, dtype=torch.bfloat16, enabled=setup.variant.bf16):
-        loss = training_loss(system, setup.images, None, generator)["loss"]
-    setup.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(system.trainable_parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    setup.optimizer.step()
-    setup.ema.update_parameters(system)
-    return loss.detach()
+def synthetic_batch(cfg: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``cfg.batch_size`` uniform images in [-1, 1] (and class labels when class-conditional),
+    seeded by ``cfg.seed``: the step's cost does not depend on the pixels."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=generator).mul(2).sub(1)
+    labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator) if cfg.class_cond else None
+    return images.to(device), labels.to(device) if labels is not None else None
+
+
+def folder_batch(cfg: Config, folder: Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``cfg.batch_size`` images of ``folder`` (name order), as the trainer reads them."""
+    dataset = ImageFolderDataset(folder, image_size=cfg.image_size, with_labels=cfg.class_cond)
+    if len(dataset) < cfg.batch_size:
+        raise UserError(f"{folder} has {len(dataset)} images, fewer than batch_size={cfg.batch_size}")
+    return dataset.first(cfg.batch_size, device)
+
+
+def build_setup(cfg: Config, variant: Variant, device: torch.device,
+                batch: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> StepSetup:
+    """The Trainer's TrainStep for ``cfg`` with ``variant``'s options, and the batch to train on
+    (``batch``, else :func:`synthetic_batch`)."""
+    variant_cfg = variant.config(cfg)
+    train_step = TrainStep(variant_cfg, device)
+    apply_unconfigured(train_step, variant)
+    train_step.system.train()
+    images, labels = batch if batch is not None else synthetic_batch(variant_cfg, device)
+    return StepSetup(variant, train_step, images.to(device), labels.to(device) if labels is not None else None)
+
+
+def run_step(setup: StepSetup, step: int = 0) -> StepResult:
+    """One training step: the trainer's own step function on the set-up's batch, as global step ``step``."""
+    return setup.train_step(setup.images, setup.labels, step)
 
 
 def _sync(device: torch.device) -> None:
@@ -150,19 +181,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed_step(setup: StepSetup, step: int) -> float:
+def _timed_step(setup: StepSetup, step: int) -> tuple[float, bool]:
+    """Seconds of one step, and whether the trainer's non-finite guard skipped it."""
     device = setup.images.device
     _sync(device)
     start = time.perf_counter()
-    train_step(setup, step)
+    skipped = run_step(setup, step).skipped
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, skipped
 
 
 def count_step_flops(setup: StepSetup) -> int:
     """FLOPs of one step's forward and backward (matmul, conv, attention), counted once."""
     with FlopCounterMode(display=False) as counter:
-        train_step(setup)
+        run_step(setup)
     return int(counter.get_total_flops())
 
 
@@ -227,16 +259,22 @@ def measure_config(config: str, args) -> dict:
     fast = Variant.trainer_default(cfg)
     fast_name = next(name for name, v in variants.items() if v == fast)
 
-    setups = {name: build_setup(cfg, variant, device) for name, variant in variants.items()}
+    images = folder_batch(cfg, args.data, device) if args.data else synthetic_batch(cfg, device)
+    setups = {name: build_setup(cfg, variant, device, images) for name, variant in variants.items()}
+    for name, setup in setups.items():
+        if setup.variant.adamw == "fused" and not setup.train_step.optimizer.defaults["fused"]:
+            config_notes.append(f"{name}: no fused AdamW on {device} in this torch; timed the trainer's "
+                                f"fallback, torch's default AdamW")
     batch = cfg.batch_size
     flops = count_step_flops(setups["eager fp32"])  # also eager's warm-up step
     warmup_s = {}
     for name, setup in setups.items():
         if name != "eager fp32":
-            warmup_s[name] = _timed_step(setup, 0)
+            warmup_s[name] = _timed_step(setup, 0)[0]
             if setup.variant.compile:
-                warmup_s[name] += _timed_step(setup, 0)  # a possible recompilation for the second call
+                warmup_s[name] += _timed_step(setup, 0)[0]  # a possible recompilation for the second call
     times: dict[str, list[float]] = {name: [] for name in setups}
+    skipped: dict[str, int] = {name: 0 for name in setups}
     matmul_best = math.inf
     order = list(setups)
     for round_index in range(size["rounds"]):
@@ -245,7 +283,13 @@ def measure_config(config: str, args) -> dict:
         for name in order[shift:] + order[:shift]:
             setup = setups[name]
             for step in range(size["steps"]):
-                times[name].append(_timed_step(setup, 1 + round_index * size["steps"] + step))
+                seconds, was_skipped = _timed_step(setup, 1 + round_index * size["steps"] + step)
+                times[name].append(seconds)
+                skipped[name] += was_skipped
+    for name, count in skipped.items():
+        if count:
+            config_notes.append(f"{name}: {count} of {len(times[name])} timed steps were skipped by the "
+                                f"trainer's non-finite guard (no backward or update): its time is not a full step's")
     peak = 2 * args.matmul_size**3 / matmul_best
     best = {name: min(t) for name, t in times.items()}
     base = best["eager fp32"]
@@ -259,10 +303,11 @@ def measure_config(config: str, args) -> dict:
             row["compile_s"] = max(warmup_s[name] - 2 * best[name], 0.0)
         rows[name] = row
     fastest = max(rows, key=lambda n: rows[n]["images_per_s"])
-    processors = sorted({type(m.processor).__name__ for m in setups["eager fp32"].system.modules()
+    processors = sorted({type(m.processor).__name__ for m in setups["eager fp32"].train_step.system.modules()
                          if isinstance(m, Attention)})
     return {
-        "config": config, "device": str(device), "batch_size": batch, "steps_per_round": size["steps"],
+        "config": config, "device": str(device), "batch_size": batch, "data": str(args.data or "synthetic"),
+        "steps_per_round": size["steps"],
         "rounds": size["rounds"], "timing": "fastest single step over all rounds (median also recorded)",
         "flops_per_step": flops, "flops_per_image": flops / batch,
         "matmul_reference": {"size": args.matmul_size, "seconds": matmul_best, "flops_per_s": peak},

@@ -42,7 +42,17 @@ def test_train_step_prints_the_table_and_a_speedup_line(tmp_path: Path, capsys) 
     assert isinstance(result["native_bf16"], bool) and result["machine"]["cpu"]
     if not result["native_bf16"]:
         assert any("bf16" in note for note in result["notes"]) or "bf16 autocast" not in result["variants"]
+    assert result["data"] == "synthetic"
 
+
+def test_train_step_trains_on_the_first_images_of_data(cifar_root: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train-step", "--config", "tiny", "--batch-size", "2", "--steps", "1", "--rounds", "1",
+                 "--matmul-size", "64", "--variants", "eager fp32", "--data", str(cifar_root / "cifar_test"),
+                 "--set", "class_cond=true", "--results", str(tmp_path)]) == 0
+    assert re.fullmatch(r"speedup \d+\.\d\d", capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads((tmp_path / "train_step_tiny.json").read_text())
+    assert result["data"] == str(cifar_root / "cifar_test") and result["batch_size"] == 2
+    assert set(result["variants"]) == {"eager fp32", "fast path (trainer default)"}  # fused AdamW, added
 
 def test_memory_measures_each_config_in_a_fresh_process(tmp_path: Path, capsys) -> None:
     assert main(["memory", "--config", "tiny", "--batch-size", "2", "--device", "cpu", "--threads", "1",

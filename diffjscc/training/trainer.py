@@ -6,6 +6,10 @@ data order, AdamW, EMA, clipping, bf16 autocast, checkpoints, resume, logging, s
 is shared. The channel is applied in every mode that has an encoder (the original Diff_JSCC
 skipped it during training).
 
+The model set-up and one batch's update are :class:`TrainStep`; :class:`Trainer` adds data,
+run folder, resume, signals, logging and checkpoints around it. ``python -m bench train-step``
+times that same :class:`TrainStep`.
+
 The same loop runs data-parallel under torchrun, mpiexec or srun (see
 :mod:`diffjscc.runtime.distributed`), and W processes train as one process with the same
 global batch does, up to the order of floating-point sums:
@@ -29,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -171,29 +174,35 @@ The trainer sits below evaluation, so the CLI passes :func:`diffjscc.evaluation.
 
 
 @dataclass
-class TrainResult:
-    step: int
-    last_checkpoint: Path | None
-    images_per_second: float
-    final_loss: float
+class StepResult:
+    """What the loop needs from one :class:`TrainStep` call."""
+
+    terms: dict[str, torch.Tensor]
+    """``loss`` and its parts, this process's means (not detached: ``.detach()`` to keep them)."""
+    grad_norm: torch.Tensor
+    """Total gradient norm before clipping; NaN when the loss was not finite (no backward)."""
+    skipped: bool
+    """The loss or the gradient was not finite on some rank: weights, AdamW and EMA untouched."""
+    stop: bool
+    """Some rank was asked to stop (SIGTERM/SIGINT): every rank saves and exits after this step."""
 
 
-class Trainer:
-    """Builds everything from a Config and runs (or resumes) training to ``total_steps``."""
+class TrainStep:
+    """The trainer's model set-up and its one training step, without data, run folder or resume.
 
-    def __init__(self, cfg: Config, resume: str | None = None, progress: bool = True,
-                 dist: DistContext | None = None, sample_grid: SampleGrid | None = None) -> None:
-        self.cfg = cfg
-        self.sample_grid = sample_grid
+    A class of its own so that ``python -m bench train-step`` times, and a test compares, this
+    very step rather than a copy. Set-up: the system on ``device`` (initial weights from
+    ``cfg.seed``), channels_last, the frozen mode's pre-trained encoder, AdamW (fused when
+    ``cfg.fused_adamw``), the EMA copy, in-place ``torch.compile``; :meth:`distribute` adds the
+    DistributedDataParallel wrapper once the Trainer has resumed. A call is one step on one batch.
+    """
+
+    def __init__(self, cfg: Config, device: torch.device, dist: DistContext | None = None) -> None:
+        self.cfg, self.device = cfg, device
         self.dist = dist or DistContext()
-        self.progress = progress and self.dist.is_main
-        self.device = self.dist.place(resolve_device(cfg.device))
         self.rows = self.dist.rows(cfg.batch_size)  # this rank's rows of every global batch
-        self.log_dir = Path(cfg.log_dir)
         torch.manual_seed(cfg.seed)
-        self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
-                                          strict=cfg.strict_data)
-        self.system = TransmissionSystem(cfg).to(self.device)
+        self.system = TransmissionSystem(cfg).to(device)
         if cfg.channels_last:  # NHWC convolutions; the state_dict keys and values are unchanged
             self.system = self.system.to(memory_format=torch.channels_last)
         if cfg.mode == "frozen":
@@ -205,22 +214,116 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(self.system.trainable_parameters(), lr=cfg.lr,
                                                weight_decay=cfg.weight_decay)
         self.ema = AveragedModel(self.system, multi_avg_fn=ema_with_warmup(cfg.ema_rate), use_buffers=True)
-        self.step = 0
-        self._stop_signal: int | None = None
-        if resume:
-            self._resume(resume)
         self.step_loss: nn.Module = StepLoss(self.system)
         if cfg.compile and self.system.unet is not None:
             # In place (nn.Module.compile): state_dict keys, checkpoints and the EMA copy stay as they are.
             self.system.unet.compile()
+
+    def distribute(self) -> None:
+        """Average gradients over the ranks: wrap the loss module in DistributedDataParallel.
+
+        Parameters without grad (the frozen encoder) are left out by DDP itself.
+        """
+        self.step_loss = DistributedDataParallel(
+            self.step_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of ``step``: constant, or decayed linearly to 0 at ``total_steps``."""
+        if not self.cfg.lr_anneal:
+            return self.cfg.lr
+        return self.cfg.lr * max(0.0, 1.0 - step / self.cfg.total_steps)
+
+    def agree(self, loss_finite: bool, stop: bool) -> tuple[bool, bool]:
+        """Skip the step if any rank's loss is not finite; stop if any rank got a signal.
+
+        Every rank must take the same branch, or one waits forever in a collective the others
+        never reach: one tiny all-reduce per step, nothing in one process.
+        """
+        if not self.dist.enabled:
+            return loss_finite, stop
+        flags = all_reduce_sum(torch.tensor([float(not loss_finite), float(stop)]))
+        return bool(flags[0] == 0), bool(flags[1] > 0)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None, step: int,
+                 stop_requested: bool = False) -> StepResult:
+        """Train on this rank's rows of global batch ``step``: forward, backward, AdamW, EMA.
+
+        The draws come from (``cfg.seed``, ``step``) alone, so a resumed run and every split of
+        the batch over ranks draw what one uninterrupted process does. A non-finite loss or
+        gradient (on any rank) changes nothing; the caller counts those skips.
+        """
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        draws = BatchGenerator(step_generator(cfg.seed, step, self.device), cfg.batch_size, *self.rows)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            terms = self.step_loss(images, labels, draws)
+        loss = terms["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_finite, stop = self.agree(bool(torch.isfinite(loss)), stop_requested)
+        grad_norm = torch.tensor(float("nan"))
+        if loss_finite:
+            loss.backward()
+            # The norm is computed even without clipping (max_norm=inf): a non-finite
+            # gradient must be caught before it reaches the weights and the EMA.
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.system.trainable_parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if not (loss_finite and torch.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return StepResult(terms, grad_norm, skipped=True, stop=stop)
+        self.optimizer.step()
+        self.ema.update_parameters(self.system)
+        return StepResult(terms, grad_norm, skipped=False, stop=stop)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_checkpoint: Path | None
+    images_per_second: float
+    final_loss: float
+
+
+class Trainer:
+    """Builds everything from a Config and runs (or resumes) training to ``total_steps``.
+
+    The model, AdamW, EMA and the step itself are :attr:`train_step` (a :class:`TrainStep`);
+    the Trainer adds the data, the run folder, resume, signals, logging, checkpoints and grids.
+    """
+
+    def __init__(self, cfg: Config, resume: str | None = None, progress: bool = True,
+                 dist: DistContext | None = None, sample_grid: SampleGrid | None = None) -> None:
+        self.cfg = cfg
+        self.sample_grid = sample_grid
+        self.dist = dist or DistContext()
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.place(resolve_device(cfg.device))
+        self.log_dir = Path(cfg.log_dir)
+        self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
+                                          strict=cfg.strict_data)
+        self.train_step = TrainStep(cfg, self.device, self.dist)
+        self.step = 0
+        self._stop_signal: int | None = None
+        if resume:
+            self._resume(resume)
         if self.dist.enabled:
             self._check_ranks_start_together()
             if self.dist.rank:  # rank 0 keeps a single process's global RNG (dropout)
                 # Identical dropout masks on different images would correlate the ranks.
                 torch.manual_seed(mixed_seed(cfg.seed, self.step, self.dist.rank))
-            # Parameters without grad (the frozen encoder) are left out by DDP itself.
-            self.step_loss = DistributedDataParallel(
-                self.step_loss, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_step.distribute()
+
+    @property
+    def system(self) -> TransmissionSystem:
+        return self.train_step.system
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.train_step.optimizer
+
+    @property
+    def ema(self) -> AveragedModel:
+        return self.train_step.ema
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _resume(self, resume: str) -> None:
@@ -288,7 +391,8 @@ class Trainer:
         """One line on what is being trained: mode, size, channel, k/n, data, device."""
         cfg = self.cfg
         trainable = sum(p.numel() for p in self.system.trainable_parameters())
-        batch = (f"batch {cfg.batch_size} = {self.dist.world_size} × {self.rows[1] - self.rows[0]} "
+        start, stop = self.train_step.rows
+        batch = (f"batch {cfg.batch_size} = {self.dist.world_size} × {stop - start} "
                  f"on {self.dist.describe()}" if self.dist.enabled else f"batch {cfg.batch_size}")
         parts = [f"mode={cfg.mode}", f"{trainable / 1e6:.2f}M trainable parameters",
                  f"{len(self.dataset)} images from {cfg.data_dir}", batch, f"device {self.device}"]
@@ -303,24 +407,8 @@ class Trainer:
         return ", ".join(parts)
 
     # ---- loop -------------------------------------------------------------------------------
-    def _lr_at(self, step: int) -> float:
-        if not self.cfg.lr_anneal:
-            return self.cfg.lr
-        return self.cfg.lr * max(0.0, 1.0 - step / self.cfg.total_steps)
-
     def _on_signal(self, signum: int, _frame) -> None:
         self._stop_signal = signum
-
-    def _agree(self, loss_finite: bool, stop: bool) -> tuple[bool, bool]:
-        """Skip the step if any rank's loss is not finite; stop if any rank got a signal.
-
-        Every rank must take the same branch, or one waits forever in a collective the others
-        never reach: one tiny all-reduce per step, nothing in one process.
-        """
-        if not self.dist.enabled:
-            return loss_finite, stop
-        flags = all_reduce_sum(torch.tensor([float(not loss_finite), float(stop)]))
-        return bool(flags[0] == 0), bool(flags[1] > 0)
 
     def train(self) -> TrainResult:
         cfg = self.cfg
@@ -329,7 +417,7 @@ class Trainer:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             (self.log_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
-                                    rows=self.rows)
+                                    rows=self.train_step.rows)
         # Its own generator: creating the iterator must not draw from the global RNG, whose
         # state a resumed run restores (so that dropout continues exactly).
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
@@ -350,23 +438,9 @@ class Trainer:
         try:
             while self.step < cfg.total_steps:
                 images, labels = self._to_device(next(batches))
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self._lr_at(self.step)
-                draws = BatchGenerator(step_generator(cfg.seed, self.step, self.device), cfg.batch_size, *self.rows)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                    terms = self.step_loss(images, labels, draws)
-                loss = terms["loss"]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_finite, stopping = self._agree(bool(torch.isfinite(loss)), self._stop_signal is not None)
-                grad_norm = torch.tensor(float("nan"))
-                if loss_finite:
-                    loss.backward()
-                    # The norm is computed even without clipping (max_norm=inf): a non-finite
-                    # gradient must be caught before it reaches the weights and the EMA.
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        self.system.trainable_parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                if not (loss_finite and torch.isfinite(grad_norm)):
-                    self.optimizer.zero_grad(set_to_none=True)
+                done = self.train_step(images, labels, self.step, stop_requested=self._stop_signal is not None)
+                terms, grad_norm, stopping = done.terms, done.grad_norm, done.stop
+                if done.skipped:
                     nonfinite_in_a_row += 1
                     nonfinite_total += 1
                     if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
@@ -377,10 +451,8 @@ class Trainer:
                                    f"({nonfinite_total} so far)")
                     continue
                 nonfinite_in_a_row = 0
-                self.optimizer.step()
-                self.ema.update_parameters(self.system)
                 self.step += 1
-                loss_value = loss.item()
+                loss_value = terms["loss"].item()
                 window_images += images.shape[0] * self.dist.world_size
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == cfg.total_steps:
@@ -390,7 +462,7 @@ class Trainer:
                     means = all_reduce_sum(torch.stack([v.detach().float() for v in terms.values()]))
                     means = (means / self.dist.world_size).tolist()
                     loss_value = means[list(terms).index("loss")]
-                    record = {"step": self.step, "lr": self._lr_at(self.step - 1),
+                    record = {"step": self.step, "lr": self.train_step.lr_at(self.step - 1),
                               "grad_norm": float(grad_norm), "img_per_s": images_per_second,
                               "skipped_nonfinite": nonfinite_total, **dict(zip(terms, means))}
                     if run_log is not None:
