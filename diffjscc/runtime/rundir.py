@@ -79,6 +79,9 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
+    def __del__(self) -> None:  # a Trainer dropped without train() gives the folder back
+        self.release()
+
     def __enter__(self) -> "RunLock":
         return self.acquire()
 

@@ -44,14 +44,15 @@ from tqdm.auto import tqdm
 
 from diffjscc import __version__
 from diffjscc.channel import bandwidth_ratio
-from diffjscc.config import ARCHITECTURE_KEYS, Config, first_mismatch
+from diffjscc.config import ARCHITECTURE_KEYS, Config, config_from_dict, first_mismatch
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem, load_jscc_into
 from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
-                                          prune_checkpoints, save_checkpoint)
+                                          prune_checkpoints, record_checkpoint, save_checkpoint)
 from diffjscc.runtime.device import resolve_device
 from diffjscc.runtime.distributed import DistContext, DistributedError, all_gather_tensors, all_reduce_sum
+from diffjscc.runtime.rundir import RunLock, new_run_id, prepare_fresh_run
 from diffjscc.runtime.seeding import BatchGenerator, mixed_seed, step_generator
 from diffjscc.training.run_log import RunLog
 
@@ -292,26 +293,43 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: str | None = None, progress: bool = True,
-                 dist: DistContext | None = None, sample_grid: SampleGrid | None = None) -> None:
+                 dist: DistContext | None = None, sample_grid: SampleGrid | None = None,
+                 overwrite: bool = False) -> None:
         self.cfg = cfg
         self.sample_grid = sample_grid
         self.dist = dist or DistContext()
         self.progress = progress and self.dist.is_main
         self.device = self.dist.place(resolve_device(cfg.device))
         self.log_dir = Path(cfg.log_dir)
-        self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
-                                          strict=cfg.strict_data)
-        self.train_step = TrainStep(cfg, self.device, self.dist)
-        self.step = 0
-        self._stop_signal: int | None = None
-        if resume:
-            self._resume(resume)
+        self.run_id = new_run_id()  # a resumed run keeps its checkpoint's
+        # log_dir belongs to this run until train() ends (rank 0 holds it): see runtime.rundir.
+        self.run_lock = RunLock(self.log_dir).acquire() if self.dist.is_main else None
+        try:
+            if self.run_lock is not None and not resume:
+                prepare_fresh_run(self.log_dir, overwrite)
+            self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
+                                              strict=cfg.strict_data)
+            self.train_step = TrainStep(cfg, self.device, self.dist)
+            self.step = 0
+            self._stop_signal: int | None = None
+            if resume:
+                self._resume(resume)
+            if self.run_lock is not None:
+                self.run_lock.mark_holder()
+        except BaseException:
+            self.release()
+            raise
         if self.dist.enabled:
             self._check_ranks_start_together()
             if self.dist.rank:  # rank 0 keeps a single process's global RNG (dropout)
                 # Identical dropout masks on different images would correlate the ranks.
                 torch.manual_seed(mixed_seed(cfg.seed, self.step, self.dist.rank))
             self.train_step.distribute()
+
+    def release(self) -> None:
+        """Give up log_dir (done by :meth:`train` at its end; the process's end does it too)."""
+        if self.run_lock is not None:
+            self.run_lock.release()
 
     @property
     def system(self) -> TransmissionSystem:
@@ -339,6 +357,8 @@ class Trainer:
             key, trained_with = mismatch
             raise UserError(f"checkpoint {path} was trained with {key}={trained_with!r}, "
                             f"but the config says {key}={getattr(self.cfg, key)!r}")
+        self._check_folder_config(path, payload["config"])
+        self.run_id = str(payload.get("run_id") or self.run_id)
         try:
             self.system.load_state_dict(payload["model"])
             self.ema.module.load_state_dict(payload["ema"])
@@ -351,6 +371,22 @@ class Trainer:
             torch.set_rng_state(payload["rng_state"])
         if self.dist.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
+
+    def _check_folder_config(self, path: Path, trained: dict) -> None:
+        """log_dir's config.yaml must be the config of the run being resumed, not another run's."""
+        folder_config = self.log_dir / "config.yaml"
+        if not folder_config.is_file():
+            return
+        try:
+            saved = yaml.safe_load(folder_config.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise UserError(f"{folder_config} is not readable YAML ({type(err).__name__})") from None
+        mismatch = first_mismatch(saved if isinstance(saved, dict) else {}, config_from_dict(trained),
+                                  ARCHITECTURE_KEYS)
+        if mismatch is not None:
+            key, value = mismatch
+            raise UserError(f"{folder_config} says {key}={value!r} but checkpoint {path} was trained with "
+                            f"{key}={trained.get(key)!r}: the folder holds another run's config")
 
     def _check_ranks_start_together(self) -> None:
         """Every rank must resume from the same step (``--resume auto`` reads log_dir on each)."""
@@ -380,11 +416,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "config": self.cfg.to_dict(),
+            "run_id": self.run_id,
             "rng_state": torch.get_rng_state(),
             "versions": {"torch": str(torch.__version__), "diffjscc": __version__},
         }
         path = save_checkpoint(payload, checkpoint_path(self.log_dir, self.step))
-        prune_checkpoints(self.log_dir, self.cfg.keep_checkpoints)
+        record_checkpoint(self.log_dir, self.run_id, path)
+        prune_checkpoints(self.log_dir, self.cfg.keep_checkpoints, self.run_id)
         return path
 
     def describe(self) -> str:
@@ -491,6 +529,7 @@ class Trainer:
                 run_log.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            self.release()
         return TrainResult(self.step, last_path, images_per_second, loss_value)
 
     def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
