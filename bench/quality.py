@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from diffjscc.config import CONDITIONINGS, PREDICTIONS, START_MODES, load_config
 from diffjscc.errors import UserError
-from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
+from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
 from diffjscc.training.trainer import Trainer
 
 TARGETS_DB = {"gaussian": 3.0, "mean": 1.0}  # allowed PSNR deficit against Deep JSCC
