@@ -256,7 +256,7 @@ def _cmd_sample(args) -> int:
 
     system, dataset, snr = _load_for_receiving(args)
     receivers = COMPARISON
-    if args.start != "gaussian":  # the ORACLE receiver alone: its grid row says so
+    if args.start != "gaussian":  # that receiver alone (inversion: its grid row says ORACLE)
         hint = f"--start {args.start} needs a diffusion checkpoint"
         receivers = (require(system, by_start(args.start).name, hint=hint).name,)
     device = next(system.parameters()).device

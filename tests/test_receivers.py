@@ -15,7 +15,16 @@ from diffjscc.errors import UserError
 from diffjscc.evaluation.grids import reconstruct_rows, write_training_grid
 from diffjscc.evaluation.sweep import EvalModel, Protocol, run_protocol
 from diffjscc.evaluation.transmit import transmit_image
-from diffjscc.receivers import RECEIVERS, Receiver, ReceiveContext, SourceAccessError, available, by_start, receive, require
+from diffjscc.receivers import (
+    RECEIVERS,
+    Receiver,
+    ReceiveContext,
+    SourceAccessError,
+    available,
+    by_start,
+    receive,
+    require,
+)
 from diffjscc.system import TransmissionSystem
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
