@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from diffjscc.config import CONDITIONINGS, PREDICTIONS, START_MODES, load_config
 from diffjscc.errors import UserError
-from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
+from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
+from diffjscc.receivers import Receiver, ReceiveContext, available, receive
 from diffjscc.training.runs import train_or_reuse
 
 TARGETS_DB = {"gaussian": 3.0, "mean": 1.0}  # allowed PSNR deficit against Deep JSCC
@@ -114,20 +115,19 @@ def _with_overrides(cfg, overrides: list[str]):
 
 @torch.no_grad()
 def _receiver_flops_per_image(system, steps: int, samples: int) -> dict[str, float]:
-    """FLOPs per transmitted image of each receiver (encoder and channel excluded)."""
+    """FLOPs per output image of each receiver the system has (encoder and channel excluded), by
+    start mode (``deep_jscc`` for the decoder): one sample's for ``gaussian``, K samples' for ``mean``."""
     image = torch.zeros(1, 3, system.cfg.image_size, system.cfg.image_size)
     received = system.transmit(image, generator=torch.Generator().manual_seed(0))
 
-    def count(fn) -> float:
+    def count(receiver: Receiver) -> float:
+        context = ReceiveContext(snr_db=system.cfg.snr_db, steps=steps, samples=samples, source=image,
+                                 generator=torch.Generator().manual_seed(0))
         with FlopCounterMode(display=False) as counter:
-            fn()
-        return float(counter.get_total_flops())
+            outputs = receive(system, receiver, received, context).shape[0]
+        return float(counter.get_total_flops()) / outputs
 
-    one_sample = count(lambda: system.receive(received, steps=steps))
-    flops = {"deep_jscc": count(lambda: system.decode(received))} if system.decoder is not None else {}
-    flops.update({"gaussian": one_sample, "mean": samples * one_sample,
-                  "inversion": count(lambda: system.receive(received, steps=steps, start="inversion", source=image))})
-    return flops
+    return {receiver.start or receiver.name: count(receiver) for receiver in available(system)}
 
 
 def run(args) -> int:

@@ -22,7 +22,7 @@ from bench.common import add_data_arguments, machine_info, prepare_cifar, spread
 from diffjscc.config import load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
-from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
+from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
 from diffjscc.training.runs import train_or_reuse
 
 TARGET_STEPS, TARGET_DB = 20, 0.5  # against the largest step count (250 by default)

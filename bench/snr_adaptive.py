@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.common import add_data_arguments, machine_info, prepare_cifar, write_json
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
-from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
+from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
 from diffjscc.training.runs import train_or_reuse
 
 TARGET_DB = 1.0

@@ -6,7 +6,6 @@ Every user mistake ends as one line ``diffjscc: error: …`` on stderr and exit 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -258,22 +257,20 @@ def _cmd_sample(args) -> int:
 
     from diffjscc.data import save_image_tensor
     from diffjscc.evaluation.figures import save_image_grid
-    from diffjscc.evaluation.grids import reconstruct_rows
+    from diffjscc.evaluation.grids import COMPARISON, reconstruct_rows
+    from diffjscc.receivers import by_start, require
 
     system, dataset, snr = _load_for_receiving(args)
+    receivers = COMPARISON
+    if args.start != "gaussian":  # that receiver alone (inversion: its grid row says ORACLE)
+        hint = f"--start {args.start} needs a diffusion checkpoint"
+        receivers = (require(system, by_start(args.start).name, hint=hint).name,)
     device = next(system.parameters()).device
     images, labels = dataset.first(args.limit, device)
     count = images.shape[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    if args.start == "inversion":
-        if system.unet is None:
-            raise UserError("--start inversion needs a diffusion checkpoint")
-        received = system.transmit(images, snr_db=snr, generator=generator)
-        rows = [images, system.receive(received, steps=args.steps, start="inversion", source=images,
-                                       class_labels=labels, generator=generator, snr_db=snr)]
-        names = ["source", f"ORACLE inversion {args.steps}"]
-    else:
-        rows, names = reconstruct_rows(system, images, labels, steps=args.steps, generator=generator, snr_db=snr)
+    rows, names = reconstruct_rows(system, images, labels, steps=args.steps, generator=generator, snr_db=snr,
+                                   receivers=receivers)
     args.out.mkdir(parents=True, exist_ok=True)
     grid = args.out / "grid.png"
     save_image_grid(rows, grid, row_labels=names)
@@ -312,7 +309,8 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.channel import parse_snr_list
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
-    from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
+    from diffjscc.evaluation.results import results_table, write_results
+    from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
     from diffjscc.runtime.device import resolve_device
 
@@ -363,45 +361,11 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _read_results(paths: list[Path]) -> list[dict]:
-    import csv
-
-    rows: list[dict] = []
-    for path in paths:
-        if path.is_dir():
-            path = path / "results.json"
-        if not path.is_file():
-            raise UserError(f"results file not found: {path}")
-        try:
-            if path.suffix.lower() == ".csv":
-                with open(path, newline="") as handle:
-                    for raw in csv.DictReader(handle):
-                        row: dict = {}
-                        for key, value in raw.items():
-                            if value in ("", None):
-                                row[key] = None
-                            elif value in ("True", "False"):
-                                row[key] = value == "True"
-                            else:
-                                try:
-                                    row[key] = float(value)
-                                except ValueError:
-                                    row[key] = value
-                        rows.append(row)
-            else:
-                rows += json.loads(path.read_text())["results"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise UserError(f"{path} is not a results file of 'diffjscc evaluate' ({type(err).__name__})") from None
-    needed = {"system", "snr_db", "k_over_n", "psnr"}
-    if not rows or any(not needed <= set(r) for r in rows):
-        raise UserError(f"no result rows with {', '.join(sorted(needed))} in {', '.join(map(str, paths))}")
-    return rows
-
-
 def _cmd_plot(args) -> int:
     from diffjscc.evaluation.figures import plot_results
+    from diffjscc.evaluation.results import read_results
 
-    rows = _read_results(args.results)
+    rows = read_results(args.results)
     metrics = None
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

@@ -80,7 +80,8 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
     """Run the whole demo into ``out``; returns the results document also written to results.json
     (the evaluation protocol's format, plus a ``demo`` section with the training budget)."""
     from diffjscc.evaluation.figures import plot_results, save_image_grid
-    from diffjscc.evaluation.protocol import Protocol, load_models, results_table, run_protocol, write_results
+    from diffjscc.evaluation.results import results_table, write_results
+    from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
     from diffjscc.evaluation.grids import reconstruct_rows
 
     snrs = parse_snr_list(snr_text)

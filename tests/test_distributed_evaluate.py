@@ -132,7 +132,7 @@ import torch
 from torch import nn
 
 from diffjscc.evaluation.fid import FIDScorer
-from diffjscc.evaluation.protocol import Protocol, load_models, run_protocol
+from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
 from diffjscc.runtime.distributed import all_gather_tensors, is_main_process, process_group
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from diffjscc.cli import main
 from diffjscc.evaluation.metrics import psnr_per_image
-from diffjscc.evaluation.protocol import ROW_FIELDS
+from diffjscc.evaluation.results import ROW_FIELDS
 from diffjscc.runtime.checkpoint import list_checkpoints
 from launch_helpers import train_argv
 

@@ -24,7 +24,7 @@ from diffjscc.evaluation.metrics import (
     ssim_per_image,
     to_unit_range,
 )
-from diffjscc.evaluation.protocol import score_outputs
+from diffjscc.evaluation.scoring import score_outputs
 
 TOL = 1e-3
 

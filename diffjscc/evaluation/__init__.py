@@ -1,8 +1,10 @@
-"""Evaluation: per-image PSNR/SSIM/MS-SSIM (``metrics``); the protocol
-of ``diffjscc evaluate`` (``protocol``: SNR sweeps, result files) with FID (``fid``,
-``inception``), LPIPS (``lpips``) and the digital baseline (``digital``); ``transmit`` for one
-image of any size; report figures (``figures``). Submodules other than ``metrics`` are imported
-explicitly, so plotting and codec code loads only when used."""
+"""Evaluation: per-image PSNR/SSIM/MS-SSIM (``metrics``); the protocol of ``diffjscc evaluate``
+split by concern — the sweep over checkpoints x SNRs x receivers (``sweep``), scoring
+(``scoring``, with FID: ``fid``, ``inception``; LPIPS: ``lpips``), the digital baseline
+(``digital``), the result rows and files (``results``) and console lines (``report``);
+``transmit`` for one image of any size; image grids (``grids``) and report figures
+(``figures``). Submodules other than ``metrics`` are imported explicitly, so plotting and codec
+code loads only when used."""
 
 from diffjscc.evaluation.metrics import (
     psnr_per_image,

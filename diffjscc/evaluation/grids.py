@@ -1,24 +1,25 @@
-"""Run a trained system's receivers on a few images, for looking at them (grids).
+"""Image grids of a trained system's receivers (:mod:`diffjscc.receivers`) on a few images, for
+looking at them: ``diffjscc sample``, the demo and the trainer's sample grids.
 
-Receivers of one checkpoint:
-
-* ``deep_jscc``  — the JSCC decoder (modes ``jscc`` and ``frozen``): the Deep JSCC baseline;
-* ``diffusion``  — the conditional diffusion decoder, from x_T ~ N(0, I) (``gaussian``, a real
-  receiver) or from x_T = DDIM-inversion of the *source* (``inversion``: an **oracle** upper
-  bound — the receiver does not have the source; reports flag it).
-
-Scoring (SNR sweeps, PSNR/SSIM/MS-SSIM/FID, baselines) lives in :mod:`diffjscc.evaluation.protocol`;
-this module makes the comparison rows that ``sample``, the demo and the trainer's grids show.
+The comparison rows are source | Deep JSCC (or, for a system without a Deep JSCC decoder, a
+look at the received latent y) | diffusion from a Gaussian start. An unconditional model has
+no channel: its diffusion row generates from the prior. Scoring lives in
+:mod:`diffjscc.evaluation.sweep`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from diffjscc.receivers import ReceiveContext, missing_part, receive, select
 from diffjscc.system import TransmissionSystem
+
+COMPARISON = ("deep_jscc", "diffusion")
+"""The receivers of a comparison grid, by registry name."""
 
 
 def latent_preview(received: torch.Tensor, size: int) -> torch.Tensor:
@@ -34,22 +35,24 @@ def latent_preview(received: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
-                     steps: int, generator: torch.Generator | None = None,
-                     snr_db: float | None = None) -> tuple[list[torch.Tensor], list[str]]:
-    """Rows for a comparison grid: source | received-decoded | diffusion output."""
+                     steps: int, generator: torch.Generator | None = None, snr_db: float | None = None,
+                     receivers: Sequence[str] = COMPARISON) -> tuple[list[torch.Tensor], list[str]]:
+    """Rows for a grid: the source, then each of ``receivers`` (registry names, run in table
+    order) that ``system`` has; one output each. A comparison grid of a system without a Deep
+    JSCC decoder shows the received latent in its place. The transmission and the receivers
+    draw from ``generator`` in that order."""
     rows, names = [images], ["source"]
     snr_db = system.cfg.snr_db if snr_db is None else snr_db
     received = system.transmit(images, snr_db=snr_db, generator=generator) if system.encoder is not None else None
-    if system.decoder is not None and received is not None:
-        rows.append(system.decode(received, snr_db))
-        names.append("Deep JSCC")
-    elif received is not None:
+    if received is not None and system.decoder is None and "deep_jscc" in receivers:
         rows.append(latent_preview(received, images.shape[-1]))
         names.append("received y")
-    if system.unet is not None:
-        rows.append(system.receive(received, steps=steps, class_labels=labels, generator=generator,
-                                   batch=images.shape[0], snr_db=snr_db))
-        names.append(f"diffusion {steps}")
+    context = ReceiveContext(snr_db=snr_db, steps=steps, generator=generator, class_labels=labels, source=images,
+                             batch=images.shape[0])
+    for receiver in select(receivers):
+        if missing_part(system, receiver) is None:
+            rows.append(receive(system, receiver, received, context)[0])
+            names.append(receiver.describe(receiver.grid_label, samples=context.samples, steps=steps))
     return rows, names
 
 

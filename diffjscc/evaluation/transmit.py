@@ -24,9 +24,10 @@ from PIL import Image
 
 from diffjscc.errors import UserError
 from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, psnr_per_image, ssim_per_image, to_uint8
+from diffjscc.receivers import ReceiveContext, available, receive, require
 from diffjscc.system import TransmissionSystem, build_channel
 
-__all__ = ["TransmitResult", "GRAY_MODES", "transmit_file", "transmit_image"]
+__all__ = ["TransmitResult", "GRAY_MODES", "TRANSMIT_RECEIVERS", "transmit_file", "transmit_image"]
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp", ".avif", ".jp2", ".j2k")
@@ -60,21 +61,24 @@ def _stitch(tiles: torch.Tensor, rows: int, cols: int, h: int, w: int) -> torch.
     return grid.reshape(3, rows * size, cols * size)[:, :h, :w]
 
 
+TRANSMIT_RECEIVERS = ("diffusion", "deep_jscc")
+"""The receivers ``transmit`` offers, by registry name; ``auto`` takes the first the checkpoint has."""
+
+
 @torch.no_grad()
 def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: float, channel: str,
                    receiver: str = "auto", steps: int = 20, seed: int = 0, batch_size: int = 64,
                    gray: bool = False) -> TransmitResult:
     """Transmit a (3, H, W) image in [-1, 1] tile by tile; reconstruction at the input's size."""
     cfg = system.cfg
-    if system.encoder is None:
-        raise UserError("an unconditional checkpoint has no transmitter")
     if receiver == "auto":
-        receiver = "diffusion" if system.unet is not None else "deep_jscc"
-    if receiver == "diffusion" and system.unet is None:
-        raise UserError(f"this '{cfg.mode}' checkpoint has no diffusion receiver (use --receiver deep_jscc)")
-    if receiver == "deep_jscc" and system.decoder is None:
-        raise UserError(f"this '{cfg.mode}' checkpoint has no Deep JSCC decoder (use --receiver diffusion)")
-    if cfg.class_cond and receiver == "diffusion":
+        has = {r.name for r in available(system)}
+        receiver = next((name for name in TRANSMIT_RECEIVERS if name in has), TRANSMIT_RECEIVERS[0])
+    if receiver not in TRANSMIT_RECEIVERS:
+        raise UserError(f"unknown receiver {receiver!r}; expected auto, {', '.join(TRANSMIT_RECEIVERS)}")
+    other = next(name for name in TRANSMIT_RECEIVERS if name != receiver)
+    entry = require(system, receiver, hint=f"use --receiver {other}")
+    if cfg.class_cond and entry.uses_unet:
         raise UserError("a class-conditional diffusion receiver needs a class label; transmit supports "
                         "unconditional-class checkpoints only (or use --receiver deep_jscc)")
     device = next(system.parameters()).device
@@ -87,11 +91,8 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
     for start in range(0, tiles.shape[0], batch_size):
         x = tiles[start:start + batch_size].to(device)
         received = system.transmit(x, snr_db=snr_db, generator=g_channel, channel=link)
-        if receiver == "diffusion":
-            out.append(system.receive(received, steps=steps, start="gaussian", generator=g_sample,
-                                      snr_db=snr_db).cpu())
-        else:
-            out.append(system.decode(received, snr_db).clamp(-1, 1).cpu())
+        context = ReceiveContext(snr_db=snr_db, steps=steps, generator=g_sample)
+        out.append(receive(system, entry, received, context)[0].cpu())
     recon = _stitch(torch.cat(out), rows, cols, h, w)
     source_u8, recon_u8 = to_uint8(image), to_uint8(recon)
     if gray:

@@ -1,0 +1,214 @@
+"""The results of ``diffjscc evaluate``: one typed row per system x SNR, the document that holds
+them with what produced them, and its files — results.json (everything), results.csv (the rows)
+and results.md (the table) — written here and read back here (``diffjscc plot``).
+
+The document's format is ``diffjscc-evaluation/1``: keys ``format, versions, seed, data,
+n_images, checkpoints, settings, metrics, notes, results``; every row has exactly the keys of
+:data:`ROW_FIELDS`, in that order (also the CSV's columns).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+from pathlib import Path
+from typing import TypedDict
+
+import numpy as np
+import torch
+
+from diffjscc import __version__
+from diffjscc.errors import UserError
+from diffjscc.evaluation.metrics import (
+    MS_SSIM_BETAS,
+    MS_SSIM_KERNEL_SIZE,
+    MS_SSIM_SIGMA,
+    SSIM_KERNEL_SIZE,
+    SSIM_SIGMA,
+)
+
+__all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "results_document",
+           "results_table", "write_results"]
+
+FORMAT = "diffjscc-evaluation/1"
+
+
+class ResultRow(TypedDict):
+    """One system at one SNR. Digital rows fill the byte columns; model rows leave them None."""
+
+    system: str  # display label, e.g. "Deep JSCC", "diffusion, ORACLE inversion", "WebP + ideal code"
+    receiver: str  # deep_jscc | diffusion | a codec name
+    model: str  # checkpoint label ("" for digital rows)
+    mode: str  # the checkpoint's mode, or "digital"
+    channel: str
+    snr_db: float
+    k_over_n: float  # channel symbols per RGB value
+    n_symbols: int
+    steps: int  # DDIM steps (0: no diffusion)
+    start: str  # diffusion start mode, "-" for the others
+    oracle: bool  # reads the source image: an upper bound, not a result
+    samples_per_image: int
+    psnr: float  # dB, mean over images x samples
+    ssim: float
+    ms_ssim: float
+    fid: float | None
+    fid_note: str | None
+    lpips: float | None
+    lpips_note: str | None
+    n: int  # images
+    seed: int
+    budget_bytes: int | None  # digital: floor(n_symbols * C / 8)
+    mean_bytes: float | None
+    lost_fraction: float | None
+    capacity_bits_per_use: float | None
+    capacity: str | None
+    checkpoint: str
+
+
+ROW_FIELDS: list[str] = list(ResultRow.__annotations__)
+"""Columns of results.csv, in order; every row of results.json has exactly these keys."""
+
+
+def finish_rows(rows: list[dict], fid_note: str | None, lpips_note: str | None) -> list[ResultRow]:
+    """Rows with every field, in :data:`ROW_FIELDS` order, and the reason beside a missing FID
+    or LPIPS (an infinite FID — fewer than 2 images — is recorded as missing)."""
+    finished = []
+    for row in rows:
+        row = dict(row)
+        if row["fid"] is None:
+            row["fid_note"] = fid_note
+        elif not math.isfinite(row["fid"]):
+            row["fid"], row["fid_note"] = None, "FID needs at least 2 images"
+        else:
+            row["fid_note"] = None
+        row["lpips_note"] = lpips_note if row["lpips"] is None else None
+        finished.append(ResultRow(**{key: row.get(key) for key in ROW_FIELDS}))
+    return finished
+
+
+def _metric_definitions() -> dict:
+    """How the per-image metrics are computed, as the document records it."""
+    return {
+        "psnr": "10 log10(1 / MSE) dB per image on 8-bit outputs, mean over images (x samples)",
+        "ssim": f"Wang et al. 2004, Gaussian window {SSIM_KERNEL_SIZE} taps sigma {SSIM_SIGMA}, valid region "
+                "(= scikit-image)",
+        "ms_ssim": {"scales": len(MS_SSIM_BETAS), "betas": list(MS_SSIM_BETAS),
+                    "kernel_size": MS_SSIM_KERNEL_SIZE, "sigma": MS_SSIM_SIGMA, "normalize": "relu"},
+    }
+
+
+def _versions() -> dict:
+    import PIL
+    import torchmetrics
+
+    return {"diffjscc": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "torchmetrics": torchmetrics.__version__, "pillow": PIL.__version__, "numpy": np.__version__}
+
+
+def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
+                     fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow]) -> dict:
+    """The results document: the rows and everything needed to reproduce and read them."""
+    return {
+        "format": FORMAT,
+        "versions": _versions(),
+        "seed": seed,
+        "data": str(data),
+        "n_images": n_images,
+        "checkpoints": checkpoints,
+        "settings": settings,
+        "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": lpips_note},
+        "notes": notes,
+        "results": rows,
+    }
+
+
+TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "steps", "samples_per_image", "psnr", "ssim",
+                 "ms_ssim", "fid", "lpips", "lost_fraction", "n"]
+TABLE_FORMATS = {"k_over_n": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f", "lost_fraction": ".2f",
+                 "snr_db": "g"}
+
+
+def results_table(document: dict) -> str:
+    """Markdown table of the rows (columns that are empty everywhere are left out) and the notes."""
+    from diffjscc.evaluation.figures import markdown_table
+
+    rows = document["results"]
+    columns = [c for c in TABLE_COLUMNS if any(r.get(c) not in (None, "") for r in rows) or c in ("fid",)]
+    if len({r["model"] for r in rows if r["model"]}) <= 1:
+        columns.remove("model")
+    table = markdown_table(rows, columns, formats=TABLE_FORMATS)
+    lines = [table]
+    fid = document["metrics"]["fid"]
+    if fid.get("skipped"):
+        lines.append(fid["skipped"])
+    elif fid.get("reference"):
+        lines.append(f"FID: Inception-v3 pool features vs {fid['reference']}")
+    if document["metrics"]["lpips"] and not any(r["lpips"] is not None for r in rows):
+        lines.append(document["metrics"]["lpips"])
+    lines += document["notes"]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(document: dict, out_dir: Path | None = None, json_path: Path | None = None) -> list[Path]:
+    """results.json (everything), results.csv (header + one row per model x SNR x receiver) and
+    results.md (the table) under ``out_dir``; optionally also the JSON at ``json_path``."""
+    written = []
+    text = json.dumps(document, indent=2, allow_nan=False)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "results.json").write_text(text)
+            with open(out_dir / "results.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+                writer.writeheader()
+                for row in document["results"]:
+                    writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            (out_dir / "results.md").write_text(results_table(document))
+        except OSError as err:
+            raise UserError(f"cannot write results under {out_dir}: {err.strerror}") from None
+        written += [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
+    if json_path is not None:
+        try:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(text)
+        except OSError as err:
+            raise UserError(f"cannot write {json_path}: {err.strerror}") from None
+        written.append(Path(json_path))
+    return written
+
+
+def _csv_value(value: str | None) -> str | float | bool | None:
+    """A CSV cell back as JSON would hold it: empty is None, True/False booleans, numbers floats."""
+    if value in ("", None):
+        return None
+    if value in ("True", "False"):
+        return value == "True"
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_results(paths: list[Path]) -> list[dict]:
+    """The rows of results.json / results.csv files (a folder means its results.json), for plotting."""
+    rows: list[dict] = []
+    for path in paths:
+        if path.is_dir():
+            path = path / "results.json"
+        if not path.is_file():
+            raise UserError(f"results file not found: {path}")
+        try:
+            if path.suffix.lower() == ".csv":
+                with open(path, newline="") as handle:
+                    rows += [{key: _csv_value(value) for key, value in raw.items()} for raw in csv.DictReader(handle)]
+            else:
+                rows += json.loads(path.read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path} is not a results file of 'diffjscc evaluate' ({type(err).__name__})") from None
+    needed = {"system", "snr_db", "k_over_n", "psnr"}
+    if not rows or any(not needed <= set(r) for r in rows):
+        raise UserError(f"no result rows with {', '.join(sorted(needed))} in {', '.join(map(str, paths))}")
+    return rows

@@ -1,0 +1,94 @@
+"""Scores of one set of outputs against its sources: per-image PSNR, SSIM and MS-SSIM (means over
+images x samples) and the distribution metrics FID and LPIPS, combinable exactly across ranks.
+
+Per-image metrics run on 8-bit outputs (the pixels a saved PNG holds), so a score never depends
+on float values a file could not keep. Sharded (``sharded=True``), each rank passes its share of
+the images and gets the scores of the union: sums of per-image PSNR/SSIM/MS-SSIM and the pair
+count are summed over ranks, FID's feature statistics likewise
+(:class:`~diffjscc.evaluation.fid.FIDScorer`), LPIPS (a mean per rank) is weighted by count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from diffjscc.errors import UserError
+from diffjscc.evaluation.fid import FIDScorer
+from diffjscc.evaluation.lpips import LPIPSScorer
+from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
+from diffjscc.runtime.distributed import all_reduce_sum
+
+__all__ = ["prepare_fid_reference", "score_outputs"]
+
+
+def _images_float(u8: torch.Tensor) -> torch.Tensor:
+    return u8.float() / 255.0
+
+
+def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | None = None,
+                  lpips: LPIPSScorer | None = None, batch: int = 256, sharded: bool = False) -> dict:
+    """PSNR, SSIM, MS-SSIM (per-image means), FID and LPIPS of uint8 outputs against uint8 sources.
+
+    ``outputs`` may hold K samples per source, ordered sample-major (row ``k * N + i`` is sample
+    ``k`` of image ``i``); per-image metrics then average over all N * K pairs, FID takes the
+    N * K outputs as the generated set.
+
+    ``sharded``: ``source``/``outputs`` are this rank's share (possibly empty); every rank calls
+    this and gets the scores of the union (sums and counts combined over ranks).
+    """
+    if source.dtype != torch.uint8 or outputs.dtype != torch.uint8:
+        raise ValueError("score_outputs takes uint8 images")
+    repeats = outputs.shape[0] // source.shape[0] if source.shape[0] else 0
+    if repeats * source.shape[0] != outputs.shape[0]:
+        raise ValueError(f"{outputs.shape[0]} outputs for {source.shape[0]} sources")
+    target = source.repeat(repeats, 1, 1, 1)
+    sums = torch.zeros(4, dtype=torch.float64)  # psnr, ssim, ms_ssim sums; number of pairs
+    for start in range(0, outputs.shape[0], batch):
+        x, y = _images_float(target[start:start + batch]), _images_float(outputs[start:start + batch])
+        sums[0] += psnr_per_image(x, y).double().sum()
+        sums[1] += ssim_per_image(x, y).double().sum()
+        sums[2] += ms_ssim_per_image(x, y).double().sum()
+    sums[3] = outputs.shape[0]
+    local_lpips = 0.0
+    if lpips is not None and outputs.shape[0]:
+        local_lpips = lpips.score(_images_float(target), _images_float(outputs))
+    if sharded:
+        sums = all_reduce_sum(sums)
+        if lpips is not None:  # a mean per rank: weight it by the rank's count
+            weighted = torch.tensor([local_lpips * outputs.shape[0]], dtype=torch.float64)
+            local_lpips = float(all_reduce_sum(weighted)[0]) / float(sums[3])
+    count = float(sums[3])
+    scores = {name: float(sums[i]) / count for i, name in enumerate(("psnr", "ssim", "ms_ssim"))}
+    scores["fid"] = fid.score(outputs, sharded=sharded) if fid is not None else None
+    scores["lpips"] = float(local_lpips) if lpips is not None else None
+    return scores
+
+
+def prepare_fid_reference(fid: FIDScorer, files: Sequence[Path], source_u8: torch.Tensor, data_dir: Path,
+                  reference: Sequence[Path] | None = None, sharded: bool = False) -> dict:
+    """Give ``fid`` its reference statistics; returns what the results document records about them.
+
+    ``reference``: files whose statistics FID compares against (cached beside them); None means
+    the evaluated source images themselves (``files``, already loaded as ``source_u8``).
+    """
+    from diffjscc.data import load_image_tensor
+
+    if reference is None:
+        info = {"reference": f"the {len(files)} evaluated source images of {data_dir}"}
+        index = {path: i for i, path in enumerate(files)}
+        note = fid.reference_from_files(files, lambda paths: source_u8[[index[p] for p in paths]], sharded=sharded)
+    else:
+        info = {"reference": f"{len(reference)} images of {Path(reference[0]).parent}"}
+
+        def load(paths: Sequence[Path]) -> torch.Tensor:
+            tensors = [load_image_tensor(p) for p in paths]
+            if len({t.shape for t in tensors}) > 1:
+                raise UserError("--fid-ref images must all have the same size")
+            return to_uint8(torch.stack(tensors))
+
+        note = fid.reference_from_files(reference, load, sharded=sharded)
+    info["reference_note"] = note
+    return info

@@ -1,0 +1,273 @@
+"""Every receiver of a transmission, in one table: the sweep, ``sample``, ``transmit``, the demo's
+grid and the trainer's sample grid all pick receivers here and run them the same way.
+
+A receiver turns the received latent y (what came out of the channel) into images:
+
+==================== ====================================================== =========
+name                 output                                                 needs
+==================== ====================================================== =========
+deep_jscc            the Deep JSCC decoder's x̂ = D(y)                       decoder
+diffusion            K posterior samples x_0 ~ p(x | y), DDIM from           UNet
+                     x_T ~ N(0, I) (start mode ``gaussian``)
+diffusion_mean       their pixel mean (1/K) Σ_k x_0^(k), a Monte-Carlo       UNet
+                     MMSE estimate E[x | y] (start mode ``mean``)
+diffusion_inversion  DDIM from x_T = DDIM-inversion of the **source** image  UNet,
+                     (start mode ``inversion``): an ORACLE upper bound,      source
+                     the receiver does not have the source
+==================== ====================================================== =========
+
+Each entry is one function ``(system, received, context) -> images`` (k-diffusion style: small
+functions in one table). ``images`` is (S, N, 3, H, W) in [−1, 1]: S outputs for each of the N
+received images (K posterior samples, or 1). The :class:`ReceiveContext` carries what a receiver
+is told besides y — SNR, DDIM steps, the sampling generator, K, class labels — and the source
+images, which it hands only to oracle receivers. It also remembers, per received batch, the K
+posterior samples, so ``diffusion_mean`` averages exactly the samples ``diffusion`` drew.
+
+Noise order: receivers run in table order and draw from the context's one generator, so a
+batch draws the K Gaussian-start samples (once, for the ``diffusion`` and ``diffusion_mean``
+rows together), then the inversion's noise, whichever of those rows are asked for. Adding a receiver is adding one entry to :data:`RECEIVERS`; the start modes of
+:data:`diffjscc.config.START_MODES` each name one entry (checked at import).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from diffjscc.config import START_MODES
+from diffjscc.errors import UserError
+from diffjscc.system import TransmissionSystem
+
+__all__ = ["RECEIVERS", "Receiver", "ReceiveContext", "SourceAccessError", "available", "by_start",
+           "missing_part", "receive", "require", "select"]
+
+PARTS = {"decoder": "Deep JSCC decoder", "unet": "diffusion receiver"}
+"""Parts of a :class:`~diffjscc.system.TransmissionSystem` a receiver may need, in words."""
+
+
+class SourceAccessError(RuntimeError):
+    """A receiver that is not flagged as an oracle asked for the source images."""
+
+
+class ReceiveContext:
+    """What the receivers of one received batch are told besides y.
+
+    ``snr_db``: channel SNR (dB) the receivers are told (SNR-adaptive models use it);
+    ``steps``: DDIM steps; ``generator``: the sampling noise, shared by the receivers in table
+    order; ``samples``: K posterior samples per image; ``class_labels``: for class-conditional
+    models; ``batch``: the number of images, needed only when there is no received latent
+    (an unconditional model generates from the prior); ``source``: the transmitted images in
+    [−1, 1], readable only by oracle receivers (see :attr:`source`).
+
+    One context belongs to one received batch: the posterior samples it remembers are those of
+    that batch.
+    """
+
+    def __init__(self, *, snr_db: float | torch.Tensor | None, steps: int, generator: torch.Generator | None = None,
+                 samples: int = 1, class_labels: torch.Tensor | None = None, source: torch.Tensor | None = None,
+                 batch: int | None = None) -> None:
+        if samples < 1:
+            raise ValueError(f"samples must be positive, got {samples}")
+        self.snr_db = snr_db
+        self.steps = steps
+        self.generator = generator
+        self.samples = samples
+        self.class_labels = class_labels
+        self.batch = batch
+        self._source = source
+        self._reader: Receiver | None = None
+        self._memo: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+
+    def for_receiver(self, receiver: Receiver) -> ReceiveContext:
+        """This context as ``receiver`` sees it: same generator and memo, source only for an oracle."""
+        view = copy.copy(self)  # shallow: the generator and the memo are shared
+        view._reader = receiver
+        return view
+
+    @property
+    def source(self) -> torch.Tensor:
+        """The transmitted images: an oracle receiver's privilege, refused to every other one."""
+        reader = self._reader
+        if reader is None or not reader.oracle:
+            name = "an unnamed caller" if reader is None else f"receiver {reader.name!r}"
+            raise SourceAccessError(f"{name} is not an oracle: a real receiver never sees the source image")
+        if self._source is None:
+            raise ValueError(f"receiver {reader.name!r} is an ORACLE: give the context the source images")
+        return self._source
+
+    def remembered(self, key: str, received: torch.Tensor | None,
+                   compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()`` once per received batch under ``key``; later calls get the same tensor."""
+        held = self._memo.get(key)
+        if held is not None and held[0] is received:
+            return held[1]
+        value = compute()
+        self._memo[key] = (received, value)
+        return value
+
+
+ReceiveFn = Callable[[TransmissionSystem, "torch.Tensor | None", ReceiveContext], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """One row of the table.
+
+    ``family`` and ``start`` are the results' ``receiver`` and ``start`` columns (``start``:
+    the ``--start`` mode that selects the entry, None for receivers that always run).
+    ``label`` names it in results tables, ``grid_label`` in image grids, ``note`` on the
+    console; ``{samples}`` (K) and ``{steps}`` in them are filled in. ``per_sample``: scored
+    over K posterior samples per image (the row's ``samples_per_image`` is K). ``needs``: parts
+    of the system (:data:`PARTS`) and ``"source"`` — reading the source makes it an oracle.
+    """
+
+    name: str
+    family: str
+    label: str
+    grid_label: str
+    needs: tuple[str, ...]
+    run: ReceiveFn
+    start: str | None = None
+    note: str = ""
+    per_sample: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.needs) - set(PARTS) - {"source"}
+        if unknown:
+            raise ValueError(f"receiver {self.name!r} needs unknown parts {sorted(unknown)}")
+        if self.oracle and not all("ORACLE" in text for text in (self.label, self.grid_label, self.note)):
+            raise ValueError(f"receiver {self.name!r} reads the source: its labels must say ORACLE")
+
+    @property
+    def oracle(self) -> bool:
+        """Reads the source image, which a real receiver does not have: an upper bound, not a result."""
+        return "source" in self.needs
+
+    @property
+    def uses_unet(self) -> bool:
+        return "unet" in self.needs
+
+    def describe(self, text: str, samples: int = 1, steps: int = 0) -> str:
+        """``text`` (one of the labels) with K and the step count filled in."""
+        return text.format(samples=samples, steps=steps)
+
+
+# ---- the receivers ---------------------------------------------------------------------------
+def _deep_jscc(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext) -> torch.Tensor:
+    """x̂ = D(y), clamped to the image range: deterministic, draws no noise."""
+    return system.decode(received, context.snr_db).clamp(-1, 1)[None]
+
+
+def _diffuse(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext,
+             start: str, source: torch.Tensor | None = None) -> torch.Tensor:
+    """One DDIM run of the conditional diffusion from ``start``: (N, 3, H, W)."""
+    return system.receive(received, steps=context.steps, start=start, source=source,
+                          class_labels=context.class_labels, generator=context.generator, batch=context.batch,
+                          snr_db=context.snr_db)
+
+
+def _posterior_samples(system: TransmissionSystem, received: torch.Tensor | None,
+                       context: ReceiveContext) -> torch.Tensor:
+    """K samples x_0 ~ p(x | y), each from its own x_T ~ N(0, I): (K, N, 3, H, W), drawn once per batch."""
+    return context.remembered("posterior_samples", received, lambda: torch.stack(
+        [_diffuse(system, received, context, "gaussian") for _ in range(context.samples)]))
+
+
+def _posterior_mean(system: TransmissionSystem, received: torch.Tensor | None,
+                    context: ReceiveContext) -> torch.Tensor:
+    """(1/K) Σ_k x_0^(k) over the batch's posterior samples: the Monte-Carlo MMSE estimate E[x | y]."""
+    return _posterior_samples(system, received, context).mean(0, keepdim=True)
+
+
+def _inversion(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext) -> torch.Tensor:
+    """DDIM from x_T = DDIM-inversion of the source: ORACLE."""
+    return _diffuse(system, received, context, "inversion", source=context.source)[None]
+
+
+def _table(*entries: Receiver) -> dict[str, Receiver]:
+    table = {entry.name: entry for entry in entries}
+    if len(table) != len(entries):
+        raise ValueError("two receivers share a name")
+    starts = [entry.start for entry in entries if entry.start is not None]
+    if sorted(starts) != sorted(START_MODES):
+        raise ValueError(f"start modes {list(START_MODES)} must each name one receiver, got {starts}")
+    return table
+
+
+RECEIVERS: dict[str, Receiver] = _table(
+    Receiver("deep_jscc", family="deep_jscc", label="Deep JSCC", grid_label="Deep JSCC", needs=("decoder",),
+             run=_deep_jscc),
+    Receiver("diffusion", family="diffusion", start="gaussian", label="diffusion", grid_label="diffusion {steps}",
+             needs=("unet",), per_sample=True, run=_posterior_samples),
+    Receiver("diffusion_mean", family="diffusion", start="mean", label="diffusion, mean of {samples}",
+             grid_label="diffusion, mean of {samples} {steps}", note="mean of {samples}", needs=("unet",),
+             per_sample=True, run=_posterior_mean),
+    Receiver("diffusion_inversion", family="diffusion", start="inversion", label="diffusion, ORACLE inversion",
+             grid_label="ORACLE inversion {steps}", note="ORACLE: x_T from the source image",
+             needs=("unet", "source"), run=_inversion),
+)
+"""All receivers, in the order they run (and draw noise) for one received batch."""
+
+
+# ---- which receivers a system has ------------------------------------------------------------
+def by_start(mode: str) -> Receiver:
+    """The diffusion receiver of a start mode (:data:`diffjscc.config.START_MODES`)."""
+    for entry in RECEIVERS.values():
+        if entry.start == mode:
+            return entry
+    raise UserError(f"unknown start mode {mode!r}; expected {', '.join(START_MODES)}")
+
+
+def missing_part(system: TransmissionSystem, receiver: Receiver) -> str | None:
+    """The first part ``receiver`` needs that ``system`` lacks, in words; None when it has them all."""
+    for need in receiver.needs:
+        if need in PARTS and getattr(system, need) is None:
+            return PARTS[need]
+    return None
+
+
+def available(system: TransmissionSystem) -> list[Receiver]:
+    """The receivers of a transmission through ``system``, in table order; none without a
+    transmitter (an unconditional model has no channel to receive from)."""
+    if system.encoder is None:
+        return []
+    return [entry for entry in RECEIVERS.values() if missing_part(system, entry) is None]
+
+
+def require(system: TransmissionSystem, name: str, hint: str = "") -> Receiver:
+    """The receiver ``name`` of ``system``, or a one-line UserError saying what the checkpoint
+    lacks for it (``hint``, in brackets, says what to do instead)."""
+    (entry,) = select([name])
+    if system.encoder is None:
+        raise UserError("an unconditional checkpoint has no transmitter")
+    lacking = missing_part(system, entry)
+    if lacking is not None:
+        raise UserError(f"this '{system.cfg.mode}' checkpoint has no {lacking}" + (f" ({hint})" if hint else ""))
+    return entry
+
+
+def select(names: Iterable[str]) -> list[Receiver]:
+    """The named receivers in table order (the order they draw noise in)."""
+    wanted = set(names)
+    unknown = wanted - set(RECEIVERS)
+    if unknown:
+        raise UserError(f"unknown receiver {sorted(unknown)[0]!r}; expected {', '.join(RECEIVERS)}")
+    return [entry for entry in RECEIVERS.values() if entry.name in wanted]
+
+
+# ---- running one -----------------------------------------------------------------------------
+@torch.no_grad()
+def receive(system: TransmissionSystem, receiver: Receiver, received: torch.Tensor | None,
+            context: ReceiveContext) -> torch.Tensor:
+    """Run ``receiver`` on the received latent ``received`` (None: an unconditional model,
+    generating ``context.batch`` images): (S, N, 3, H, W) images in [−1, 1]."""
+    lacking = missing_part(system, receiver)
+    if lacking is not None:
+        raise ValueError(f"receiver {receiver.name!r} needs a {lacking}, which this '{system.cfg.mode}' system lacks")
+    images = receiver.run(system, received, context.for_receiver(receiver))
+    if images.ndim != 5:
+        raise ValueError(f"receiver {receiver.name!r} returned shape {tuple(images.shape)}, not (S, N, 3, H, W)")
+    return images
