@@ -122,6 +122,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-fid", action="store_true", help="skip FID")
     p.add_argument("--out", type=Path, default=None, help="write results.json, results.csv, results.md here")
     p.add_argument("--json", type=Path, default=None, help="also write the results JSON to this file")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results already in --out / --json (default: refuse before evaluating)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -309,7 +311,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.channel import parse_snr_list
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
-    from diffjscc.evaluation.results import results_table, write_results
+    from diffjscc.evaluation.results import check_results_targets, results_table, write_results
     from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
     from diffjscc.runtime.device import resolve_device
@@ -327,6 +329,7 @@ def _cmd_evaluate(args) -> int:
                         digital=digital)
     if not args.data.is_dir():
         raise UserError(f"image folder not found: {args.data}")
+    check_results_targets(args.out, args.json, args.overwrite)
     fid_reference = None
     if args.fid_ref is not None:
         from diffjscc.data import ImageFolderDataset
@@ -349,7 +352,7 @@ def _cmd_evaluate(args) -> int:
             document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
                                     fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
                                     progress=not args.no_progress)
-            written = write_results(document, args.out, args.json) if context.is_main else []
+            written = write_results(document, args.out, args.json, args.overwrite) if context.is_main else []
             barrier()  # the files exist when any rank returns
     except DistributedError as err:  # a peer died or hung: not a usage error
         return _peer_lost(err)

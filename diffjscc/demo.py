@@ -124,7 +124,7 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
     plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim"],
                  title=f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, k/n = 1/6")
     document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
-    write_results(document, out)
+    write_results(document, out, overwrite=True)  # the demo regenerates its own folder's results
     print("\n" + results_table(document))
     print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'} and results.json/.csv/.md in {out} "
           f"in {document['demo']['total_minutes']:.1f} min")

@@ -204,3 +204,40 @@ def test_full_disk_keeps_previous_checkpoints(tmp_path: Path, monkeypatch) -> No
     finally:
         if mounted:
             subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_evaluate_refuses_to_write_over_results(train_data: Path, cifar_root: Path, tmp_path: Path, capsys,
+                                                monkeypatch) -> None:
+    """`evaluate --out` into a folder with results is refused before evaluating (exit 2, nothing
+    changed); --overwrite replaces them, and a write that fails midway leaves the old files whole."""
+    log_dir = tmp_path / "run"
+    assert main(train_argv(train_data, log_dir, 10, 10, MICRO)) == 0
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(list_checkpoints(log_dir)[-1]), "--data", str(cifar_root / "cifar_test"),
+            "--snr", "10", "--limit", "8", "--no-fid", "--no-progress", "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    before = _hashes(out)
+    assert sorted(before) == ["results.csv", "results.json", "results.md"]
+    capsys.readouterr()
+    assert main([*argv, "--snr", "0"]) == 2
+    line = _one_line_error(capsys)
+    assert "--overwrite" in line and str(out) in line
+    assert _hashes(out) == before
+
+    real_replace = os.replace
+
+    def fail_on_csv(src, dst, *args, **kwargs):
+        if str(dst).endswith("results.csv"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", fail_on_csv)
+    assert main([*argv, "--snr", "0", "--overwrite"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffjscc: error:")]
+    assert len(errors) == 1 and "No space left" in errors[0]  # besides the FID/LPIPS notices
+    after = _hashes(out)
+    assert after["results.csv"] == before["results.csv"] and sorted(after) == sorted(before)  # no temp files
+    assert json.loads((out / "results.json").read_text())["results"][0]["snr_db"] == 0.0  # written before the failure
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert main([*argv, "--snr", "0", "--overwrite"]) == 0
+    assert json.loads((out / "results.json").read_text())["settings"]["snr_db"] == [0.0]

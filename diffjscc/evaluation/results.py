@@ -10,6 +10,7 @@ n_images, checkpoints, settings, metrics, notes, results``; every row has exactl
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import platform
@@ -21,6 +22,7 @@ import torch
 
 from diffjscc import __version__
 from diffjscc.errors import UserError
+from diffjscc.runtime.rundir import write_text_atomic
 from diffjscc.evaluation.metrics import (
     MS_SSIM_BETAS,
     MS_SSIM_KERNEL_SIZE,
@@ -151,33 +153,51 @@ def results_table(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(document: dict, out_dir: Path | None = None, json_path: Path | None = None) -> list[Path]:
+RESULT_FILES = ("results.json", "results.csv", "results.md")
+
+
+def check_results_targets(out_dir: Path | None, json_path: Path | None, overwrite: bool) -> None:
+    """Refuse (one line) to write over results that are already there unless ``overwrite``:
+    checked before an evaluation starts, so that nothing is computed only to be refused."""
+    if overwrite:
+        return
+    existing = [out_dir / name for name in RESULT_FILES if out_dir is not None and (out_dir / name).exists()]
+    existing += [json_path] if json_path is not None and Path(json_path).exists() else []
+    if existing:
+        raise UserError(f"{existing[0]} holds the results of another evaluation; choose another --out/--json or "
+                        f"pass --overwrite to replace them")
+
+
+def write_results(document: dict, out_dir: Path | None = None, json_path: Path | None = None,
+                  overwrite: bool = False) -> list[Path]:
     """results.json (everything), results.csv (header + one row per model x SNR x receiver) and
-    results.md (the table) under ``out_dir``; optionally also the JSON at ``json_path``."""
-    written = []
+    results.md (the table) under ``out_dir``; optionally also the JSON at ``json_path``. Each file
+    is written atomically; existing results are replaced only with ``overwrite``."""
+    check_results_targets(out_dir, json_path, overwrite)
     text = json.dumps(document, indent=2, allow_nan=False)
+    contents: list[tuple[Path, str]] = []
     if out_dir is not None:
         out_dir = Path(out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "results.json").write_text(text)
-            with open(out_dir / "results.csv", "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
-                writer.writeheader()
-                for row in document["results"]:
-                    writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-            (out_dir / "results.md").write_text(results_table(document))
-        except OSError as err:
-            raise UserError(f"cannot write results under {out_dir}: {err.strerror}") from None
-        written += [out_dir / "results.json", out_dir / "results.csv", out_dir / "results.md"]
+        contents += [(out_dir / "results.json", text), (out_dir / "results.csv", _csv_text(document)),
+                     (out_dir / "results.md", results_table(document))]
     if json_path is not None:
+        contents.append((Path(json_path), text))
+    for path, content in contents:
         try:
-            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_path).write_text(text)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, content)
         except OSError as err:
-            raise UserError(f"cannot write {json_path}: {err.strerror}") from None
-        written.append(Path(json_path))
-    return written
+            raise UserError(f"cannot write {path}: {err.strerror}") from None
+    return [path for path, _ in contents]
+
+
+def _csv_text(document: dict) -> str:
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+    writer.writeheader()
+    for row in document["results"]:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return handle.getvalue()
 
 
 def _csv_value(value: str | None) -> str | float | bool | None:

@@ -17,12 +17,14 @@ import datetime
 import fcntl
 import json
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
 from diffjscc.errors import UserError
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunLock", "new_run_id", "prepare_fresh_run", "run_files"]
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunLock", "new_run_id", "prepare_fresh_run", "read_manifest", "run_files",
+           "write_manifest", "write_text_atomic"]
 
 LOCK_NAME = ".diffjscc.lock"
 MANIFEST_NAME = "checkpoints.json"
@@ -133,8 +135,21 @@ def read_manifest(log_dir: str | Path) -> dict[str, list[str]]:
 
 
 def write_manifest(log_dir: str | Path, runs: dict[str, list[str]]) -> None:
-    """Write ``checkpoints.json`` atomically (temporary file + rename)."""
-    path = Path(log_dir) / MANIFEST_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Write ``checkpoints.json`` atomically."""
+    write_text_atomic(Path(log_dir) / MANIFEST_NAME, json.dumps({"runs": runs}, indent=1) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``path`` through a temporary file in its folder and a rename: a reader (or a killed
+    writer) leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
