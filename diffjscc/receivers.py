@@ -25,7 +25,9 @@ posterior samples, so ``diffusion_mean`` averages exactly the samples ``diffusio
 
 Noise order: receivers run in table order and draw from the context's one generator, so a
 batch draws the K Gaussian-start samples (once, for the ``diffusion`` and ``diffusion_mean``
-rows together), then the inversion's noise, whichever of those rows are asked for. Adding a receiver is adding one entry to :data:`RECEIVERS`; the start modes of
+rows together), then the inversion's noise, whichever of those rows are asked for.
+
+Adding a receiver is adding one entry to :data:`RECEIVERS`; the start modes of
 :data:`diffjscc.config.START_MODES` each name one entry (checked at import).
 """
 
