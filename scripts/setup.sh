@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up diffjscc in ./.venv: PyTorch first (the pinned CPU build where there is no NVIDIA GPU,
-# so that pip does not pull a multi-GB CUDA build), then the project with its test extras.
+# so that pip does not pull a multi-GB CUDA build), then the project with its test and Sionna extras.
 # Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +21,5 @@ if ! python -c "import torch" 2>/dev/null; then
         pip install --quiet "$CPU_TORCH"          # CPU machine: the pinned CPU build
     fi
 fi
-pip install --quiet -e ".[test]"
+pip install --quiet -e ".[test,sionna]"   # sionna: Sionna 2.x (PyTorch) where Python >= 3.11, nothing elsewhere
 python -c "import torch, diffjscc; print(f'diffjscc {diffjscc.__version__} with torch {torch.__version__} ready in .venv')"

@@ -1,6 +1,6 @@
 """diffjscc.channel_sionna without Sionna: a one-line UserError, and checks that need no Sionna.
 
-Runs everywhere (CI does not install the ``sionna`` extra); Sionna's absence, or a stand-in
+Runs everywhere, with or without the ``sionna`` extra; Sionna's absence, or a stand-in
 package, is simulated so the tests mean the same where it is installed.
 """
 

@@ -97,8 +97,11 @@ def test_sweep_writes_json_csv_and_markdown(sweep: Path, capsys) -> None:
 def test_sweep_numbers_are_ordered_sensibly(sweep: Path) -> None:
     rows = json.loads((sweep / "results.json").read_text())["results"]
     deep = {r["snr_db"]: r["psnr"] for r in rows if r["receiver"] == "deep_jscc"}
-    assert deep[20.0] >= deep[0.0] and deep[10.0] >= deep[0.0] - 0.5, deep  # more SNR, not less quality
     print("deep_jscc PSNR by SNR:", deep)
+    # More SNR, not less quality: each step up in SNR may lose at most 0.2 dB (the channel noise of
+    # 12 images at 10 and 20 dB is nearly the same, so their PSNRs can tie), and 0 → 20 dB must gain.
+    assert deep[10.0] >= deep[0.0] - 0.2 and deep[20.0] >= deep[10.0] - 0.2, deep
+    assert deep[20.0] >= deep[0.0] + 0.5, deep
     # digital: 32 bytes at 0 dB fit no codec (all lost, the mean-colour image); at 20 dB WebP fits
     for row in (r for r in rows if r["mode"] == "digital"):
         assert row["budget_bytes"] == math.floor(512 * 0.5 * math.log2(1 + 10 ** (row["snr_db"] / 10)) / 8)

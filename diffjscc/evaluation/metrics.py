@@ -139,9 +139,10 @@ _WANG_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 MS_SSIM_BETAS = tuple(b / sum(_WANG_BETAS[:3]) for b in _WANG_BETAS[:3])
 """Exponents of the 3 scales: Wang et al.'s first three (0.0448, 0.2856, 0.3001) renormalised to
 sum to 1, i.e. (0.0711, 0.4530, 0.4760), so a uniform similarity s at every scale gives s."""
-MS_SSIM_KERNEL_SIZE = 7
 MS_SSIM_SIGMA = 1.0
-"""Gaussian window of MS-SSIM: 7 taps, sigma = 1 px (+-3 sigma), so it fits the 8x8 coarsest scale."""
+MS_SSIM_KERNEL_SIZE = 2 * int(3.5 * MS_SSIM_SIGMA + 0.5) + 1
+"""Gaussian window of MS-SSIM: sigma = 1 px, 9 taps. torchmetrics sizes a Gaussian window from
+sigma alone (2 * int(3.5 sigma + 0.5) + 1) and ignores ``kernel_size``; we state the size it uses."""
 
 
 def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
@@ -153,10 +154,13 @@ def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
     of the previous one. torchmetrics' default (M = 5 scales, the 11-tap sigma = 1.5 window,
     Wang et al.'s five exponents) rejects images under 176 px, and at 32 px its 5th scale
     would be 2x2 pixels. We use M = 3 scales (32, 16, 8 px) with Wang et al.'s first three
-    exponents renormalised to sum 1 (:data:`MS_SSIM_BETAS`) and a 7-tap, sigma = 1 Gaussian
-    window (:data:`MS_SSIM_KERNEL_SIZE`, :data:`MS_SSIM_SIGMA`); K1 = 0.01, K2 = 0.03,
-    data range 1. Negative ``cs`` / ``l`` terms are clamped at 0 (torchmetrics'
-    ``normalize="relu"``) so powers stay real on very bad reconstructions.
+    exponents renormalised to sum 1 (:data:`MS_SSIM_BETAS`) and a sigma = 1 Gaussian window
+    of 9 taps (:data:`MS_SSIM_SIGMA`, :data:`MS_SSIM_KERNEL_SIZE`); K1 = 0.01, K2 = 0.03,
+    data range 1. As torchmetrics computes it: ``cs_j`` (j < M) is the mean over the valid
+    region (windows inside the image) of all channels; the coarsest scale's ``l_M cs_M`` is the
+    mean over the whole 8x8 image with reflect padding, where a 9-tap window has no valid region.
+    Negative terms are clamped at 0 (``normalize="relu"``) so powers stay real on very bad
+    reconstructions. ``tests/test_metrics.py`` checks this against a SciPy implementation.
     """
     _check_pair(x, y)
     if min(x.shape[-2:]) < 32:
@@ -167,7 +171,9 @@ def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
         y,
         gaussian_kernel=True,
         sigma=MS_SSIM_SIGMA,
-        kernel_size=MS_SSIM_KERNEL_SIZE,
+        # read only by torchmetrics' image-size check, which would refuse 32 px for 9; the
+        # Gaussian window itself is sized from sigma (MS_SSIM_KERNEL_SIZE taps)
+        kernel_size=7,
         data_range=1.0,
         betas=MS_SSIM_BETAS,
         normalize="relu",
