@@ -10,7 +10,7 @@ estimate), and the ORACLE inversion start (x_T from the source image, which a re
 have: an upper bound). Compute is reported next to quality: training wall time and FLOPs per
 training image, and receiver FLOPs per transmitted image.
 
-Targets (issue 7): one diffusion sample within 3 dB PSNR of Deep JSCC, the mean within 1 dB.
+Targets: one diffusion sample within 3 dB PSNR of Deep JSCC, the mean within 1 dB.
 Runs are kept under ``--work`` and reused (delete them to retrain).
 """
 

@@ -4,7 +4,7 @@ On a trained tiny checkpoint (``--checkpoint``, or a residual v-prediction recei
 for ``--train-steps`` steps on the CIFAR-10 subset and reused on the next run), each step count is scored by the evaluation
 protocol on real test images at AWGN ``--snr`` dB (Gaussian start: a real receiver), and its
 sampling speed is timed on its own (encoder + channel + DDIM, no scoring), interleaved over
-rounds so that every step count sees the same machine load. Target (issue 7): 20 DDIM steps
+rounds so that every step count sees the same machine load. Target: 20 DDIM steps
 within 0.5 dB PSNR of 250 steps (met when not more than 0.5 dB below; ``converged`` records
 whether the two are within 0.5 dB either way).
 """

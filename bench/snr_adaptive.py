@@ -5,7 +5,7 @@ Trains, with the same number of steps each, Deep JSCC models (``mode: jscc``) at
 model (ADJSCC attention on the SNR in encoder and decoder) on the same range; then scores all
 of them with the evaluation protocol on held-out CIFAR-10 images at ``--eval-snrs`` (which go
 below the range, to show whether the adaptive model degrades gracefully there or falls off a
-cliff). Target (issue 5): the adaptive model within 1 dB PSNR of the model trained at each SNR.
+cliff). Target: the adaptive model within 1 dB PSNR of the model trained at each SNR.
 """
 
 from __future__ import annotations
