@@ -117,12 +117,13 @@ def _with_overrides(cfg, overrides: list[str]):
 def _receiver_flops_per_image(system, steps: int, samples: int) -> dict[str, float]:
     """FLOPs per output image of each receiver the system has (encoder and channel excluded), by
     start mode (``deep_jscc`` for the decoder): one sample's for ``gaussian``, K samples' for ``mean``."""
-    image = torch.zeros(1, 3, system.cfg.image_size, system.cfg.image_size)
-    received = system.transmit(image, generator=torch.Generator().manual_seed(0))
+    device = next(system.parameters()).device  # the image and draws on the model's device (CUDA too)
+    image = torch.zeros(1, 3, system.cfg.image_size, system.cfg.image_size, device=device)
+    received = system.transmit(image, generator=torch.Generator(device=device).manual_seed(0))
 
     def count(receiver: Receiver) -> float:
         context = ReceiveContext(snr_db=system.cfg.snr_db, steps=steps, samples=samples, source=image,
-                                 generator=torch.Generator().manual_seed(0))
+                                 generator=torch.Generator(device=device).manual_seed(0))
         with FlopCounterMode(display=False) as counter:
             outputs = receive(system, receiver, received, context).shape[0]
         return float(counter.get_total_flops()) / outputs

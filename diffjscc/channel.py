@@ -74,6 +74,10 @@ def _snr_to_sigma(snr_db: float | Tensor, x: Tensor) -> Tensor:
     ``snr_db`` is a float, a 0-d tensor, or a ``(B,)`` tensor (one SNR per sample).
     """
     if isinstance(snr_db, Tensor):
+        # Checked where that costs nothing: reading a CUDA tensor back would block every step
+        # (the trainer's per-sample SNRs are drawn on the device from a finite range).
+        if snr_db.device.type == "cpu" and not torch.isfinite(snr_db).all():
+            raise UserError("snr_db contains non-finite values")
         snr = snr_db.detach().to(device=x.device, dtype=torch.float32)
         if snr.dim() == 0:
             snr = snr.expand(x.shape[0])
@@ -86,8 +90,6 @@ def _snr_to_sigma(snr_db: float | Tensor, x: Tensor) -> Tensor:
         if not math.isfinite(snr_f):
             raise UserError(f"snr_db must be a finite number of dB, got {snr_db!r}")
         snr = torch.full((x.shape[0],), snr_f, device=x.device, dtype=torch.float32)
-    if not torch.isfinite(snr).all():
-        raise UserError("snr_db contains non-finite values")
     sigma = torch.pow(10.0, -snr / 20.0).to(x.dtype)
     return sigma.view(-1, *([1] * (x.dim() - 1)))
 

@@ -72,7 +72,7 @@ def _add_receiver_args(p: argparse.ArgumentParser, default_limit: int | None) ->
     p.add_argument("--limit", type=int, default=default_limit, help="at most N images")
     p.add_argument("--seed", type=int, default=0, help="seed of channel noise and sampling")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images in the model at once (default 64)")
 
 
 def _add_sample(sub) -> None:
@@ -270,9 +270,14 @@ def _cmd_sample(args) -> int:
     device = next(system.parameters()).device
     images, labels = dataset.first(args.limit, device)
     count = images.shape[0]
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    rows, names = reconstruct_rows(system, images, labels, steps=args.steps, generator=generator, snr_db=snr,
-                                   receivers=receivers)
+    generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, batch after batch
+    chunks = []
+    for start in range(0, count, args.batch_size):  # at most --batch-size images in the model at once
+        part = slice(start, start + args.batch_size)
+        chunks.append(reconstruct_rows(system, images[part], None if labels is None else labels[part],
+                                       steps=args.steps, generator=generator, snr_db=snr, receivers=receivers))
+    names = chunks[0][1]
+    rows = [torch.cat([chunk_rows[r] for chunk_rows, _ in chunks]) for r in range(len(names))]
     args.out.mkdir(parents=True, exist_ok=True)
     grid = args.out / "grid.png"
     save_image_grid(rows, grid, row_labels=names)

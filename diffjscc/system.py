@@ -87,6 +87,15 @@ class TransmissionSystem(nn.Module):
                                                           cfg.prediction)
                           if cfg.has_diffusion else None)
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.cuda()``, ``.cpu()``: the diffusion schedule follows the weights' device."""
+        super()._apply(fn, recurse)
+        if self.diffusion is not None:
+            weight = next(self.parameters(), None)
+            if weight is not None:
+                self.diffusion = self.diffusion.to(weight.device)
+        return self
+
     # ---- what is trained --------------------------------------------------------------------
     def frozen_modules(self) -> list[nn.Module]:
         """Parts loaded from a pre-trained JSCC run in ``frozen`` mode (never updated)."""
@@ -157,10 +166,22 @@ class TransmissionSystem(nn.Module):
     def denoiser(self, received: torch.Tensor | None, class_labels: torch.Tensor | None = None,
                  snr_db: float | torch.Tensor | None = None, base: torch.Tensor | None = None,
                  batch: int | None = None):
-        """The network as a function of (x_t, t) with the conditioning computed once and closed over."""
+        """The network as a function of (x_t, t) with the conditioning computed once and closed over.
+
+        A model trained with ``bf16`` runs its network under bf16 autocast here too (its output
+        cast back to float32); the sampler's arithmetic stays in float32/64 either way.
+        """
         assert self.unet is not None
         condition = self.unet.condition(received, class_labels, self._receiver_snr(snr_db), base, batch=batch)
-        return lambda x, t: self.unet(x, t, condition=condition)
+        if not self.cfg.bf16:
+            return lambda x, t: self.unet(x, t, condition=condition)
+        device_type = next(self.unet.parameters()).device.type
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                return self.unet(x, t, condition=condition).float()
+
+        return denoise
 
     @torch.no_grad()
     def receive(self, received: torch.Tensor | None, steps: int, start: str = "gaussian",

@@ -20,6 +20,12 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 # time stable on a shared 2-core machine (oversubscribed intra-op threads slow down ~50x).
 torch.set_num_threads(1)
 
+# The suite means CPU: with --device auto (the CLI's default) a GPU would change numbers and, in
+# the sharded tests, refuse a second process on a 1-GPU machine. Hide GPUs from this process and
+# the processes it launches, before CUDA initialises; DIFFJSCC_TEST_GPU=1 leaves them visible.
+if not os.environ.get("DIFFJSCC_TEST_GPU"):
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 
 @pytest.fixture(scope="session")
 def shared_archive() -> Path:

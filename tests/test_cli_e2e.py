@@ -91,7 +91,8 @@ def test_resume_with_another_architecture_is_refused(data_root: Path, jscc_check
     assert code == 2 and len(err) == 1 and "c_out" in err[0]
 
 
-def test_sample_and_evaluate(data_root: Path, jscc_checkpoint: Path, tmp_path: Path, capsys) -> None:
+def test_sample_and_evaluate(data_root: Path, jscc_checkpoint: Path, tmp_path: Path, capsys,
+                             monkeypatch) -> None:
     """`sample` writes a grid and reconstructions; `evaluate` prints and saves finite PSNR/SSIM."""
     log_dir = tmp_path / "frozen"
     assert _train(data_root / "cifar_train", log_dir, 2, "mode=frozen", f"jscc_encoder_path={jscc_checkpoint}") == 0
@@ -101,6 +102,21 @@ def test_sample_and_evaluate(data_root: Path, jscc_checkpoint: Path, tmp_path: P
     assert main(["sample", "--checkpoint", str(ckpt), "--data", str(test_dir), "--out", str(tmp_path / "s"),
                  "--limit", "4", "--steps", "2", "--snr", "5"]) == 0
     assert (tmp_path / "s" / "grid.png").exists() and len(list((tmp_path / "s").glob("received_*.png"))) == 4
+
+    # --batch-size bounds what goes through the model at once; the batches share one seeded stream
+    import diffjscc.evaluation.grids as grids
+
+    seen: list[int] = []
+    original = grids.receive
+    monkeypatch.setattr(grids, "receive", lambda system, receiver, received, context: (
+        seen.append(received.shape[0]), original(system, receiver, received, context))[1])
+    assert main(["sample", "--checkpoint", str(ckpt), "--data", str(test_dir), "--out", str(tmp_path / "b"),
+                 "--limit", "5", "--steps", "2", "--snr", "5", "--batch-size", "2"]) == 0
+    assert seen and max(seen) == 2 and len(list((tmp_path / "b").glob("received_*.png"))) == 5
+    assert main(["sample", "--checkpoint", str(ckpt), "--data", str(test_dir), "--out", str(tmp_path / "b2"),
+                 "--limit", "2", "--steps", "2", "--snr", "5", "--batch-size", "2"]) == 0
+    for name in ("received_0000.png", "received_0001.png"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "b2" / name).read_bytes()
 
     result = tmp_path / "eval.json"
     capsys.readouterr()

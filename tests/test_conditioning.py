@@ -290,3 +290,23 @@ def test_training_loss_of_joint_residual_trains_the_decoder_too() -> None:
     terms["loss"].backward()
     assert all(p.grad is not None for p in system.decoder.parameters())
     assert system.encoder.net[0].weight.grad.abs().sum() > 0
+
+
+def test_a_bf16_model_samples_under_bf16_autocast() -> None:
+    """Sampling uses the precision the model trained with: a ``bf16`` model's network runs under
+    autocast (so its output differs from fp32 by bf16 rounding, not more), returned as float32."""
+    torch.manual_seed(0)
+    systems = {}
+    for bf16 in (False, True):
+        cfg = load_config(TINY, [*MICRO, "mode=joint", f"bf16={str(bf16).lower()}"])
+        systems[bf16] = TransmissionSystem(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(systems[False].unet.unet.conv_out.weight, std=0.05)  # a non-zero output
+    systems[True].load_state_dict(systems[False].state_dict())
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    received = systems[False].transmit(images, snr_db=10.0, generator=torch.Generator().manual_seed(0))
+    x, t = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([10, 90])
+    with torch.no_grad():
+        full, half = (systems[b].denoiser(received)(x, t) for b in (False, True))
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    assert (full - half).abs().max() <= 0.05 * full.abs().max()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from pathlib import Path
+
 import torch
 from torch.distributions import Normal, kl_divergence
 
@@ -382,6 +384,27 @@ def test_ddpm_sampling_learned_sigma_path():
     process = respace(base, parse_respacing("50", 200))
     out = ddpm_sample(process, _analytic_denoiser(base, s, learn_sigma=True), x_T, clip=False, generator=gen)
     assert abs(out.std().item() / s - 1) < 0.1
+
+
+def test_the_schedule_follows_the_model_to_its_device():
+    """Moving a system moves its diffusion arrays (float64 kept), so sampling and training index
+    them on the device instead of copying from the host at every use. ("meta" stands in for a GPU:
+    a device other than the CPU that needs no hardware.)"""
+    from diffjscc.config import load_config
+    from diffjscc.system import TransmissionSystem
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+                      ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "diffusion_steps=50"])
+    system = TransmissionSystem(cfg)
+    cpu_process = system.sampling_process(5)
+    system.to("meta")
+    arrays = {name: value for name, value in vars(system.diffusion).items() if isinstance(value, torch.Tensor)}
+    assert len(arrays) >= 10 and all(value.device.type == "meta" for value in arrays.values())
+    assert system.diffusion.alphas_cumprod.dtype == torch.float64
+    t = torch.tensor([3, 7], device="meta")
+    assert system.diffusion.q_sample(torch.empty(2, 3, 4, 4, device="meta"), t,
+                                     torch.empty(2, 3, 4, 4, device="meta")).device.type == "meta"
+    assert cpu_process.alphas_cumprod.device.type == "cpu" and cpu_process.timestep_map.device.type == "cpu"
 
 
 def test_ddim_determinism():

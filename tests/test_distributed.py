@@ -91,6 +91,27 @@ def test_first_slurm_host(nodelist: str, host: str) -> None:
     assert first_slurm_host(nodelist) == host
 
 
+@pytest.mark.parametrize("visible, local_rank, expected", [(4, 3, 3), (1, 3, 0), (2, 3, 1)])
+def test_each_process_takes_a_visible_gpu(monkeypatch, visible: int, local_rank: int, expected: int) -> None:
+    """All GPUs visible: local rank i takes GPU i. Per-task binding (one visible GPU per process,
+    as SLURM --gpus-per-task=1 sets it) was refused before ("local rank 3 has no GPU")."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    context = DistContext(rank=local_rank, world_size=8, local_rank=local_rank)
+    assert context.place(torch.device("cuda")) == torch.device("cuda", expected) and chosen == [expected]
+    assert context.place(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(UserError, match="rank 3 sees no GPU"):
+        DistContext(rank=3, world_size=8, local_rank=3).place(torch.device("cuda"))
+
+
+def test_two_processes_on_one_gpu_are_found() -> None:
+    owners = [("n1", "gpu-a"), ("n1", "gpu-b"), ("n2", "gpu-a"), ("n1", "gpu-a")]
+    assert distributed.shared_gpus(owners) == [[0, 3]]  # the same UUID on another host is another GPU
+    assert distributed.shared_gpus(owners[:3]) == []
+
+
 def test_the_config_batch_is_global_and_must_divide() -> None:
     assert DistContext(rank=1, world_size=2).rows(8) == (4, 8)
     assert DistContext().rows(8) == (0, 8)
@@ -231,6 +252,31 @@ def test_killed_rank_then_torchrun_resume_ends_where_one_process_ends(cifar_root
     assert abs(_logged(resumed)[0]["loss"] - _logged(tmp_path / "single")[-1]["loss"]) < 1e-5
 
 
+def test_sigterm_to_one_rank_stops_both_after_the_checkpoint(cifar_root: Path, tmp_path: Path) -> None:
+    """SIGTERM to rank 1 alone: the ranks agree to stop at the same step, rank 0 writes that step's
+    checkpoint, and both exit 128 + SIGTERM only once it is on disk, leaving the group cleanly."""
+    log_dir = tmp_path / "term"
+    command = [sys.executable, "-m", "diffjscc", *_train_args(cifar_root / "cifar_train", log_dir, 1000,
+                                                              "mode=jscc"), "--dist-timeout", "60"]
+    base = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    ranks = [subprocess.Popen(command, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not (log_dir / "ckpt_0000002.pt").exists():
+            assert ranks[0].poll() is None and time.monotonic() < deadline, ranks[0].communicate()
+            time.sleep(0.05)
+        ranks[1].send_signal(signal.SIGTERM)
+        outputs = [process.communicate(timeout=120) for process in ranks]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+    assert [process.returncode for process in ranks] == [128 + signal.SIGTERM] * 2, outputs[1][1][-2000:]
+    saved = list_checkpoints(log_dir)[-1]
+    assert f"saved {saved}" in outputs[0][0] and load_checkpoint(saved)["step"] > 2
+
+
 def test_mpiexec_trains_the_frozen_mode_as_one_process(cifar_root: Path, tmp_path: Path) -> None:
     """``mpiexec -n 2`` with MPICH's variables; the frozen encoder has no gradients (DDP leaves
     it out) and stays the pre-trained one; the EMA is checked identical on both ranks before
@@ -252,6 +298,28 @@ def test_mpiexec_trains_the_frozen_mode_as_one_process(cifar_root: Path, tmp_pat
     for key, value in single["model"].items():
         if key.startswith("encoder."):
             assert torch.equal(parallel["model"][key], value), key
+
+
+def test_batchnorm_deep_jscc_trains_on_two_processes_and_its_checkpoint_loads(cifar_root: Path,
+                                                                              tmp_path: Path) -> None:
+    """``jscc_norm: batchnorm`` under torchrun: each rank's running statistics come from its own
+    rows, so before the cross-rank check and every save rank 0's are broadcast; the run passes
+    its checkpoints (it stopped at the first one before) and the file loads as a working model."""
+    from diffjscc.system import load_system
+
+    log_dir = tmp_path / "bn"
+    argv = train_argv(cifar_root / "cifar_train", log_dir, 4, 2, [*MICRO, "mode=jscc", "jscc_norm=batchnorm"])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "diffjscc", *argv]
+    done = _run(torchrun, _env())
+    assert "2 processes (torchrun/env, gloo)" in done.stdout and done.stdout.count("step 4: checkpoint") == 1
+    payload = load_checkpoint(log_dir / "ckpt_0000004.pt")
+    means = [v for k, v in payload["model"].items() if k.endswith("running_mean")]
+    assert means and all(torch.isfinite(m).all() for m in means) and any(m.abs().sum() > 0 for m in means)
+    system = load_system(str(log_dir / "ckpt_0000004.pt"))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = system.decode(system.transmit(images, snr_db=10.0, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == images.shape and torch.isfinite(out).all()
 
 
 HELPERS_AND_HANG = """

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffjscc.cli import main
 from diffjscc.runtime.checkpoint import list_checkpoints
@@ -42,7 +43,8 @@ MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", 
 N_IMAGES = 13  # odd: uneven shards
 # --starts, not --start: torchrun's parser takes --start for an abbreviation of its --start-method
 EVAL_ARGS = ["--snr", "0,10", "--starts", "gaussian,mean", "--samples-per-image", "2", "--steps", "2",
-             "--limit", str(N_IMAGES), "--batch-size", "5", "--digital", "webp", "--seed", "3", "--no-progress"]
+             "--limit", str(N_IMAGES), "--batch-size", "5", "--digital", "webp", "--seed", "3", "--no-progress",
+             "--device", "cpu"]
 COMPARED = ("psnr", "ssim", "ms_ssim", "lost_fraction", "mean_bytes", "fid")
 ROW_KEY = ("system", "receiver", "model", "snr_db", "start")
 
@@ -200,3 +202,49 @@ def test_sharded_fid_combines_feature_statistics(setup: dict, tmp_path: Path) ->
     assert all(r["fid"] is not None and r["fid"] > 0 for r in single["results"])
     worst = _assert_same_rows(single["results"], sharded["results"], 1e-6)
     print(f"FID rows: largest difference from one process {worst:.3g}")
+
+
+LPIPS_DRIVER = """
+import json, sys, torch
+from torchmetrics.regression import MeanAbsoluteError
+from diffjscc.evaluation.lpips import LPIPSScorer
+from diffjscc.evaluation.scoring import score_outputs
+from diffjscc.runtime.distributed import process_group
+
+with process_group(60.0, "cpu") as ctx:
+    # a stand-in for LPIPS (torchvision does not import here): any torchmetrics mean metric
+    scorer = LPIPSScorer(MeanAbsoluteError(sync_on_compute=False), batch_size=2)
+    images = torch.arange(3 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 3, 32, 32)
+    mine = images if ctx.rank == 0 else images[:0]  # rank 1 has nothing to score
+    scores = score_outputs(mine, (mine.int() + 10).clamp(max=255).to(torch.uint8), lpips=scorer, sharded=True)
+    print(json.dumps({"rank": ctx.rank, "lpips": scores["lpips"]}), flush=True)
+"""
+
+
+def test_lpips_in_sharded_evaluation_with_an_empty_rank(tmp_path: Path) -> None:
+    """A rank with no images must not hang the other in the metric's own sync (torchmetrics syncs
+    in compute() unless told not to); both ranks get the mean over all images."""
+    from torchmetrics.regression import MeanAbsoluteError
+
+    from diffjscc.evaluation.lpips import LPIPSScorer
+
+    with pytest.raises(ValueError, match="sync_on_compute=False"):
+        LPIPSScorer(MeanAbsoluteError())
+    script = tmp_path / "lpips_driver.py"
+    script.write_text(LPIPS_DRIVER)
+    base = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
+    ranks = [subprocess.Popen([sys.executable, str(script)], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    try:
+        outputs = [process.communicate(timeout=120) for process in ranks]
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+    results = []
+    for process, (out, err) in zip(ranks, outputs):
+        assert process.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    images = torch.arange(3 * 3 * 32 * 32).remainder(251).float()
+    expected = ((images + 10).clamp(max=255) - images).mean().item() / 255
+    assert [r["lpips"] for r in results] == pytest.approx([expected, expected], rel=1e-6)

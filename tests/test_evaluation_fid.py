@@ -92,7 +92,8 @@ def test_reference_statistics_are_cached_safely(cifar_root: Path, tmp_path: Path
 
     first = FIDScorer(TinyFeatures(), network_id="tiny")
     assert "cached in" in first.reference_from_files(files, load)
-    cache = reference_cache_path(files, reference_key(files, "tiny"))
+    assert first.network_id == "tiny|cpu"  # the numerics are part of the key (GPU TF32 features differ)
+    cache = reference_cache_path(files, reference_key(files, first.network_id))
     assert cache.is_file() and cache.name.startswith(".fid_stats_")
     with np.load(cache, allow_pickle=False) as data:
         assert int(data["count"]) == 12
@@ -107,7 +108,7 @@ def test_reference_statistics_are_cached_safely(cifar_root: Path, tmp_path: Path
     cache.write_bytes(b"not an npz")
     third = FIDScorer(TinyFeatures(), network_id="tiny")
     assert "cached in" in third.reference_from_files(files, load)
-    assert ReferenceStats.load(cache, reference_key(files, "tiny"), 32) is not None
+    assert ReferenceStats.load(cache, reference_key(files, first.network_id), 32) is not None
     assert ReferenceStats.load(cache, "wrong key", 32) is None
 
 
@@ -206,3 +207,17 @@ def test_lpips_is_null_with_a_reason_when_unavailable() -> None:
         assert note.startswith("LPIPS skipped:")
         if not has_torchvision:
             assert "torchvision" in note
+
+
+def test_numerics_id_names_what_changes_features() -> None:
+    from diffjscc.runtime.device import numerics_id
+
+    assert numerics_id("cpu") == "cpu"
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert numerics_id("cuda") == "cuda-tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert numerics_id(torch.device("cuda", 0)) == "cuda-fp32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

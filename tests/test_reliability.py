@@ -285,3 +285,23 @@ def test_same_seed_gives_bit_identical_losses(cifar_root: Path, tmp_path: Path) 
     assert len(losses[0]) == 4 and losses[0] == losses[1]
     versions = load_checkpoint(list_checkpoints(tmp_path / "a")[-1])["versions"]
     assert versions["torch"] == str(torch.__version__) and "diffjscc" in versions
+
+
+def test_checkpoints_carry_the_global_rng_states_dropout_draws_from(monkeypatch) -> None:
+    """The CPU generator always; on CUDA also the GPU's (dropout on a GPU draws from it, so a
+    resume without it would restart its sequence). CUDA is stood in for by recording calls."""
+    from diffjscc.runtime.seeding import global_rng_states, restore_global_rng_states
+
+    cpu = global_rng_states(torch.device("cpu"))
+    assert set(cpu) == {"rng_state"} and torch.equal(cpu["rng_state"], torch.get_rng_state())
+    gpu_state, restored = torch.tensor([7, 8, 9], dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: gpu_state)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    device = torch.device("cuda", 1)
+    saved = global_rng_states(device)
+    assert set(saved) == {"rng_state", "cuda_rng_state"} and torch.equal(saved["cuda_rng_state"], gpu_state)
+    torch.rand(3)  # move the CPU generator on; restoring puts it back
+    restore_global_rng_states(saved, device)
+    assert torch.equal(torch.get_rng_state(), cpu["rng_state"]) and restored == [(gpu_state, device)]
+    restore_global_rng_states({}, device)  # a checkpoint from before: nothing to restore
+    assert len(restored) == 1

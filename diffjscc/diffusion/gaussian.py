@@ -23,6 +23,7 @@ UNet and DDPM/DDIM schedulers but not this VLB term, hence this module.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -81,7 +82,9 @@ class ModelPrediction:
 
 
 class GaussianDiffusion:
-    """All schedule-derived arrays (float64 on CPU, cast on use) and the equations that use them."""
+    """All schedule-derived arrays (float64, on the device of the betas given; :meth:`to` moves
+    them) and the equations that use them. Kept on the model's device, every use is a device-side
+    index and cast, with no host-to-device copy in the sampling or training loop."""
 
     def __init__(self, betas: torch.Tensor, learn_sigma: bool = False,
                  timestep_map: torch.Tensor | None = None, prediction: str = "epsilon") -> None:
@@ -94,11 +97,11 @@ class GaussianDiffusion:
         self.learn_sigma = learn_sigma
         self.prediction = prediction
         self.num_timesteps = len(betas)
-        self.timestep_map = (torch.arange(self.num_timesteps) if timestep_map is None
-                             else torch.as_tensor(timestep_map, dtype=torch.long))
+        self.timestep_map = (torch.arange(self.num_timesteps, device=betas.device) if timestep_map is None
+                             else torch.as_tensor(timestep_map, dtype=torch.long, device=betas.device))
         alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
-        self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.alphas_cumprod_prev = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         self.sqrt_recip_alphas_cumprod = (1.0 / self.alphas_cumprod).sqrt()
@@ -112,6 +115,17 @@ class GaussianDiffusion:
         self.log_betas_large = torch.log(torch.cat([first, betas[1:]]))
         self.posterior_mean_coef1 = betas * self.alphas_cumprod_prev.sqrt() / (1.0 - self.alphas_cumprod)
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * alphas.sqrt() / (1.0 - self.alphas_cumprod)
+
+    def to(self, device: torch.device | str) -> "GaussianDiffusion":
+        """The same process with its arrays on ``device`` (``self`` if they are there already)."""
+        device = torch.device(device)
+        if self.betas.device == device:
+            return self
+        moved = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                setattr(moved, name, value.to(device))
+        return moved
 
     @classmethod
     def from_schedule(cls, schedule: str, num_timesteps: int, learn_sigma: bool = False,

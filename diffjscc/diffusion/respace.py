@@ -53,9 +53,9 @@ def parse_respacing(spec: str | int, num_timesteps: int) -> list[int]:
 
 def respace(diffusion: GaussianDiffusion, use_timesteps: list[int]) -> GaussianDiffusion:
     """A process over ``use_timesteps`` (sorted indices of ``diffusion``) with the same ᾱ there."""
-    keep = torch.as_tensor(sorted(set(use_timesteps)), dtype=torch.long)
+    keep = torch.as_tensor(sorted(set(use_timesteps)), dtype=torch.long, device=diffusion.betas.device)
     alpha_bar = diffusion.alphas_cumprod[keep]
-    prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+    prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
     betas = 1.0 - alpha_bar / prev
     return GaussianDiffusion(betas, learn_sigma=diffusion.learn_sigma,
                              timestep_map=diffusion.timestep_map[keep], prediction=diffusion.prediction)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.device import numerics_id
 from diffjscc.runtime.distributed import all_reduce_sum, is_main_process, shard_range
 
 __all__ = ["FIDScorer", "ReferenceStats", "reference_cache_path", "reference_key"]
@@ -115,7 +116,8 @@ class FIDScorer:
         self.metric = FrechetInceptionDistance(feature=feature, reset_real_features=False, normalize=False,
                                                sync_on_compute=False)
         self.metric.to(device)
-        self.network_id = network_id
+        # the cache key names the numerics too: the same weights give slightly other features on a GPU
+        self.network_id = None if network_id is None else f"{network_id}|{numerics_id(device)}"
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.has_reference = False

@@ -25,6 +25,10 @@ class LPIPSScorer:
     """Mean LPIPS-Alex over image pairs in [0, 1], (N, 3, H, W), in batches."""
 
     def __init__(self, metric, batch_size: int = 64, device: torch.device | str = "cpu") -> None:
+        if getattr(metric, "sync_on_compute", False):
+            # Sharded evaluation combines the ranks' means itself (scoring.score_outputs); a metric
+            # that also syncs in compute() waits forever for a rank that had no images to score.
+            raise ValueError("the LPIPS metric must be built with sync_on_compute=False")
         self.metric = metric.to(device)
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -51,7 +55,8 @@ def make_lpips(device: torch.device | str = "cpu", batch_size: int = 64) -> tupl
     try:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True, reduction="mean")
+        metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True, reduction="mean",
+                                                       sync_on_compute=False)
     except Exception as err:
         return None, f"LPIPS skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     return LPIPSScorer(metric, batch_size=batch_size, device=device), f"LPIPS-Alex (torchmetrics), backbone {weights}"

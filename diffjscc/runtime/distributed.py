@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -97,15 +98,22 @@ class DistContext:
         return self.rank * local, (self.rank + 1) * local
 
     def place(self, device: torch.device) -> torch.device:
-        """One GPU per local rank: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
+        """One GPU per process: ``cuda`` becomes ``cuda:(LOCAL_RANK mod visible GPUs)``.
+
+        With every GPU of the node visible, local rank i takes GPU i. Under per-task binding
+        (SLURM ``--gpus-per-task=1`` / ``--gpu-bind``, MPI wrappers that set
+        ``CUDA_VISIBLE_DEVICES`` per rank) each process sees one GPU, index 0. Two processes that
+        end up on one GPU are refused by :func:`check_distinct_gpus` once the group exists.
+        """
         if device.type != "cuda" or not self.enabled:
             return device
         count = torch.cuda.device_count()
-        if self.local_rank >= count:
-            raise UserError(f"local rank {self.local_rank} has no GPU: this node has {count}; "
-                            f"start at most {count} processes per node (one per GPU)")
-        torch.cuda.set_device(self.local_rank)
-        return torch.device("cuda", self.local_rank)
+        if count == 0:
+            raise UserError(f"rank {self.rank} sees no GPU (CUDA_VISIBLE_DEVICES="
+                            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use --device cpu or bind a GPU")
+        index = self.local_rank % count
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
 
     def describe(self) -> str:
         return f"{self.world_size} processes ({self.launcher}, {dist.get_backend()})" if self.enabled else ""
@@ -175,7 +183,30 @@ def init_distributed(timeout_s: float = DEFAULT_TIMEOUT_S, device_name: str = "a
             f"rank {context.rank}: could not join the {context.world_size} processes at "
             f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within {timeout_s:g} s "
             f"({_first_line(err)})") from None
+    if use_cuda:
+        check_distinct_gpus(context)
     return context
+
+
+def shared_gpus(owners: list[tuple[str, str]]) -> list[list[int]]:
+    """Groups of ranks (2 or more) that hold the same GPU: ``owners[rank]`` = (host, GPU UUID)."""
+    ranks: dict[tuple[str, str], list[int]] = {}
+    for rank, owner in enumerate(owners):
+        ranks.setdefault(owner, []).append(rank)
+    return [group for group in ranks.values() if len(group) > 1]
+
+
+def check_distinct_gpus(context: DistContext) -> None:
+    """Refuse two processes on one GPU, which NCCL cannot run (it fails at its first collective
+    with an opaque message). The hosts and GPU UUIDs are exchanged over a gloo group, not NCCL."""
+    owner = (socket.gethostname(), str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid))
+    owners: list = [None] * context.world_size
+    dist.all_gather_object(owners, owner, group=dist.new_group(backend="gloo"))
+    clashes = shared_gpus(owners)
+    if clashes:
+        listed = "; ".join(f"ranks {group} on {owners[group[0]][0]}" for group in clashes)
+        raise UserError(f"several processes share one GPU ({listed}): NCCL needs one GPU per process; "
+                        f"start at most one process per GPU on each node")
 
 
 def shutdown() -> None:
@@ -196,8 +227,15 @@ def process_group(timeout_s: float = DEFAULT_TIMEOUT_S, device_name: str = "auto
     try:
         yield context
     except RuntimeError as err:
+        # gloo raises here. Under NCCL a peer that died or a collective past ``timeout_s`` is
+        # caught by NCCL's watchdog thread, which aborts the process (SIGABRT, exit status 134)
+        # with NCCL's own message instead; checkpoints written before are complete either way.
         if context.enabled and is_communication_error(err) and not isinstance(err, DistributedError):
             raise communication_failure(context, err) from None
+        raise
+    except SystemExit as stop:
+        if isinstance(stop.code, int) and stop.code > 128:  # a signal every rank agreed on:
+            shutdown()                                       # the peers are alive, leave cleanly
         raise
     shutdown()
 
@@ -306,6 +344,21 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(parts, padded)
     return torch.cat([part[:int(n)] for part, n in zip(parts, lengths)]).to(tensor.device)
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics and counters) to every rank, in place.
+
+    Parameters stay identical by construction (the same averaged gradients); buffers that a
+    forward pass updates from the rank's own rows do not.
+    """
+    if get_world_size() == 1:
+        return
+    device = _comm_device()
+    for buffer in module.buffers():
+        shared = buffer.detach().to(device).contiguous()
+        dist.broadcast(shared, src=src)
+        buffer.copy_(shared.to(buffer.device))
 
 
 def all_gather_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:

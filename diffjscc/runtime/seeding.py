@@ -4,7 +4,9 @@
   a sample's random numbers do not depend on which process holds it;
 * :func:`step_generator` / :func:`mixed_seed` give one training step's draws from (seed, step)
   alone, so a resumed run draws what an uninterrupted one would;
-* :func:`batch_seeds` gives one evaluation batch's channel and sampling seeds from (seed, index).
+* :func:`batch_seeds` gives one evaluation batch's channel and sampling seeds from (seed, index);
+* :func:`global_rng_states` / :func:`restore_global_rng_states`: the global generators that
+  dropout draws from (CPU, and the GPU's on CUDA), for checkpoints.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AnyGenerator", "BatchGenerator", "batch_seeds", "mixed_seed", "step_generator"]
+__all__ = ["AnyGenerator", "BatchGenerator", "batch_seeds", "global_rng_states", "mixed_seed",
+           "restore_global_rng_states", "step_generator"]
 
 
 class BatchGenerator:
@@ -96,3 +99,20 @@ def batch_seeds(seed: int, index: int) -> tuple[int, int]:
         return seed, seed + 1
     channel, sample = np.random.SeedSequence([seed % 2**64, index]).generate_state(2, dtype=np.uint64)
     return int(channel), int(sample)
+
+
+def global_rng_states(device: torch.device) -> dict[str, Tensor]:
+    """The global RNG states a training step draws from outside its seeded generators (dropout):
+    the CPU's, and on CUDA the training GPU's, which restarting would otherwise reset."""
+    states = {"rng_state": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng_state"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_global_rng_states(payload: dict, device: torch.device) -> None:
+    """Set what :func:`global_rng_states` saved (older checkpoints may lack either state)."""
+    if "rng_state" in payload:
+        torch.set_rng_state(payload["rng_state"])
+    if device.type == "cuda" and "cuda_rng_state" in payload:
+        torch.cuda.set_rng_state(payload["cuda_rng_state"], device)

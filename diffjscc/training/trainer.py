@@ -51,9 +51,11 @@ from diffjscc.system import TransmissionSystem, load_jscc_into
 from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                           prune_checkpoints, record_checkpoint, save_checkpoint)
 from diffjscc.runtime.device import resolve_device
-from diffjscc.runtime.distributed import DistContext, DistributedError, all_gather_tensors, all_reduce_sum
+from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gather_tensors, all_reduce_sum,
+                                          barrier, broadcast_buffers)
 from diffjscc.runtime.rundir import RunLock, new_run_id, prepare_fresh_run
-from diffjscc.runtime.seeding import BatchGenerator, mixed_seed, step_generator
+from diffjscc.runtime.seeding import (BatchGenerator, global_rng_states, mixed_seed, restore_global_rng_states,
+                                      step_generator)
 from diffjscc.training.run_log import RunLog
 
 MAX_NONFINITE_IN_A_ROW = 10
@@ -261,6 +263,8 @@ class TrainStep:
             terms = self.step_loss(images, labels, draws)
         loss = terms["loss"]
         self.optimizer.zero_grad(set_to_none=True)
+        # The guard's two reads (is the loss finite, is the gradient norm finite) are this step's
+        # only host synchronisations; losses and norms are read back at log intervals.
         loss_finite, stop = self.agree(bool(torch.isfinite(loss)), stop_requested)
         grad_norm = torch.tensor(float("nan"))
         if loss_finite:
@@ -367,8 +371,7 @@ class Trainer:
             raise UserError(f"checkpoint {path} does not fit this config: {str(err).splitlines()[0]}") from None
         self.ema.n_averaged.fill_(int(payload.get("ema_updates", payload["step"])))
         self.step = int(payload["step"])
-        if "rng_state" in payload:
-            torch.set_rng_state(payload["rng_state"])
+        restore_global_rng_states(payload, self.device)
         if self.dist.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
@@ -397,10 +400,20 @@ class Trainer:
 
     def _check_ranks_agree(self) -> None:
         """Weights and EMA must be identical on all ranks (same averaged gradients, same steps);
-        compared by a float64 checksum before every checkpoint, so a divergence cannot go unseen."""
+        compared by a float64 checksum before every checkpoint, so a divergence cannot go unseen.
+
+        Buffers are the exception: each rank's BatchNorm (``jscc_norm: batchnorm``) updates its
+        running statistics from its own rows of the batch. Rank 0's are broadcast first, so the
+        checkpoint holds rank 0's running statistics (estimated from its share of each global
+        batch) on every rank, as DDP's own buffer broadcast before each forward already makes them.
+        In training each rank normalises with its own rows' statistics (SyncBatchNorm would use the
+        global batch's, but runs on GPUs only, and the same config must train alike on CPU).
+        """
         if not self.dist.enabled:
             return
         with torch.no_grad():
+            for module in (self.system, self.ema.module):
+                broadcast_buffers(module)
             sums = torch.stack([sum(t.double().sum() for t in m.state_dict().values() if t.is_floating_point())
                                 for m in (self.system, self.ema.module)]).cpu()
         gathered = all_gather_tensors(sums)
@@ -417,7 +430,7 @@ class Trainer:
             "step": self.step,
             "config": self.cfg.to_dict(),
             "run_id": self.run_id,
-            "rng_state": torch.get_rng_state(),
+            **global_rng_states(self.device),
             "versions": {"torch": str(torch.__version__), "diffjscc": __version__},
         }
         path = save_checkpoint(payload, checkpoint_path(self.log_dir, self.step))
@@ -464,6 +477,11 @@ class Trainer:
         run_log = RunLog(self.log_dir) if main else None
         if main:
             tqdm.write(self.describe())
+            if cfg.compile and self.dist.enabled and self.system.unet is not None:
+                # Each rank compiles on its first step; the first gradient all-reduce waits for all.
+                tqdm.write(f"torch.compile: every rank compiles on its first step (minutes on CPU); a rank "
+                           f"that waits more than --dist-timeout={self.dist.timeout_s:g} s for the others "
+                           f"ends the run, so raise --dist-timeout if compile times differ that much")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress,
                    desc=f"train[{cfg.mode}]", dynamic_ncols=True)
@@ -490,7 +508,6 @@ class Trainer:
                     continue
                 nonfinite_in_a_row = 0
                 self.step += 1
-                loss_value = terms["loss"].item()
                 window_images += images.shape[0] * self.dist.world_size
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == cfg.total_steps:
@@ -515,6 +532,7 @@ class Trainer:
                         and self.step != cfg.total_steps):
                     self.write_sample_grid()
                 if stopping:
+                    barrier()  # every rank leaves after rank 0's checkpoint is on disk
                     signum = int(self._stop_signal or signal.SIGTERM)  # or another rank got it
                     if main:
                         tqdm.write(f"received signal {signum}: saved {last_path}, exiting")
