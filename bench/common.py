@@ -101,19 +101,21 @@ def write_json(path: Path, document: dict) -> Path:
     return path
 
 
-def spread_subset(folder: Path, count: int, out: Path) -> Path:
-    """``count`` images of ``folder`` taken evenly over its sorted file names, copied into ``out``.
+def spread_subset(folder: Path, count: int, out: Path, exclude: Path | None = None) -> Path:
+    """``count`` images of ``folder`` taken evenly over its sorted file names, copied into ``out``;
+    with ``exclude``, none of the file names in that folder (a validation set disjoint from a test set).
 
     The evaluation protocol takes the first N files in name order, which in a CIFAR folder
     (``{class}_{index}.png``) are all of one class; an even spread covers every class.
     """
     import shutil
 
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png")
+    taken = {p.name for p in Path(exclude).iterdir()} if exclude is not None else set()
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png" and p.name not in taken)
     count = min(count, len(files))
     chosen = [files[i * len(files) // count] for i in range(count)] if count else []
     marker = out / ".source"
-    wanted = f"{Path(folder).resolve()} {count}"
+    wanted = f"{Path(folder).resolve()} {count}" + (f" excluding {Path(exclude).resolve()}" if exclude else "")
     if marker.is_file() and marker.read_text() == wanted:
         return out
     shutil.rmtree(out, ignore_errors=True)

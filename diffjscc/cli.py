@@ -1,4 +1,4 @@
-"""``diffjscc`` command line: data, train, sample, evaluate, plot, transmit, demo.
+"""``diffjscc`` command line: data, train, sample, evaluate, plot, transmit, classifier, demo.
 
 Every user mistake ends as one line ``diffjscc: error: …`` on stderr and exit status 2.
 """
@@ -85,7 +85,7 @@ def _add_sample(sub) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="SNR sweep of every receiver of one or more checkpoints, with baselines: "
-                         "PSNR, SSIM, MS-SSIM, FID, LPIPS",
+                         "PSNR, SSIM, MS-SSIM, fd_cls, kid_cls, acc_cls, FID, LPIPS",
         description="Transmit the images of --data at each SNR and score every receiver of every checkpoint "
                     "(Deep JSCC decoder; diffusion from each --start mode) and optional digital baselines "
                     "(codec + ideal channel code). Writes results.json, results.csv and results.md under --out "
@@ -120,6 +120,15 @@ def _add_evaluate(sub) -> None:
                    help="reference folder for FID statistics (default: the evaluated source images); "
                         "statistics are cached in it as .fid_stats_<hash>.npz")
     p.add_argument("--no-fid", action="store_true", help="skip FID")
+    p.add_argument("--controls", action="store_true",
+                   help="add the control rows 'source' (the real images) and 'control_noise' (Deep JSCC's output "
+                        "plus Gaussian noise at the PSNR of each one-sample diffusion output) and a realism "
+                        "verdict per SNR")
+    p.add_argument("--classifier", type=Path, default=None, metavar="PATH",
+                   help="classifier weights of fd_cls/kid_cls/acc_cls (from 'diffjscc classifier'; default: the "
+                        "shipped CIFAR-10 one). Its features are not Inception's: not comparable with published "
+                        "FID/KID")
+    p.add_argument("--no-realism", action="store_true", help="skip fd_cls, kid_cls and acc_cls")
     p.add_argument("--out", type=Path, default=None, help="write results.json, results.csv, results.md here")
     p.add_argument("--json", type=Path, default=None, help="also write the results JSON to this file")
     p.add_argument("--overwrite", action="store_true",
@@ -136,13 +145,17 @@ def _add_evaluate(sub) -> None:
 
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="plot evaluation results: quality against SNR (and k/n)",
-                       description="PSNR, SSIM, MS-SSIM (and FID/LPIPS where present) against channel SNR, one "
-                                   "line per system; with several bandwidth ratios also against k/n. Oracle "
-                                   "curves are dashed, digital baselines dotted.")
+                       description="PSNR, SSIM, MS-SSIM (and fd_cls, FID, LPIPS where present) against channel SNR, "
+                                   "one line per system; with several bandwidth ratios also against k/n. Oracle "
+                                   "curves are dashed, controls dash-dotted, digital baselines dotted. "
+                                   "--perception-distortion draws PSNR against fd_cls instead.")
     p.add_argument("results", type=Path, nargs="+", metavar="RESULTS",
                    help="results.json / results.csv of 'diffjscc evaluate', or folders holding results.json")
     p.add_argument("--out", type=Path, required=True, help="output PNG")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of psnr,ssim,ms_ssim,fid,lpips")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated subset of psnr,ssim,ms_ssim,fd_cls,kid_cls,acc_cls,fid,lpips")
+    p.add_argument("--perception-distortion", action="store_true",
+                   help="instead: PSNR (x) against fd_cls (y) for each receiver and control, points labelled by SNR")
     p.add_argument("--ratio-snr", type=float, default=None,
                    help="SNR (dB) of the quality-vs-k/n panels (default: the median SNR evaluated at every ratio)")
     p.add_argument("--title", default=None)
@@ -172,6 +185,27 @@ def _add_transmit(sub) -> None:
     p.set_defaults(func=_cmd_transmit)
 
 
+def _add_classifier(sub) -> None:
+    p = sub.add_parser("classifier", help="train the feature network of fd_cls/kid_cls/acc_cls on labelled images",
+                       description="Train diffjscc's compact classifier on a folder of labelled images "
+                                   "({class}_{index}.png) and write its weights with the reference statistics "
+                                   "of its training images. evaluate --classifier FILE then measures realism "
+                                   "(fd_cls, kid_cls) and semantic fidelity (acc_cls) in its features: not "
+                                   "Inception FID/KID, and comparable only with numbers from the same file.")
+    p.add_argument("--train", type=Path, required=True, help="folder of labelled training images")
+    p.add_argument("--test", type=Path, default=None, help="folder of labelled test images (accuracy per epoch)")
+    p.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
+    # Defaults (None here) are ClassifierTrainingSettings', which docs/evaluation.md lists.
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training images")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="peak SGD learning rate (linear warm-up, then linear decay)")
+    p.add_argument("--widths", default=None,
+                   help="channels of the stem and of each down-sampling block (comma-separated)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=_cmd_classifier)
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="train and compare Deep JSCC and a diffusion receiver on the embedded sample",
                        description="Runs the main job on a few hundred CIFAR-10 test images shipped with the "
@@ -192,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "joint source-channel coding (JSCC).")
     parser.add_argument("--version", action="version", version=f"diffjscc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_plot, _add_transmit, _add_demo):
+    for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_plot, _add_transmit, _add_classifier,
+                _add_demo):
         add(sub)
     return parser
 
@@ -331,7 +366,7 @@ def _cmd_evaluate(args) -> int:
                else tuple(dict.fromkeys(c.strip() for c in digital_text.split(",") if c.strip())))
     protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, samples_per_image=args.samples_per_image,
                         limit=args.limit, seed=args.seed, batch_size=args.batch_size, channel=args.channel,
-                        digital=digital)
+                        digital=digital, controls=args.controls)
     if not args.data.is_dir():
         raise UserError(f"image folder not found: {args.data}")
     check_results_targets(args.out, args.json, args.overwrite)
@@ -354,9 +389,15 @@ def _cmd_evaluate(args) -> int:
             lpips, lpips_note = make_lpips(device=device, batch_size=args.batch_size)
             if lpips is None:
                 say(f"diffjscc: {lpips_note}", file=sys.stderr)
+            realism = None
+            if not args.no_realism:
+                from diffjscc.evaluation.classifier import load_classifier
+                from diffjscc.evaluation.realism import RealismScorer
+
+                realism = RealismScorer(load_classifier(args.classifier, device=device), seed=args.seed)
             document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
                                     fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
-                                    progress=not args.no_progress)
+                                    realism=realism, progress=not args.no_progress)
             written = write_results(document, args.out, args.json, args.overwrite) if context.is_main else []
             barrier()  # the files exist when any rank returns
     except DistributedError as err:  # a peer died or hung: not a usage error
@@ -370,18 +411,21 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_plot(args) -> int:
-    from diffjscc.evaluation.figures import plot_results
+    from diffjscc.evaluation.figures import plot_perception_distortion, plot_results
     from diffjscc.evaluation.results import read_results
 
     rows = read_results(args.results)
     metrics = None
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        unknown = set(metrics) - {"psnr", "ssim", "ms_ssim", "fid", "lpips"}
+        unknown = set(metrics) - {"psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "acc_cls", "fid", "lpips"}
         if unknown:
             raise UserError(f"--metrics: unknown metric(s) {', '.join(sorted(unknown))}")
     try:
-        path = plot_results(rows, args.out, metrics=metrics, ratio_snr=args.ratio_snr, title=args.title)
+        if args.perception_distortion:
+            path = plot_perception_distortion(rows, args.out, title=args.title)
+        else:
+            path = plot_results(rows, args.out, metrics=metrics, ratio_snr=args.ratio_snr, title=args.title)
     except ValueError as err:
         raise UserError(str(err)) from None
     except OSError as err:
@@ -415,6 +459,54 @@ def _cmd_transmit(args) -> int:
           f"{system.cfg.latent_dim} each; k/n {result.k_over_n:.4f} per RGB value)")
     if args.output.suffix.lower() in LOSSY_SUFFIXES:
         print(f"note: {args.output.suffix} is a lossy format; PSNR/SSIM are of the reconstruction before saving")
+    return 0
+
+
+def _labelled_images(folder: Path, class_names: list[str] | None = None):
+    """uint8 images, labels and class names of a labelled folder, read one image at a time."""
+    import torch
+
+    from diffjscc.data import ImageFolderDataset
+    from diffjscc.evaluation.metrics import to_uint8
+
+    dataset = ImageFolderDataset(folder, with_labels=True, class_names=class_names)
+    if len({tuple(t.shape) for t, _ in (dataset[0], dataset[len(dataset) - 1])}) > 1:
+        raise UserError(f"images in {folder} differ in size")
+    images = torch.stack([to_uint8(dataset[i][0]) for i in range(len(dataset))])
+    return images, torch.tensor(dataset.labels), dataset.class_names
+
+
+def _cmd_classifier(args) -> int:
+    import torch
+
+    from diffjscc.evaluation.classifier import ClassifierTrainingSettings, save_classifier, train_classifier
+
+    if args.out.exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists: choose another --out or pass --overwrite")
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    if args.widths is not None:
+        try:
+            given["widths"] = tuple(int(w) for w in args.widths.split(","))
+        except ValueError:
+            raise UserError(f"--widths must be comma-separated integers, got {args.widths!r}") from None
+    settings = ClassifierTrainingSettings(**{key: value for key, value in given.items() if value is not None})
+    if (len(settings.widths) < 2 or min(settings.widths) < 1 or settings.epochs < 1 or settings.batch_size < 1
+            or not settings.lr > 0):
+        raise UserError("--widths needs 2 or more positive numbers; --epochs, --batch-size and --lr must be positive")
+    images, labels, classes = _labelled_images(args.train)
+    if len(classes) < 2:
+        raise UserError(f"{args.train} holds one class ({classes[0]}); a classifier needs two or more")
+    if images.shape[0] < settings.batch_size:
+        raise UserError(f"--batch-size {settings.batch_size} is more than the {images.shape[0]} training images")
+    test = _labelled_images(args.test, classes)[:2] if args.test is not None else (None, None)
+    print(f"training a {len(classes)}-class classifier on {images.shape[0]} images of {args.train}, "
+          f"{torch.get_num_threads()} threads")
+    payload = train_classifier(images, labels, classes, settings, *test)
+    save_classifier(payload, args.out)
+    summary = (f"top-1 accuracy {100 * payload['test_accuracy']:.2f} % on {payload['test_images']} images of {args.test}"
+               if args.test is not None else "no test folder given: accuracy not measured")
+    print(f"wrote {args.out}: {summary}; {payload['train_seconds'] / 60:.1f} min, "
+          f"{payload['train_flops'] / 1e12:.2f} TFLOP of training")
     return 0
 
 

@@ -8,9 +8,12 @@
    best of those measured by ``python -m bench quality`` (the original ``embed``/ε receiver
    stays 10 dB below Deep JSCC at this budget).
 4. Transmit the held-back images at several SNRs and score, with the evaluation protocol, Deep
-   JSCC, the diffusion receiver (Gaussian start: a real receiver) and the digital baselines
-   (image codec + ideal channel code at the channel's capacity).
-5. Write ``grid.png``, ``results.json/.csv/.md`` and ``psnr_ssim_vs_snr.png``.
+   JSCC, the diffusion receiver (Gaussian start: a real receiver), the control rows (the source
+   images; Deep JSCC plus noise at the diffusion receiver's PSNR) and the digital baselines
+   (image codec + ideal channel code at the channel's capacity), with the shipped classifier's
+   realism scores (``fd_cls``, ``kid_cls``, ``acc_cls``) beside PSNR/SSIM.
+5. Write ``grid.png``, ``results.json/.csv/.md``, ``psnr_ssim_vs_snr.png`` and
+   ``perception_distortion.png``.
 
 A few CPU minutes on 256 images is far from a trained model: the numbers show the pipeline
 works and how the receivers compare at this budget, not the method's potential.
@@ -79,7 +82,9 @@ def _train(mode: str, steps: int, train_dir: Path, held_dir: Path, log_dir: Path
 def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0) -> dict:
     """Run the whole demo into ``out``; returns the results document also written to results.json
     (the evaluation protocol's format, plus a ``demo`` section with the training budget)."""
-    from diffjscc.evaluation.figures import plot_results, save_image_grid
+    from diffjscc.evaluation.classifier import load_classifier
+    from diffjscc.evaluation.figures import plot_perception_distortion, plot_results, save_image_grid
+    from diffjscc.evaluation.realism import RealismScorer
     from diffjscc.evaluation.results import results_table, write_results
     from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
     from diffjscc.evaluation.grids import reconstruct_rows
@@ -102,8 +107,9 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
     models = load_models([diff_ckpt], device="cpu")  # holds the frozen JSCC encoder and decoder too
     system = models[0].system
     protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=SAMPLING_STEPS, seed=seed,
-                        digital=DIGITAL_CODECS)
+                        digital=DIGITAL_CODECS, controls=True)
     document = run_protocol(models, held_dir, protocol, lpips_note="LPIPS not computed in the demo",
+                            realism=RealismScorer(load_classifier(), seed=seed),
                             fid_info={"skipped": "FID not computed in the demo: it needs the Inception-v3 weights "
                                                  "file (diffjscc evaluate --fid-weights PATH)"})
     document["demo"] = {
@@ -121,11 +127,13 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
         grid_rows += recon[1:]
         grid_names += [f"{name} @{snr:g}dB" for name in names[1:]]
     save_image_grid(grid_rows, out / "grid.png", row_labels=grid_names)
-    plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim"],
-                 title=f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, k/n = 1/6")
+    title = f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, k/n = 1/6 real (1/12 complex)"
+    plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim", "fd_cls"], title=title)
+    plot_perception_distortion(document["results"], out / "perception_distortion.png", title=title)
     document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
     write_results(document, out, overwrite=True)  # the demo regenerates its own folder's results
     print("\n" + results_table(document))
-    print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'} and results.json/.csv/.md in {out} "
+    print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'}, {out / 'perception_distortion.png'} and "
+          f"results.json/.csv/.md in {out} "
           f"in {document['demo']['total_minutes']:.1f} min")
     return document

@@ -14,7 +14,16 @@ diffusion_mean       their pixel mean (1/K) Σ_k x_0^(k), a Monte-Carlo       UN
 diffusion_inversion  DDIM from x_T = DDIM-inversion of the **source** image  UNet,
                      (start mode ``inversion``): an ORACLE upper bound,      source
                      the receiver does not have the source
+source               control: the source images themselves (the floor of     source
+                     realism distances, the ceiling of accuracy)
+control_noise        control: x̂ + Gaussian noise scaled per image to the     decoder,
+                     PSNR of each posterior sample (the diffusion row's      UNet,
+                     distortion, no learned structure)                        source
 ==================== ====================================================== =========
+
+The two controls (``control=True``, run only when asked for, e.g. ``evaluate --controls``) are
+references, not receivers: both read the source by construction. A generative receiver is worth
+its compute only where it beats Deep JSCC *and* ``control_noise`` on realism at its distortion.
 
 Each entry is one function ``(system, received, context) -> images`` (k-diffusion style: small
 functions in one table). ``images`` is (S, N, 3, H, W) in [−1, 1]: S outputs for each of the N
@@ -24,8 +33,9 @@ images, which it hands only to oracle receivers. It also remembers, per received
 posterior samples, so ``diffusion_mean`` averages exactly the samples ``diffusion`` drew.
 
 Noise order: receivers run in table order and draw from the context's one generator, so a
-batch draws the K Gaussian-start samples (once, for the ``diffusion`` and ``diffusion_mean``
-rows together), then the inversion's noise, whichever of those rows are asked for.
+batch draws the K Gaussian-start samples (once, for the ``diffusion``, ``diffusion_mean`` and
+``control_noise`` rows together), then the inversion's noise, then the control's noise, whichever
+of those rows are asked for: asking for the controls changes no other row.
 
 Adding a receiver is adding one entry to :data:`RECEIVERS`; the start modes of
 :data:`diffjscc.config.START_MODES` each name one entry (checked at import).
@@ -44,7 +54,7 @@ from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
 
 __all__ = ["RECEIVERS", "Receiver", "ReceiveContext", "SourceAccessError", "available", "by_start",
-           "missing_part", "receive", "require", "select"]
+           "matched_noise", "missing_part", "receive", "require", "select"]
 
 PARTS = {"decoder": "Deep JSCC decoder", "unet": "diffusion receiver"}
 """Parts of a :class:`~diffjscc.system.TransmissionSystem` a receiver may need, in words."""
@@ -120,6 +130,7 @@ class Receiver:
 
     ``family`` and ``start`` are the results' ``receiver`` and ``start`` columns (``start``:
     the ``--start`` mode that selects the entry, None for receivers that always run).
+    ``control``: a reference row (run only when controls are asked for), labelled "control".
     ``label`` names it in results tables, ``grid_label`` in image grids, ``note`` on the
     console; ``{samples}`` (K) and ``{steps}`` in them are filled in. ``per_sample``: scored
     over K posterior samples per image (the row's ``samples_per_image`` is K). ``needs``: parts
@@ -135,13 +146,15 @@ class Receiver:
     start: str | None = None
     note: str = ""
     per_sample: bool = False
+    control: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - set(PARTS) - {"source"}
         if unknown:
             raise ValueError(f"receiver {self.name!r} needs unknown parts {sorted(unknown)}")
-        if self.oracle and not all("ORACLE" in text for text in (self.label, self.grid_label, self.note)):
-            raise ValueError(f"receiver {self.name!r} reads the source: its labels must say ORACLE")
+        mark = "control" if self.control else "ORACLE"
+        if self.oracle and not all(mark in text for text in (self.label, self.grid_label, self.note)):
+            raise ValueError(f"receiver {self.name!r} reads the source: its labels must say {mark}")
 
     @property
     def oracle(self) -> bool:
@@ -189,6 +202,52 @@ def _inversion(system: TransmissionSystem, received: torch.Tensor | None, contex
     return _diffuse(system, received, context, "inversion", source=context.source)[None]
 
 
+def _source(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext) -> torch.Tensor:
+    """The transmitted images themselves: the control that realism distances cannot beat."""
+    return context.source[None]
+
+
+def _quantized(x: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] images as the 8-bit levels the scores see (0..255, float)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round()
+
+
+def matched_noise(estimate: torch.Tensor, noise: torch.Tensor, source: torch.Tensor, target_mse: torch.Tensor,
+                  iterations: int = 40) -> torch.Tensor:
+    """``estimate + s_i * noise`` with the scale s_i of each image found by bisection so that its
+    8-bit MSE against ``source`` is ``target_mse[i]`` (8-bit levels squared); s_i = 0 where
+    ``estimate`` is already that far or farther. (N, 3, H, W) in [−1, 1]."""
+    reference = _quantized(source)
+    shape = (-1,) + (1,) * (estimate.dim() - 1)
+
+    def mse(scale: torch.Tensor) -> torch.Tensor:
+        return (_quantized(estimate + scale.view(shape) * noise) - reference).square().flatten(1).mean(1)
+
+    low = torch.zeros(estimate.shape[0], device=estimate.device)
+    high = torch.full_like(low, 4.0)  # 4 noise standard deviations in [−1, 1] units: past any useful PSNR
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        above = mse(middle) > target_mse
+        high = torch.where(above, middle, high)
+        low = torch.where(above, low, middle)
+    return (estimate + low.view(shape) * noise).clamp(-1, 1)
+
+
+def _noise_control(system: TransmissionSystem, received: torch.Tensor | None,
+                   context: ReceiveContext) -> torch.Tensor:
+    """Deep JSCC's x̂ plus Gaussian noise scaled per image so that output k of image i has the
+    8-bit MSE (hence the PSNR) of posterior sample k of image i: the diffusion row's distortion
+    with no learned structure. (K, N, 3, H, W)."""
+    samples = _posterior_samples(system, received, context)
+    estimate = _deep_jscc(system, received, context)[0]
+    source = context.source
+    reference = _quantized(source)
+    noise = torch.randn(samples.shape, generator=context.generator, device=samples.device, dtype=samples.dtype)
+    return torch.stack([
+        matched_noise(estimate, noise[k], source, (_quantized(samples[k]) - reference).square().flatten(1).mean(1))
+        for k in range(samples.shape[0])])
+
+
 def _table(*entries: Receiver) -> dict[str, Receiver]:
     table = {entry.name: entry for entry in entries}
     if len(table) != len(entries):
@@ -210,6 +269,11 @@ RECEIVERS: dict[str, Receiver] = _table(
     Receiver("diffusion_inversion", family="diffusion", start="inversion", label="diffusion, ORACLE inversion",
              grid_label="ORACLE inversion {steps}", note="ORACLE: x_T from the source image",
              needs=("unet", "source"), run=_inversion),
+    Receiver("source", family="source", label="control: source images", grid_label="control: source",
+             note="control: the real images", needs=("source",), control=True, run=_source),
+    Receiver("control_noise", family="control_noise", label="control: Deep JSCC + noise at the diffusion PSNR",
+             grid_label="control: Deep JSCC + noise", note="control: same PSNR as each posterior sample, no structure",
+             needs=("decoder", "unet", "source"), per_sample=True, control=True, run=_noise_control),
 )
 """All receivers, in the order they run (and draw noise) for one received batch."""
 
@@ -231,12 +295,13 @@ def missing_part(system: TransmissionSystem, receiver: Receiver) -> str | None:
     return None
 
 
-def available(system: TransmissionSystem) -> list[Receiver]:
-    """The receivers of a transmission through ``system``, in table order; none without a
-    transmitter (an unconditional model has no channel to receive from)."""
+def available(system: TransmissionSystem, controls: bool = False) -> list[Receiver]:
+    """The receivers of a transmission through ``system``, in table order (with the control rows
+    when ``controls``); none without a transmitter (an unconditional model has no channel)."""
     if system.encoder is None:
         return []
-    return [entry for entry in RECEIVERS.values() if missing_part(system, entry) is None]
+    return [entry for entry in RECEIVERS.values()
+            if missing_part(system, entry) is None and (controls or not entry.control)]
 
 
 def require(system: TransmissionSystem, name: str, hint: str = "") -> Receiver:

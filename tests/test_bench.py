@@ -124,8 +124,9 @@ def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path,
 def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root: Path, tmp_path: Path,
                                                                       capsys) -> None:
     work = tmp_path / "work"
-    argv = ["quality", "--data-root", str(cifar_root), "--work", str(work), "--images", "8",
-            "--batch-size", "4", "--conditioning", "embed", "--test-images", "4", "--sampling-steps", "2",
+    argv = ["quality", "--data-root", str(cifar_root), "--work", str(work), "--images", "8", "--jscc-images", "8",
+            "--validation-images", "4", "--batch-size", "4", "--conditioning", "embed", "--test-images", "4",
+            "--sampling-steps", "2",
             "--samples-per-image", "2", "--set", "log_interval=1", "--results", str(tmp_path)]
     # --train-only trains (here the v-prediction receiver) and stops; the full run reuses it
     assert main([*argv, "--prediction", "v", "--train-only"]) == 0
@@ -136,7 +137,8 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
     assert main([*argv, "--prediction", "epsilon,v"]) == 0
     out = capsys.readouterr().out
     assert "reusing" in out
-    assert "ORACLE" in out and "Δ PSNR vs Deep JSCC" in out
+    assert "ORACLE" in out and "Δ PSNR vs Deep JSCC" in out and "Deep JSCC convergence" in out
+    assert "not Inception FID/KID" in out and "verdict at 10 dB" in out
     result = json.loads((tmp_path / "quality.json").read_text())
     assert result["images_per_model"] == 8 and result["test_images"] == 4 and result["snr_db"] == 10.0
     assert result["k_over_n"] == pytest.approx(1 / 6)
@@ -145,13 +147,20 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
     assert Path(trained_v["checkpoint"]).stat().st_mtime_ns == v_trained_at
     rows = {(row["system"].split(",")[0], row["start"]): row for row in result["summary"]
             if row["conditioning"] in ("-", "embed")}
-    assert set(rows) == {("Deep JSCC", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"),
-                         ("diffusion", "inversion")}
+    assert set(rows) == {("Deep JSCC", "-"), ("control: source images", "-"), ("diffusion", "gaussian"),
+                         ("diffusion", "mean"), ("diffusion", "inversion"), ("control: Deep JSCC + noise at the diffusion PSNR", "control")}
+    curve = result["jscc_convergence"]["curve"]
+    assert [point["step"] for point in curve] == [1, 2] and "held-out validation" in result["jscc_convergence"]["criterion"]
+    assert result["jscc_convergence"]["converged"] == (curve[1]["psnr"] - curve[0]["psnr"] < 0.1)
     assert rows[("Deep JSCC", "-")]["psnr_minus_deep_jscc"] == 0.0
     assert rows[("diffusion", "gaussian")]["target_db"] == 3.0 and rows[("diffusion", "mean")]["target_db"] == 1.0
     assert rows[("diffusion", "inversion")]["oracle"] and rows[("diffusion", "inversion")]["target_met"] is None
     for row in result["summary"]:
+        if row["control"]:
+            assert row["train_images"] is None and row["fd_cls"] is not None
+            continue
         assert row["train_images"] == 8 and row["receiver_gflop_per_image"] > 0 and row["train_gflop_per_image"] > 0
+        assert row["train_tflop"] == pytest.approx(8 * row["train_gflop_per_image"] / 1e3)
     assert (tmp_path / "quality.md").read_text().startswith("Quality per compute")
 
     # every recorded budget is what its checkpoint was trained for; the receivers sit on that Deep JSCC
@@ -172,16 +181,19 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
     receivers = ["embed", "embed, v"]
     expected = evaluate_rows([Path(training[name]["checkpoint"]) for name in receivers], work / "test_4",
                              tmp_path / "eval.json", "--snr", "10", "--start", "gaussian,mean,inversion",
-                             "--steps", "2", "--samples-per-image", "2", "--seed", "0")
+                             "--steps", "2", "--samples-per-image", "2", "--seed", "0", "--controls")
     deep = next(r for r in expected if r["receiver"] == "deep_jscc")
-    by_checkpoint = {(r["checkpoint"], r["start"]): r for r in expected if r["receiver"] == "diffusion"}
-    assert len(result["summary"]) == 1 + len(by_checkpoint) == 7
+    source = next(r for r in expected if r["receiver"] == "source")
+    by_checkpoint = {(r["checkpoint"], "control" if r["receiver"] == "control_noise" else r["start"]): r
+                     for r in expected if r["receiver"] in ("diffusion", "control_noise")}
+    assert len(result["summary"]) == 2 + len(by_checkpoint) == 10
     for row in result["summary"]:
-        if row["system"] == "Deep JSCC":
-            want = deep
+        if row["system"] in ("Deep JSCC", source["system"]):
+            want = deep if row["system"] == "Deep JSCC" else source
         else:
             want = by_checkpoint[(training[row["conditioning"]]["checkpoint"], row["start"])]
             assert row["system"] == want["system"]
+        assert (row["fd_cls"], row["acc_cls"]) == pytest.approx((want["fd_cls"], want["acc_cls"]), abs=1e-9)
         assert (row["psnr"], row["ssim"]) == pytest.approx((want["psnr"], want["ssim"]), abs=1e-9)
         assert row["psnr_minus_deep_jscc"] == pytest.approx(want["psnr"] - deep["psnr"], abs=1e-9)
 

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffjscc.cli import main
@@ -34,11 +35,16 @@ def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--out", str(out), "--minutes", "0.05", "--snr", "10"]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
-    assert {r["receiver"] for r in rows} == {"deep_jscc", "diffusion", "webp", "jpeg", "jpeg2000", "avif"}
+    assert {r["receiver"] for r in rows} == {"deep_jscc", "diffusion", "webp", "jpeg", "jpeg2000", "avif",
+                                             "source", "control_noise"}
     for row in rows:
         assert math.isfinite(row["psnr"]) and math.isfinite(row["ssim"]) and row["n"] == 64
-        assert row["snr_db"] == 10.0 and row["oracle"] is False  # the real (Gaussian-start) receiver
+        assert row["snr_db"] == 10.0 and row["oracle"] is row["control"]  # only the controls read the source
         assert row["fid"] is None and "Inception" in row["fid_note"]  # skipped, and says why
+        assert row["fd_cls"] is not None and row["acc_cls"] is not None  # realism offline, with the shipped weights
+    by = {r["receiver"]: r for r in rows}
+    assert by["control_noise"]["psnr"] == pytest.approx(by["diffusion"]["psnr"], abs=0.05)
+    assert by["source"]["fd_cls"] < min(r["fd_cls"] for r in rows if r["receiver"] != "source")
     assert results["demo"]["train_images"] == 256 and results["demo"]["held_back_images"] == 64
 
     # training and held-back images: disjoint by name and by pixels, together the embedded sample
@@ -62,7 +68,9 @@ def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     grid = Image.open(out / "grid.png")
     assert grid.width > 8 * 32 and grid.height > 7 * 32  # source + 2 receivers at 3 SNRs
     assert Image.open(out / "psnr_ssim_vs_snr.png").width > 500
+    assert Image.open(out / "perception_distortion.png").width > 500
     assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
     table = (out / "results.md").read_text()
     assert "| Deep JSCC |" in table and "| diffusion |" in table and "WebP + ideal code" in table
+    assert "not Inception FID/KID" in table and "verdict at 10 dB" in table and "k_over_n_complex" in table
     assert "| Deep JSCC |" in capsys.readouterr().out

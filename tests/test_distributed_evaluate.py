@@ -44,8 +44,9 @@ N_IMAGES = 13  # odd: uneven shards
 # --starts, not --start: torchrun's parser takes --start for an abbreviation of its --start-method
 EVAL_ARGS = ["--snr", "0,10", "--starts", "gaussian,mean", "--samples-per-image", "2", "--steps", "2",
              "--limit", str(N_IMAGES), "--batch-size", "5", "--digital", "webp", "--seed", "3", "--no-progress",
-             "--device", "cpu"]
-COMPARED = ("psnr", "ssim", "ms_ssim", "lost_fraction", "mean_bytes", "fid")
+             "--device", "cpu", "--controls"]
+COMPARED = ("psnr", "ssim", "ms_ssim", "lost_fraction", "mean_bytes", "fid", "fd_cls", "kid_cls", "kid_cls_std",
+            "acc_cls")
 ROW_KEY = ("system", "receiver", "model", "snr_db", "start")
 
 
@@ -119,7 +120,9 @@ def test_sharded_evaluate_gives_the_single_process_numbers(launcher: str, setup:
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json", "results.md"]
     sharded = json.loads((out / "results.json").read_text())["results"]
     receivers = {(r["receiver"], r["start"]) for r in single}
-    assert receivers == {("deep_jscc", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"), ("webp", "-")}
+    assert receivers == {("deep_jscc", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"), ("webp", "-"),
+                         ("source", "-"), ("control_noise", "-")}
+    assert all(r["fd_cls"] is not None and r["kid_cls"] is not None and r["acc_cls"] is not None for r in single)
     worst = _assert_same_rows(single, sharded, 1e-5)
     print(f"{launcher}: {len(single)} rows, largest difference from one process {worst:.3g}")
 
@@ -216,7 +219,8 @@ with process_group(60.0, "cpu") as ctx:
     scorer = LPIPSScorer(MeanAbsoluteError(sync_on_compute=False), batch_size=2)
     images = torch.arange(3 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 3, 32, 32)
     mine = images if ctx.rank == 0 else images[:0]  # rank 1 has nothing to score
-    scores = score_outputs(mine, (mine.int() + 10).clamp(max=255).to(torch.uint8), lpips=scorer, sharded=True)
+    scores = score_outputs(mine, (mine.int() + 10).clamp(max=255).to(torch.uint8), lpips=scorer, sharded=True,
+                       samples=1)
     print(json.dumps({"rank": ctx.rank, "lpips": scores["lpips"]}), flush=True)
 """
 

@@ -68,11 +68,12 @@ def _context(images: torch.Tensor, seed: int = 1, samples: int = 1) -> ReceiveCo
 
 def test_every_entry_runs_on_a_system_that_has_all_of_them(systems, images: torch.Tensor) -> None:
     system = systems["frozen"]
-    assert available(system) == list(RECEIVERS.values())
+    assert available(system, controls=True) == list(RECEIVERS.values())
+    assert available(system) == [r for r in RECEIVERS.values() if not r.control]
     received = _received(system, images)
     for receiver in RECEIVERS.values():
         out = receive(system, receiver, received, _context(images, samples=3))
-        outputs = 3 if receiver.name == "diffusion" else 1
+        outputs = 3 if receiver.name in ("diffusion", "control_noise") else 1
         assert out.shape == (outputs, *images.shape), receiver.name
         assert torch.isfinite(out).all() and out.abs().max() <= 1, receiver.name
 
@@ -87,7 +88,7 @@ def test_every_entry_runs_on_a_system_that_has_all_of_them(systems, images: torc
 def test_available_matches_each_mode(systems, mode: str, names: list[str]) -> None:
     system = systems[mode]
     assert [r.name for r in available(system)] == names
-    for name in RECEIVERS:
+    for name in (r.name for r in RECEIVERS.values() if not r.control):
         if name in names:
             assert require(system, name).name == name
         else:
@@ -111,15 +112,36 @@ def test_start_modes_name_the_diffusion_entries() -> None:
 
 def test_oracle_entries_are_flagged_and_labelled() -> None:
     oracles = [r for r in RECEIVERS.values() if r.oracle]
-    assert [r.name for r in oracles] == ["diffusion_inversion"]
+    assert [r.name for r in oracles] == ["diffusion_inversion", "source", "control_noise"]
     for receiver in oracles:
-        assert all("ORACLE" in text for text in (receiver.label, receiver.grid_label, receiver.note))
+        mark = "control" if receiver.control else "ORACLE"
+        assert all(mark in text for text in (receiver.label, receiver.grid_label, receiver.note))
+    assert [r.name for r in RECEIVERS.values() if r.control] == ["source", "control_noise"]
     for receiver in RECEIVERS.values():
         if not receiver.oracle:
             assert "ORACLE" not in receiver.label
     with pytest.raises(ValueError, match="must say ORACLE"):
         Receiver("peek", family="diffusion", label="peek", grid_label="peek", needs=("source",),
                  run=lambda system, received, context: context.source[None])
+    with pytest.raises(ValueError, match="must say control"):
+        Receiver("peek", family="diffusion", label="ORACLE peek", grid_label="ORACLE peek", note="ORACLE",
+                 needs=("source",), control=True, run=lambda system, received, context: context.source[None])
+
+
+def test_asking_for_the_controls_changes_no_other_output(systems, images: torch.Tensor) -> None:
+    """The controls draw their noise last: every other receiver's output is the same with them."""
+    system = systems["frozen"]
+    received = _received(system, images)
+
+    def outputs(receivers: list[Receiver]) -> dict[str, torch.Tensor]:
+        context = _context(images, samples=2)
+        return {r.name: receive(system, r, received, context) for r in receivers}
+
+    plain = outputs(available(system))
+    with_controls = outputs(available(system, controls=True))
+    for name, value in plain.items():
+        assert torch.equal(value, with_controls[name]), name
+    assert torch.equal(with_controls["source"][0], images)
 
 
 def test_a_non_oracle_receiver_cannot_read_the_source(systems, images: torch.Tensor) -> None:

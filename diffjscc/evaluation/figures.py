@@ -158,11 +158,15 @@ def markdown_table(
 
 # ---- evaluation results (``diffjscc plot``) ----------------------------------------------------
 _METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fid": "FID (lower is better)",
-                  "lpips": "LPIPS (lower is better)"}
+                  "lpips": "LPIPS (lower is better)", "fd_cls": "fd_cls (not Inception FID; lower is better)",
+                  "kid_cls": "kid_cls (not Inception KID; lower is better)", "acc_cls": "acc_cls (classifier top-1)"}
 
 
 def _line_style(row: Mapping[str, object]) -> dict:
-    """Oracle rows dashed, digital baselines dotted, so a reader never mistakes them for results."""
+    """Controls dash-dotted, oracle rows dashed, digital baselines dotted, so a reader never
+    mistakes them for results."""
+    if row.get("control"):
+        return {"linestyle": "-."}
     if row.get("oracle"):
         return {"linestyle": "--"}
     if row.get("mode") == "digital":
@@ -192,7 +196,7 @@ def plot_results(
     markers tell bandwidth ratios apart; oracle curves are dashed and digital baselines
     dotted. One legend under the panels; 150-dpi PNG.
     """
-    rows = [r for r in rows if r.get("psnr") is not None]
+    rows = [r for r in rows if r.get("psnr") is not None and r.get("receiver") != "source"]  # PSNR 100: not a curve
     if not rows:
         raise ValueError("no result rows to plot")
     if metrics is None:
@@ -271,6 +275,44 @@ def plot_results(
     handles, labels = axes[0][0].get_legend_handles_labels()
     columns = max(1, min(len(labels), int(width // (3.4 if by_ratio or len(models) > 1 else 2.6))))
     fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_perception_distortion(rows: Sequence[Mapping[str, object]], path: str | os.PathLike[str],
+                               title: str | None = None) -> Path:
+    """PSNR (x) against ``fd_cls`` (y, lower is more realistic), one series per system and model,
+    each point labelled with its SNR; the ``source`` control (the real images, the realism floor)
+    is a horizontal line, since its PSNR is not a distortion. Styles as in :func:`plot_results`.
+    """
+    rows = [r for r in rows if r.get("fd_cls") is not None and r.get("psnr") is not None]
+    if not rows:
+        raise ValueError("no result rows with fd_cls to plot (evaluate without --no-realism)")
+    floor = [r for r in rows if r.get("receiver") == "source"]
+    rows = [r for r in rows if r.get("receiver") != "source"]
+    fig = _new_figure((7.5, 5.6))
+    ax = fig.subplots()
+    series: dict[tuple, list] = {}
+    for row in rows:
+        key = (_system_order(row), str(row.get("model") or ""), float(row["k_over_n"]), str(row.get("channel")))
+        series.setdefault(key, []).append(row)
+    for index, key in enumerate(sorted(series)):
+        group = sorted(series[key], key=lambda r: float(r["snr_db"]))
+        first = group[0]
+        label = str(first["system"]) + (f" [{first['model']}]" if first.get("model") else "")
+        xs, ys = [float(r["psnr"]) for r in group], [float(r["fd_cls"]) for r in group]
+        ax.plot(xs, ys, marker=_MARKERS[index % len(_MARKERS)], color=f"C{index % 10}", linewidth=1.2,
+                markersize=5, label=label, **_line_style(first))
+        for r, x, y in zip(group, xs, ys):
+            ax.annotate(f"{float(r['snr_db']):g} dB", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if floor:
+        level = sum(float(r["fd_cls"]) for r in floor) / len(floor)
+        ax.axhline(level, color="0.3", linestyle="-.", linewidth=1.0, label="control: source images (floor)")
+    ax.set_xlabel("PSNR (dB): higher is less distortion")
+    ax.set_ylabel("fd_cls (not Inception FID): lower is more realistic")
+    ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -2,7 +2,7 @@
 them with what produced them, and its files — results.json (everything), results.csv (the rows)
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
-The document's format is ``diffjscc-evaluation/1``: keys ``format, versions, seed, data,
+The document's format is ``diffjscc-evaluation/2``: keys ``format, versions, seed, data,
 n_images, checkpoints, settings, metrics, notes, results``; every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
 """
@@ -34,7 +34,7 @@ from diffjscc.evaluation.metrics import (
 __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "results_document",
            "results_table", "write_results"]
 
-FORMAT = "diffjscc-evaluation/1"
+FORMAT = "diffjscc-evaluation/2"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls
 
 
 class ResultRow(TypedDict):
@@ -46,11 +46,13 @@ class ResultRow(TypedDict):
     mode: str  # the checkpoint's mode, or "digital"
     channel: str
     snr_db: float
-    k_over_n: float  # channel symbols per RGB value
+    k_over_n: float  # real channel symbols per source dimension (RGB value)
+    k_over_n_complex: float  # complex channel uses per source dimension (the Deep JSCC literature's): k_over_n / 2
     n_symbols: int
     steps: int  # DDIM steps (0: no diffusion)
     start: str  # diffusion start mode, "-" for the others
     oracle: bool  # reads the source image: an upper bound, not a result
+    control: bool  # a control row (source, control_noise): a reference, not a receiver
     samples_per_image: int
     psnr: float  # dB, mean over images x samples
     ssim: float
@@ -59,6 +61,10 @@ class ResultRow(TypedDict):
     fid_note: str | None
     lpips: float | None
     lpips_note: str | None
+    fd_cls: float | None  # Fréchet distance in the diffjscc classifier's features (NOT Inception FID)
+    kid_cls: float | None  # unbiased polynomial-kernel MMD^2 there (NOT Inception KID): subset mean
+    kid_cls_std: float | None  # its standard deviation over the subsets
+    acc_cls: float | None  # the classifier's top-1 accuracy on the outputs against the source labels
     n: int  # images
     seed: int
     budget_bytes: int | None  # digital: floor(n_symbols * C / 8)
@@ -86,6 +92,10 @@ def finish_rows(rows: list[dict], fid_note: str | None, lpips_note: str | None) 
         else:
             row["fid_note"] = None
         row["lpips_note"] = lpips_note if row["lpips"] is None else None
+        row["k_over_n_complex"] = row["k_over_n"] / 2  # two real symbols make one complex channel use
+        for key in ("fd_cls", "kid_cls", "kid_cls_std", "acc_cls"):
+            if row.get(key) is not None and not math.isfinite(row[key]):
+                row[key] = None
         finished.append(ResultRow(**{key: row.get(key) for key in ROW_FIELDS}))
     return finished
 
@@ -110,7 +120,8 @@ def _versions() -> dict:
 
 
 def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
-                     fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow]) -> dict:
+                     fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow],
+                     realism_info: dict | None = None) -> dict:
     """The results document: the rows and everything needed to reproduce and read them."""
     return {
         "format": FORMAT,
@@ -120,16 +131,17 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
         "n_images": n_images,
         "checkpoints": checkpoints,
         "settings": settings,
-        "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": lpips_note},
+        "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": lpips_note,
+                    "realism": realism_info or {"note": "fd_cls/kid_cls/acc_cls not computed"}},
         "notes": notes,
         "results": rows,
     }
 
 
-TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "steps", "samples_per_image", "psnr", "ssim",
-                 "ms_ssim", "fid", "lpips", "lost_fraction", "n"]
-TABLE_FORMATS = {"k_over_n": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f", "lost_fraction": ".2f",
-                 "snr_db": "g"}
+TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
+                 "psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "acc_cls", "fid", "lpips", "lost_fraction", "n"]
+TABLE_FORMATS = {"k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
+                 "lost_fraction": ".2f", "snr_db": "g", "fd_cls": ".3f", "kid_cls": ".4f", "acc_cls": ".3f"}
 
 
 def results_table(document: dict) -> str:
@@ -149,6 +161,16 @@ def results_table(document: dict) -> str:
         lines.append(f"FID: Inception-v3 pool features vs {fid['reference']}")
     if document["metrics"]["lpips"] and not any(r["lpips"] is not None for r in rows):
         lines.append(document["metrics"]["lpips"])
+    realism = document["metrics"].get("realism") or {}
+    if any(r.get("fd_cls") is not None for r in rows):
+        accuracy = realism.get("classifier_test_accuracy")
+        lines.append(f"{realism.get('note')} ({realism.get('classifier')}"
+                     + (f", {100 * accuracy:.1f} % top-1 on its test split" if accuracy is not None else "")
+                     + f"; reference: {realism.get('reference')}; {realism.get('samples')})")
+        if realism.get("acc_cls_sources") is not None:
+            lines.append(f"acc_cls of the source images themselves (its ceiling): {realism['acc_cls_sources']:.3f}")
+    lines.append("k_over_n: real channel symbols per source dimension; k_over_n_complex: complex channel uses "
+                 "per source dimension (the Deep JSCC literature's convention)")
     lines += document["notes"]
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,9 @@
 """Scores of one set of outputs against its sources: per-image PSNR, SSIM and MS-SSIM (means over
-images x samples) and the distribution metrics FID and LPIPS, combinable exactly across ranks.
+images x samples), LPIPS, and the distribution metrics FID and ``fd_cls``/``kid_cls`` (with the
+classifier's ``acc_cls``), combinable exactly across ranks.
+
+With K samples per image the distribution metrics score each of the K sets of N outputs and
+average the K scores, so every row is scored on N outputs (their bias depends on the count).
 
 Per-image metrics run on 8-bit outputs (the pixels a saved PNG holds), so a score never depends
 on float values a file could not keep. Sharded (``sharded=True``), each rank passes its share of
@@ -19,6 +23,7 @@ from diffjscc.errors import UserError
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
 from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
+from diffjscc.evaluation.realism import RealismScorer
 from diffjscc.runtime.distributed import all_reduce_sum
 
 __all__ = ["prepare_fid_reference", "score_outputs"]
@@ -29,19 +34,26 @@ def _images_float(u8: torch.Tensor) -> torch.Tensor:
 
 
 def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | None = None,
-                  lpips: LPIPSScorer | None = None, batch: int = 256, sharded: bool = False) -> dict:
-    """PSNR, SSIM, MS-SSIM (per-image means), FID and LPIPS of uint8 outputs against uint8 sources.
+                  lpips: LPIPSScorer | None = None, batch: int = 256, sharded: bool = False,
+                  realism: RealismScorer | None = None, labels: torch.Tensor | None = None,
+                  samples: int | None = None) -> dict:
+    """PSNR, SSIM, MS-SSIM (per-image means), LPIPS, FID and the classifier's ``fd_cls``,
+    ``kid_cls`` (± ``kid_cls_std``) and ``acc_cls`` of uint8 outputs against uint8 sources.
 
     ``outputs`` may hold K samples per source, ordered sample-major (row ``k * N + i`` is sample
-    ``k`` of image ``i``); per-image metrics then average over all N * K pairs, FID takes the
-    N * K outputs as the generated set.
+    ``k`` of image ``i``); per-image metrics then average over all N * K pairs, distribution
+    metrics over the K sets of N. ``labels``: the sources' classes in the classifier's order
+    (None: no ``acc_cls``). ``samples`` (K) must be given when sharded, since a rank may hold no
+    images; otherwise it is read off the shapes.
 
     ``sharded``: ``source``/``outputs`` are this rank's share (possibly empty); every rank calls
     this and gets the scores of the union (sums and counts combined over ranks).
     """
     if source.dtype != torch.uint8 or outputs.dtype != torch.uint8:
         raise ValueError("score_outputs takes uint8 images")
-    repeats = outputs.shape[0] // source.shape[0] if source.shape[0] else 0
+    if samples is None and sharded:
+        raise ValueError("sharded scoring needs samples=K")
+    repeats = samples if samples is not None else (outputs.shape[0] // source.shape[0] if source.shape[0] else 1)
     if repeats * source.shape[0] != outputs.shape[0]:
         raise ValueError(f"{outputs.shape[0]} outputs for {source.shape[0]} sources")
     target = source.repeat(repeats, 1, 1, 1)
@@ -62,8 +74,11 @@ def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | 
             local_lpips = float(all_reduce_sum(weighted)[0]) / float(sums[3])
     count = float(sums[3])
     scores = {name: float(sums[i]) / count for i, name in enumerate(("psnr", "ssim", "ms_ssim"))}
-    scores["fid"] = fid.score(outputs, sharded=sharded) if fid is not None else None
+    sets = [outputs[k * source.shape[0]:(k + 1) * source.shape[0]] for k in range(repeats)]
+    scores["fid"] = sum(fid.score(part, sharded=sharded) for part in sets) / repeats if fid is not None else None
     scores["lpips"] = float(local_lpips) if lpips is not None else None
+    if realism is not None:
+        scores.update(realism.score(outputs, labels, repeats=repeats, sharded=sharded))
     return scores
 
 

@@ -3,8 +3,9 @@ digital baselines, scored the same way, in one results document.
 
 For each checkpoint, each SNR (dB) and each receiver it has (:mod:`diffjscc.receivers`), one row:
 the Deep JSCC decoder, and the diffusion receivers of the ``--start`` modes asked for (a Gaussian
-start, the mean of K samples, the ORACLE inversion start, flagged ``oracle: true``); then one row
-per digital codec + ideal channel code (:mod:`diffjscc.evaluation.digital`).
+start, the mean of K samples, the ORACLE inversion start, flagged ``oracle: true``), and with
+``controls`` the control rows ``source`` and ``control_noise`` (flagged ``control: true``); then
+one row per digital codec + ideal channel code (:mod:`diffjscc.evaluation.digital`).
 
 Every receiver of one checkpoint at one SNR sees the same received latent y (same channel
 noise), and every checkpoint sees the same noise realisation (seeded by ``seed``), so rows are
@@ -39,7 +40,8 @@ from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capaci
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
 from diffjscc.evaluation.metrics import to_uint8
-from diffjscc.evaluation.report import SweepConsole
+from diffjscc.evaluation.realism import RealismScorer, labels_from_file_names
+from diffjscc.evaluation.report import SweepConsole, realism_verdicts
 from diffjscc.evaluation.results import finish_rows, results_document
 from diffjscc.evaluation.scoring import prepare_fid_reference, score_outputs
 from diffjscc.receivers import Receiver, ReceiveContext, available, receive
@@ -95,6 +97,7 @@ class Protocol:
     batch_size: int = 64
     channel: str | None = None
     digital: tuple[str, ...] = ()
+    controls: bool = False
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -160,7 +163,10 @@ def _model_receivers(model: EvalModel, protocol: Protocol, deep_jscc_seen: dict[
     system = model.system
     if system.unet is None and set(protocol.starts) - {"gaussian"}:
         notes.append(f"{model.label} ({system.cfg.mode}) has no diffusion receiver: start modes do not apply")
-    chosen = [r for r in available(system) if r.start is None or r.start in protocol.starts]
+    chosen = [r for r in available(system, controls=protocol.controls)
+              if r.start is None or r.start in protocol.starts]
+    if protocol.controls and not any(r.name == "control_noise" for r in chosen):
+        notes.append(f"{model.label} has no control_noise row: it needs a Deep JSCC decoder and a diffusion receiver")
     if system.decoder is not None:
         key = _fingerprint(system.encoder, system.decoder) + (protocol.channel or system.cfg.channel)
         if key in deep_jscc_seen:
@@ -171,10 +177,18 @@ def _model_receivers(model: EvalModel, protocol: Protocol, deep_jscc_seen: dict[
     return chosen
 
 
+def _output_sets(chunks: list[torch.Tensor], sharded: bool) -> int:
+    """Outputs per image of a receiver (K posterior samples, or 1), known to a rank with no batches too."""
+    local = torch.tensor([chunks[0].shape[0] if chunks else 0, 1 if chunks else 0], dtype=torch.long)
+    total = all_reduce_sum(local) if sharded else local
+    return int(total[0] // max(int(total[1]), 1)) or 1
+
+
 @torch.no_grad()
 def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tensor, labels: torch.Tensor | None,
                 source_u8: torch.Tensor, protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
-                console: SweepConsole) -> list[dict]:
+                console: SweepConsole, realism: RealismScorer | None = None,
+                realism_labels: torch.Tensor | None = None) -> list[dict]:
     system, cfg = model.system, model.system.cfg
     device = next(system.parameters()).device
     kind = protocol.channel or cfg.channel
@@ -183,6 +197,8 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     use_labels = labels is not None and cfg.class_cond
     mine, covered = _my_batches(images.shape[0], protocol.batch_size)
     my_source = source_u8[covered]
+    my_labels = realism_labels[covered] if realism_labels is not None else None
+    sharded = get_world_size() > 1
     rows = []
     for snr in protocol.snrs:
         outputs: dict[str, list[torch.Tensor]] = {r.name: [] for r in receivers}  # (S, n, 3, H, W) per batch
@@ -205,8 +221,10 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             scored = torch.cat(chunks, dim=1).flatten(0, 1) if chunks else my_source[:0]  # sample-major
             row = dict(base, system=receiver.describe(receiver.label, samples=K), receiver=receiver.family,
                        steps=protocol.steps if receiver.uses_unet else 0, start=receiver.start or "-",
-                       oracle=receiver.oracle, samples_per_image=K if receiver.per_sample else 1)
-            row.update(score_outputs(my_source, scored, fid, lpips, sharded=get_world_size() > 1))
+                       oracle=receiver.oracle, control=receiver.control,
+                       samples_per_image=K if receiver.per_sample else 1)
+            row.update(score_outputs(my_source, scored, fid, lpips, sharded=sharded, realism=realism,
+                                     labels=my_labels, samples=_output_sets(chunks, sharded)))
             rows.append(row)
             console.row(row, receiver.describe(receiver.note, samples=K))
     return rows
@@ -214,11 +232,13 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
 
 def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[tuple[str, int, int]],
                   protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
-                  console: SweepConsole) -> list[dict]:
+                  console: SweepConsole, realism: RealismScorer | None = None,
+                  realism_labels: torch.Tensor | None = None) -> list[dict]:
     images = source_u8.permute(0, 2, 3, 1).contiguous().numpy()
     sharded = get_world_size() > 1
     share = shard_range(images.shape[0])  # this rank's images: codecs work per image
     mine, my_source = images[share.start:share.stop], source_u8[share.start:share.stop]
+    my_labels = realism_labels[share.start:share.stop] if realism_labels is not None else None
     rows = []
     for name in codecs:
         link = DigitalLink(CODECS[name], mine)
@@ -242,11 +262,13 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                 outputs = torch.from_numpy(received).permute(0, 3, 1, 2).contiguous()
                 row = {"system": f"{CODECS[name].label} + ideal code", "receiver": name, "model": "", "mode": "digital",
                        "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
-                       "n_symbols": n_symbols, "steps": 0, "start": "-", "oracle": False, "samples_per_image": 1,
+                       "n_symbols": n_symbols, "steps": 0, "start": "-", "oracle": False, "control": False,
+                       "samples_per_image": 1,
                        "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
                        "mean_bytes": stats["mean_bytes"], "lost_fraction": stats["lost_fraction"],
                        "capacity_bits_per_use": capacity, "capacity": capacity_name, "checkpoint": ""}
-                row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded))
+                row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded, realism=realism,
+                                         labels=my_labels, samples=1))
                 rows.append(row)
                 console.row(row)
                 console.advance(len(mine))
@@ -257,11 +279,13 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                  fid: FIDScorer | None = None, fid_info: dict | None = None,
                  fid_reference: Sequence[Path] | None = None,
                  lpips: LPIPSScorer | None = None, lpips_note: str = "",
+                 realism: RealismScorer | None = None,
                  progress: bool = True, echo: Callable[..., None] = print) -> dict:
     """Run the whole protocol; returns the results document (:mod:`~diffjscc.evaluation.results`).
 
     ``fid_reference``: files whose statistics FID compares against (cached); None means the
-    evaluated source images themselves.
+    evaluated source images themselves. ``realism``: the classifier scores (``fd_cls``,
+    ``kid_cls``, ``acc_cls``) of every row; None leaves them empty.
 
     Inside a process group of several ranks (every rank calls this with the same arguments) the
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
@@ -280,6 +304,20 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     kinds_and_n = sorted({(protocol.channel or m.system.cfg.channel, m.system.cfg.latent_dim, m.system.cfg.image_size)
                           for m in models})
     notes = list(protocol.notes)
+    realism_labels, realism_info = None, None
+    if realism is not None and realism.classifier.image_size != images.shape[-1]:
+        notes.append(f"fd_cls/kid_cls/acc_cls not computed: the classifier was trained on "
+                     f"{realism.classifier.image_size}-pixel images, these have {images.shape[-1]} (--classifier)")
+        realism = None
+    if realism is not None:
+        realism_labels, why_not = labels_from_file_names(files, realism.classifier.class_names)
+        notes += [why_not] if why_not else []
+        realism_info = realism.describe(accuracy=realism_labels is not None)
+        if realism_labels is not None:  # the ceiling of acc_cls: the classifier on the sources themselves
+            share = shard_range(images.shape[0]) if get_world_size() > 1 else range(images.shape[0])
+            mine = slice(share.start, share.stop)
+            realism_info["acc_cls_sources"] = realism.score(source_u8[mine], realism_labels[mine],
+                                                            sharded=get_world_size() > 1)["acc_cls"]
     if any(kind == "none" for kind, _, _ in kinds_and_n) and protocol.digital:
         notes.append("no digital baseline over channel 'none' (no capacity limit)")
         kinds_and_n = [k for k in kinds_and_n if k[0] != "none"]
@@ -294,14 +332,24 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     with console.bar(work):
         for model in models:
             receivers = _model_receivers(model, protocol, deep_jscc_seen, notes)
-            rows += _model_rows(model, receivers, images, labels, source_u8, protocol, fid, lpips, console)
+            rows += _model_rows(model, receivers, images, labels, source_u8, protocol, fid, lpips, console,
+                                realism, realism_labels)
         if digital and kinds_and_n:
-            rows += _digital_rows(source_u8, digital, kinds_and_n, protocol, fid, lpips, console)
+            rows += _digital_rows(source_u8, digital, kinds_and_n, protocol, fid, lpips, console, realism,
+                                  realism_labels)
     results = finish_rows(rows, fid_note=None if fid is not None else fid_info.get("skipped", "FID not computed"),
                           lpips_note=None if lpips is not None else lpips_note)
-    if any(row["oracle"] for row in results):
+    if any(row["oracle"] and not row["control"] for row in results):
         notes.append("ORACLE rows (start 'inversion') obtain x_T by DDIM-inverting the source image, which a "
                      "real receiver does not have: an upper bound, not a result.")
+    if any(row["control"] for row in results):
+        notes.append("control rows read the source by construction: 'source' is the real images (PSNR floored at "
+                     "100 dB), 'control_noise' the Deep JSCC output plus Gaussian noise scaled per image to the PSNR "
+                     "of each one-sample diffusion output; references, not receivers")
+    verdicts = realism_verdicts(results)
+    for line in verdicts:
+        console.say(line)
+    notes += verdicts
     if digital:
         notes.append("digital rows: largest-quality file with at most floor(n * C / 8) bytes, C = capacity per real "
                      "channel use (AWGN: 1/2 log2(1+SNR); Rayleigh: ergodic); images that do not fit are lost and "
@@ -312,5 +360,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                       "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
         settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
                   "steps": protocol.steps, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
-                  "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit},
-        fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results)
+                  "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
+                  "controls": protocol.controls},
+        fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
+        realism_info=realism_info)

@@ -69,6 +69,15 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; UserError (one line) for a missing, corrupt or unsafe file."""
+    payload = load_weights_file(path, map_location)
+    if "config" not in payload or "model" not in payload:
+        raise UserError(f"checkpoint {path} is not a diffjscc checkpoint (no model/config)")
+    return payload
+
+
+def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Any dict diffjscc wrote with ``torch.save`` (checkpoints, classifier weights), read with
+    ``weights_only=True``; UserError (one line) for a missing, corrupt or unsafe file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -84,8 +93,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise UserError(f"checkpoint {path} is corrupt or truncated: {_short(text)}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"checkpoint {path} is corrupt or truncated: {_short(str(err))}") from None
-    if not isinstance(payload, dict) or "config" not in payload or "model" not in payload:
-        raise UserError(f"checkpoint {path} is not a diffjscc checkpoint (no model/config)")
+    if not isinstance(payload, dict):
+        raise UserError(f"checkpoint {path} is not a diffjscc checkpoint (not a dict)")
     return payload
 
 
