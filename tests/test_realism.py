@@ -189,6 +189,7 @@ def test_control_rows_through_evaluate(cifar_root: Path, tmp_path: Path) -> None
         assert {r["k_over_n_complex"] for r in rows} == {r["k_over_n"] / 2 for r in rows}
     text = (out / "results.md").read_text()
     assert "not Inception FID/KID" in text and "verdict at 0 dB" in text and "k_over_n_complex" in text
+    assert "are inflated" in text  # --limit 48 in name order: the first classes only, and the table says so
 
 
 def test_classifier_command_trains_on_a_labelled_folder(cifar_root: Path, tmp_path: Path, capsys) -> None:

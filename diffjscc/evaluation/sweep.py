@@ -313,6 +313,11 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
         realism_labels, why_not = labels_from_file_names(files, realism.classifier.class_names)
         notes += [why_not] if why_not else []
         realism_info = realism.describe(accuracy=realism_labels is not None)
+        classes = len(set(realism_labels.tolist())) if realism_labels is not None else None
+        if classes is not None and classes < len(realism.classifier.class_names):
+            notes.append(f"the evaluated images cover {classes} of the classifier's "
+                         f"{len(realism.classifier.class_names)} classes (--limit takes the first files in name "
+                         f"order): fd_cls/kid_cls against the all-class reference are inflated")
         if realism_labels is not None:  # the ceiling of acc_cls: the classifier on the sources themselves
             share = shard_range(images.shape[0]) if get_world_size() > 1 else range(images.shape[0])
             mine = slice(share.start, share.stop)
