@@ -110,23 +110,19 @@ class RealismScorer:
         """
         features, predicted = classifier_features(self.classifier.network, outputs)
         per_image = outputs.shape[0] // repeats if repeats else 0
-        fd, kid, kid_std = [], [], []
+        per_set = []  # (fd, kid, kid std) of each of the K sets
         for k in range(repeats):
             chosen = features[k * per_image:(k + 1) * per_image]
             if sharded:
                 chosen = all_gather_cat(chosen)
             if chosen.shape[0] < 2:
-                fd.append(math.nan), kid.append(math.nan), kid_std.append(math.nan)
+                per_set.append((math.nan, math.nan, math.nan))
                 continue
-            fd.append(frechet_distance(*_moments(chosen), self.classifier.reference_mean,
-                                       self.classifier.reference_cov))
-            mean, std = kernel_distance(chosen, self.classifier.reference_features, self.kid_subsets,
-                                        self.kid_subset_size, seed=self.seed + k)
-            kid.append(mean), kid_std.append(std)
-        scores = {"fd_cls": sum(fd) / len(fd) if fd else math.nan,
-                  "kid_cls": sum(kid) / len(kid) if kid else math.nan,
-                  "kid_cls_std": sum(kid_std) / len(kid_std) if kid_std else math.nan,
-                  "acc_cls": None}
+            fd = frechet_distance(*_moments(chosen), self.classifier.reference_mean, self.classifier.reference_cov)
+            per_set.append((fd, *kernel_distance(chosen, self.classifier.reference_features, self.kid_subsets,
+                                                 self.kid_subset_size, seed=self.seed + k)))
+        means = [sum(values) / len(values) for values in zip(*per_set)] if per_set else [math.nan] * 3
+        scores = {"fd_cls": means[0], "kid_cls": means[1], "kid_cls_std": means[2], "acc_cls": None}
         if labels is not None:
             counts = torch.tensor([float((predicted == labels.cpu().repeat(repeats)).sum()), float(outputs.shape[0])],
                                   dtype=torch.float64)
