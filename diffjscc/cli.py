@@ -470,10 +470,10 @@ def _labelled_images(folder: Path, class_names: list[str] | None = None):
     from diffjscc.evaluation.metrics import to_uint8
 
     dataset = ImageFolderDataset(folder, with_labels=True, class_names=class_names)
-    if len({tuple(t.shape) for t, _ in (dataset[0], dataset[len(dataset) - 1])}) > 1:
-        raise UserError(f"images in {folder} differ in size")
-    images = torch.stack([to_uint8(dataset[i][0]) for i in range(len(dataset))])
-    return images, torch.tensor(dataset.labels), dataset.class_names
+    images = [to_uint8(dataset[i][0]) for i in range(len(dataset))]
+    if len({image.shape for image in images}) > 1:
+        raise UserError(f"images in {folder} differ in size; a classifier needs one size")
+    return torch.stack(images), torch.tensor(dataset.labels), dataset.class_names
 
 
 def _cmd_classifier(args) -> int:

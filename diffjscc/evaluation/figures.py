@@ -218,7 +218,7 @@ def plot_results(
         if len(models) > 1 and row.get("model"):
             text += f" [{row['model']}]"
         if len(ratios) > 1:
-            text += f", k/n={float(row['k_over_n']):.3f}"
+            text += f", k/n={float(row['k_over_n']):.3f} real ({float(row['k_over_n']) / 2:.3f} complex)"
         if len(channels) > 1:
             text += f", {row['channel']}"
         return text
@@ -269,7 +269,7 @@ def plot_results(
                     xs, ys = zip(*points)
                     ax.plot(xs, ys, color=colour[str(group[0]["system"])], marker="o", linewidth=1.5,
                             markersize=5, **_line_style(group[0]))
-            ax.set_xlabel(f"Bandwidth ratio k/n (at {ratio_snr:g} dB)")
+            ax.set_xlabel(f"k/n, real symbols per dimension; complex uses: half (at {ratio_snr:g} dB)")
             ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
             ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
     handles, labels = axes[0][0].get_legend_handles_labels()
