@@ -212,6 +212,11 @@ def _quantized(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round()
 
 
+def _mse_8bit(images: torch.Tensor, reference_levels: torch.Tensor) -> torch.Tensor:
+    """Per-image MSE, in 8-bit levels squared, of [−1, 1] ``images`` against quantized levels."""
+    return (_quantized(images) - reference_levels).square().flatten(1).mean(1)
+
+
 def matched_noise(estimate: torch.Tensor, noise: torch.Tensor, source: torch.Tensor, target_mse: torch.Tensor,
                   iterations: int = 40) -> torch.Tensor:
     """``estimate + s_i * noise`` with the scale s_i of each image found by bisection so that its
@@ -220,14 +225,11 @@ def matched_noise(estimate: torch.Tensor, noise: torch.Tensor, source: torch.Ten
     reference = _quantized(source)
     shape = (-1,) + (1,) * (estimate.dim() - 1)
 
-    def mse(scale: torch.Tensor) -> torch.Tensor:
-        return (_quantized(estimate + scale.view(shape) * noise) - reference).square().flatten(1).mean(1)
-
     low = torch.zeros(estimate.shape[0], device=estimate.device)
     high = torch.full_like(low, 4.0)  # 4 noise standard deviations in [−1, 1] units: past any useful PSNR
     for _ in range(iterations):
         middle = (low + high) / 2
-        above = mse(middle) > target_mse
+        above = _mse_8bit(estimate + middle.view(shape) * noise, reference) > target_mse
         high = torch.where(above, middle, high)
         low = torch.where(above, low, middle)
     return (estimate + low.view(shape) * noise).clamp(-1, 1)
@@ -244,7 +246,7 @@ def _noise_control(system: TransmissionSystem, received: torch.Tensor | None,
     reference = _quantized(source)
     noise = torch.randn(samples.shape, generator=context.generator, device=samples.device, dtype=samples.dtype)
     return torch.stack([
-        matched_noise(estimate, noise[k], source, (_quantized(samples[k]) - reference).square().flatten(1).mean(1))
+        matched_noise(estimate, noise[k], source, _mse_8bit(samples[k], reference))
         for k in range(samples.shape[0])])
 
 

@@ -209,15 +209,13 @@ def train_classifier(train_images: Tensor, train_labels: Tensor, class_names: li
         log(f"{line} ({time.monotonic() - started:.0f} s)")
     network.eval()
     features, _ = classifier_features(network, train_images)
-    mean = features.mean(dim=0)
-    centred = features - mean
-    cov = centred.T @ centred / (features.shape[0] - 1)
+    mean, cov = features.mean(dim=0), torch.cov(features.T)  # unbiased, as realism's output statistics
     subset = torch.randperm(n, generator=generator)[:KID_REFERENCE_IMAGES]
     payload = {
         "model": network.state_dict(), "widths": list(settings.widths), "class_names": list(class_names),
         "reference_mean": mean, "reference_cov": cov, "reference_features": features[subset].half(),
-        "reference_images": int(n), "image_size": int(train_images.shape[-1]), "settings": {k: (list(v) if isinstance(v, tuple) else v)
-                                                 for k, v in vars(settings).items()},
+        "reference_images": int(n), "image_size": int(train_images.shape[-1]),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(settings).items()},
         "train_seconds": time.monotonic() - started,
         "train_flops": _training_flops(network, train_images.shape[-1], n * settings.epochs),
     }

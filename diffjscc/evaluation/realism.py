@@ -74,12 +74,6 @@ def labels_from_file_names(files: Sequence[Path], class_names: list[str]) -> tup
     return torch.tensor([index[p] for p in prefixes]), None
 
 
-def _moments(features: Tensor) -> tuple[Tensor, Tensor]:
-    mean = features.mean(dim=0)
-    centred = features - mean
-    return mean, centred.T @ centred / (features.shape[0] - 1)
-
-
 class RealismScorer:
     """``fd_cls``, ``kid_cls`` (± std) and ``acc_cls`` of output sets, against a classifier's reference."""
 
@@ -118,15 +112,23 @@ class RealismScorer:
             if chosen.shape[0] < 2:
                 per_set.append((math.nan, math.nan, math.nan))
                 continue
-            fd = frechet_distance(*_moments(chosen), self.classifier.reference_mean, self.classifier.reference_cov)
+            fd = frechet_distance(chosen.mean(dim=0), torch.cov(chosen.T), self.classifier.reference_mean,
+                                  self.classifier.reference_cov)
             per_set.append((fd, *kernel_distance(chosen, self.classifier.reference_features, self.kid_subsets,
                                                  self.kid_subset_size, seed=self.seed + k)))
         means = [sum(values) / len(values) for values in zip(*per_set)] if per_set else [math.nan] * 3
         scores = {"fd_cls": means[0], "kid_cls": means[1], "kid_cls_std": means[2], "acc_cls": None}
         if labels is not None:
-            counts = torch.tensor([float((predicted == labels.cpu().repeat(repeats)).sum()), float(outputs.shape[0])],
-                                  dtype=torch.float64)
-            if sharded:
-                counts = all_reduce_sum(counts)
-            scores["acc_cls"] = float(counts[0] / counts[1]) if counts[1] else math.nan
+            scores["acc_cls"] = self._accuracy(predicted, labels.cpu().repeat(repeats), sharded)
         return scores
+
+    def accuracy(self, images: Tensor, labels: Tensor, sharded: bool = False) -> float:
+        """``acc_cls`` alone, e.g. of the source images themselves (its ceiling)."""
+        return self._accuracy(classifier_features(self.classifier.network, images)[1], labels.cpu(), sharded)
+
+    @staticmethod
+    def _accuracy(predicted: Tensor, labels: Tensor, sharded: bool) -> float:
+        counts = torch.tensor([float((predicted == labels).sum()), float(labels.shape[0])], dtype=torch.float64)
+        if sharded:
+            counts = all_reduce_sum(counts)
+        return float(counts[0] / counts[1]) if counts[1] else math.nan

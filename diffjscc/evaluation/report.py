@@ -38,9 +38,9 @@ def realism_verdicts(rows: list[dict]) -> list[str]:
     ``fd_cls``) than both, and at what PSNR cost against Deep JSCC."""
     found: dict[tuple, dict[str, dict]] = {}
     for row in rows:
-        kind = {"deep_jscc": "deep_jscc", "control_noise": "control_noise"}.get(row["receiver"])
-        if row["receiver"] == "diffusion" and row["start"] == "gaussian":
-            kind = "diffusion"
+        one_sample = row["receiver"] == "diffusion" and row["start"] == "gaussian"
+        kind = ("diffusion" if one_sample else
+                row["receiver"] if row["receiver"] in ("deep_jscc", "control_noise") else None)
         if kind is not None and row.get("fd_cls") is not None:
             found.setdefault((row["snr_db"], row["channel"], row["k_over_n"], row["model"]), {}).setdefault(kind, row)
     lines = []

@@ -319,10 +319,10 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                          f"{len(realism.classifier.class_names)} classes (--limit takes the first files in name "
                          f"order): fd_cls/kid_cls against the all-class reference are inflated")
         if realism_labels is not None:  # the ceiling of acc_cls: the classifier on the sources themselves
-            share = shard_range(images.shape[0]) if get_world_size() > 1 else range(images.shape[0])
+            share = shard_range(images.shape[0])
             mine = slice(share.start, share.stop)
-            realism_info["acc_cls_sources"] = realism.score(source_u8[mine], realism_labels[mine],
-                                                            sharded=get_world_size() > 1)["acc_cls"]
+            realism_info["acc_cls_sources"] = realism.accuracy(source_u8[mine], realism_labels[mine],
+                                                               sharded=get_world_size() > 1)
     if any(kind == "none" for kind, _, _ in kinds_and_n) and protocol.digital:
         notes.append("no digital baseline over channel 'none' (no capacity limit)")
         kinds_and_n = [k for k in kinds_and_n if k[0] != "none"]
