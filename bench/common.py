@@ -62,21 +62,6 @@ def load_warning() -> str | None:
     return None
 
 
-def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """Whether bf16 runs natively (AVX512-BF16 or AMX on CPU; the GPU's own check on CUDA).
-
-    Without it, CPU autocast to bf16 emulates the type and is many times slower than fp32, so
-    the fast path must not use it.
-    """
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported()), "torch.cuda.is_bf16_supported()"
-    checks = {"AVX512-BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
-              "AMX": getattr(torch.cpu, "_is_amx_tile_supported", None)}
-    found = {name: bool(check()) for name, check in checks.items() if check is not None}
-    described = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in found.items())
-    return any(found.values()), f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {described}"
-
-
 def prepare_cifar(archive: Path, data_root: Path, limit: int | None = None) -> tuple[Path, Path]:
     """``data_root``/cifar_train and cifar_test, extracted from ``archive`` the first time
     (at most ``limit`` images per split)."""

@@ -90,7 +90,7 @@ def measure_in_this_process(config: str, batch_size: int, path: str, device_name
     cfg = load_config(config, [f"batch_size={batch_size}", *(["device=cpu"] if device_name == "cpu" else []),
                                *overrides])
     device = resolve_device(device_name if device_name != "auto" else cfg.device)
-    variant = Variant.trainer_default(cfg) if path == "fast" else Variant()
+    variant = Variant.trainer_default(cfg, device) if path == "fast" else Variant()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     setup = build_setup(cfg, variant, device)

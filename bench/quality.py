@@ -37,6 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
+from bench.train_step import train_flops_per_image
 from diffjscc.config import CONDITIONINGS, PREDICTIONS, START_MODES, load_config
 from diffjscc.errors import UserError
 from diffjscc.evaluation.classifier import load_classifier
@@ -122,26 +123,12 @@ def _train(config: str, log_dir: Path, overrides: list[str], images: int, checkp
               "seconds": None if run.reused else run.seconds,  # None: reused a run trained without this record
               "mode": cfg.mode, "conditioning": cfg.conditioning if cfg.has_diffusion else None,
               "prediction": cfg.prediction if cfg.has_diffusion else None,
-              "train_flops_per_image": _train_flops_per_image(cfg)}
+              "train_flops_per_image": train_flops_per_image(cfg)}
     record["train_flops"] = record["train_flops_per_image"] * record["images"]
     record_path.write_text(json.dumps(record, indent=2))
     if not run.reused:
         print(f"{log_dir.name}: {steps} steps x {cfg.batch_size} images in {run.seconds / 60:.1f} min", flush=True)
     return record
-
-
-def _train_flops_per_image(cfg) -> float:
-    """Forward + backward FLOPs of one training image (counted on a 2-image batch)."""
-    from bench.train_step import Variant, build_setup, count_step_flops
-
-    small = _with_overrides(cfg, ["batch_size=2", "device=cpu"])
-    return count_step_flops(build_setup(small, Variant(), torch.device("cpu"))) / 2
-
-
-def _with_overrides(cfg, overrides: list[str]):
-    from diffjscc.config import config_from_dict
-
-    return config_from_dict(cfg.to_dict(), overrides)
 
 
 @torch.no_grad()

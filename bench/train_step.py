@@ -32,11 +32,11 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import config_stem, load_warning, machine_info, native_bf16, write_json
-from diffjscc.config import Config, load_config
+from bench.common import config_stem, load_warning, machine_info, write_json
+from diffjscc.config import Config, config_from_dict, load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
-from diffjscc.runtime.device import resolve_device
+from diffjscc.runtime.device import bf16_enabled, native_bf16, resolve_device
 from diffjscc.training.trainer import StepResult, TrainStep
 
 ADAMW = ("default", "foreach", "fused")
@@ -55,15 +55,16 @@ class Variant:
     classic_attention: bool = False  # diffusers' AttnProcessor instead of SDPA (AttnProcessor2_0)
 
     @classmethod
-    def trainer_default(cls, cfg: Config) -> "Variant":
-        """What the Trainer runs for this config (its fast-path keys)."""
+    def trainer_default(cls, cfg: Config, device: torch.device) -> "Variant":
+        """What the Trainer runs for this config on ``device`` (its fast-path keys; ``bf16: auto``
+        resolved as the trainer resolves it)."""
         return cls(channels_last=cfg.channels_last, adamw="fused" if cfg.fused_adamw else "default",
-                   bf16=cfg.bf16, compile=cfg.compile)
+                   bf16=bf16_enabled(cfg.bf16, device), compile=cfg.compile)
 
     def config(self, cfg: Config) -> Config:
         """``cfg`` with this variant's fast-path keys: what the TrainStep is built from."""
-        return replace(cfg, channels_last=self.channels_last, fused_adamw=self.adamw == "fused", bf16=self.bf16,
-                       compile=self.compile)
+        return replace(cfg, channels_last=self.channels_last, fused_adamw=self.adamw == "fused",
+                       bf16="true" if self.bf16 else "false", compile=self.compile)
 
 
 VARIANTS = {
@@ -191,6 +192,12 @@ def _timed_step(setup: StepSetup, step: int) -> tuple[float, bool]:
     return time.perf_counter() - start, skipped
 
 
+def train_flops_per_image(cfg: Config) -> float:
+    """Forward + backward FLOPs of one training image of ``cfg`` (counted on a 2-image batch)."""
+    small = config_from_dict(cfg.to_dict(), ["batch_size=2", "device=cpu"])
+    return count_step_flops(build_setup(small, Variant(), torch.device("cpu"))) / 2
+
+
 def count_step_flops(setup: StepSetup) -> int:
     """FLOPs of one step's forward and backward (matmul, conv, attention), counted once."""
     with FlopCounterMode(display=False) as counter:
@@ -221,8 +228,8 @@ def _run_size(config: str, args) -> dict:
     return size
 
 
-def _variants_for(cfg: Config, names: list[str], bf16_ok: bool, force_bf16: bool, with_compile: bool,
-                  notes: list[str]) -> dict[str, Variant]:
+def _variants_for(cfg: Config, device: torch.device, names: list[str], bf16_ok: bool, force_bf16: bool,
+                  with_compile: bool, notes: list[str]) -> dict[str, Variant]:
     """The named variants (bf16 dropped without native support), plus the trainer's default path."""
     chosen: dict[str, Variant] = {}
     for name in names:
@@ -231,7 +238,7 @@ def _variants_for(cfg: Config, names: list[str], bf16_ok: bool, force_bf16: bool
                          f"than fp32; --force-bf16 measures it)")
             continue
         chosen[name] = VARIANTS[name]
-    fast = Variant.trainer_default(cfg)
+    fast = Variant.trainer_default(cfg, device)
     twin = next((name for name, v in chosen.items() if v == fast), None)
     if twin is None:
         chosen[FAST_PATH] = fast
@@ -255,8 +262,8 @@ def measure_config(config: str, args) -> dict:
     if "eager fp32" not in names:
         names.insert(0, "eager fp32")
     config_notes: list[str] = []
-    variants = _variants_for(cfg, names, bf16_ok, args.force_bf16, args.compile, config_notes)
-    fast = Variant.trainer_default(cfg)
+    variants = _variants_for(cfg, device, names, bf16_ok, args.force_bf16, args.compile, config_notes)
+    fast = Variant.trainer_default(cfg, device)
     fast_name = next(name for name, v in variants.items() if v == fast)
 
     images = folder_batch(cfg, args.data, device) if args.data else synthetic_batch(cfg, device)

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from diffjscc import __version__
-from diffjscc.config import CHANNELS
+from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS
 from diffjscc.errors import EXIT_USAGE, UserError
+from diffjscc.runtime.pretrained import checkpoint_for, verified_path
 
 EXIT_PEER_LOST = 1  # distributed training: another process died or stopped answering
 
@@ -61,11 +62,24 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 20) -> None:
+    p.add_argument("--steps", type=int, default=steps,
+                   help=f"sampling steps = network evaluations per image of the diffusion receiver (default {steps})")
+    p.add_argument("--sampler", default="auto", choices=list(SAMPLERS),
+                   help=f"auto (default): DPM-Solver++(2M) at <= {FEW_STEPS} steps, DDIM above; or either one")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (.pt) of a training run")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="a model shipped with diffjscc instead of --checkpoint (list: diffjscc models)")
+
+
 def _add_receiver_args(p: argparse.ArgumentParser, default_limit: int | None) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) of a training run")
+    _add_model_args(p)
     p.add_argument("--data", type=Path, required=True, help="folder of images (e.g. cifar_test/)")
     p.add_argument("--snr", type=float, default=None, help="channel SNR in dB (default: the config's snr_db)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM sampling steps (default 20)")
+    _add_sampling_args(p)
     p.add_argument("--start", choices=["gaussian", "inversion"], default="gaussian",
                    help="x_T from N(0, I) (a real receiver) or from DDIM inversion of the source "
                         "(oracle: needs the source at the receiver)")
@@ -91,9 +105,11 @@ def _add_evaluate(sub) -> None:
                     "(codec + ideal channel code). Writes results.json, results.csv and results.md under --out "
                     "and prints a Markdown table. 'inversion' needs the source image at the receiver: it is "
                     "an ORACLE upper bound and is labelled so everywhere.")
-    p.add_argument("--checkpoint", type=Path, action="append", required=True,
+    p.add_argument("--checkpoint", type=Path, action="append", default=[],
                    help="checkpoint (.pt) of a training run; repeat to put several models in one table "
                         "(a 'frozen' checkpoint also carries its Deep JSCC encoder and decoder)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="a model shipped with diffjscc (list: diffjscc models); repeatable, beside --checkpoint")
     p.add_argument("--data", type=Path, required=True, help="folder of images at the models' size (e.g. cifar_test/)")
     p.add_argument("--snr", default="0,5,10,15,20", help="comma-separated channel SNRs in dB (default 0,5,10,15,20)")
     p.add_argument("--start", "--starts", dest="start", default="gaussian",
@@ -101,7 +117,7 @@ def _add_evaluate(sub) -> None:
                         "mean (average of K posterior samples, an MMSE estimate), inversion (x_T by DDIM "
                         "inversion of the source: ORACLE). Default gaussian. Under torchrun spell it "
                         "--starts: torchrun's own parser rejects --start as an abbreviation of --start-method")
-    p.add_argument("--steps", type=int, default=20, help="DDIM sampling steps (default 20)")
+    _add_sampling_args(p)
     p.add_argument("--samples-per-image", type=int, default=None, metavar="K",
                    help="posterior samples per image for gaussian/mean (default 1, or 4 with --start mean)")
     p.add_argument("--limit", type=int, default=None, help="at most the first N images (sorted file names)")
@@ -164,24 +180,27 @@ def _add_plot(sub) -> None:
 
 def _add_transmit(sub) -> None:
     p = sub.add_parser("transmit", help="send one of your own images through a trained system",
-                       description="Transmit IN (any size; grayscale is converted) through the channel and write "
-                                   "the reconstruction OUT at the input's size. The model works at its own "
-                                   "resolution (32x32 for the CIFAR-10 configs): the image is cut into tiles of "
-                                   "that size (edges padded by repetition), each tile uses the model's latent_dim "
-                                   "real channel symbols, and the received tiles are stitched. Prints PSNR and "
-                                   "SSIM of the 8-bit output against the 8-bit input, and the symbols used.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pt) of a training run")
+                       description="Transmit IN (any size; grayscale is converted) through the channel as one image "
+                                   "and write the reconstruction OUT at the input's size. The Deep JSCC encoder and "
+                                   "decoder are fully convolutional: an HxW image (edges repeated up to S plus a "
+                                   "multiple of 3S/4 for the model's size S) costs c_out*(H/4)*(W/4) real channel "
+                                   "symbols, the model's own k/n: with 512 symbols per 32x32 image, 1/6 real "
+                                   "symbols (1/12 complex channel uses) per RGB value, e.g. 131,072 real symbols "
+                                   "for 512x512. The diffusion receiver samples the whole image, its network "
+                                   "seeing overlapping SxS windows blended at every step (no seams). Prints PSNR "
+                                   "and SSIM of the 8-bit output against the 8-bit input, and the symbols used.")
+    _add_model_args(p)
     p.add_argument("--snr", type=float, required=True, help="channel SNR in dB")
     p.add_argument("input", type=Path, metavar="IN", help="input image (PNG, JPEG, ...)")
     p.add_argument("output", type=Path, metavar="OUT", help="output image; format from the extension (PNG is lossless)")
     p.add_argument("--channel", default=None, choices=["rayleigh", *[k for k in CHANNELS if k != "none"]],
-                   help="default: the checkpoint's; rayleigh = rayleigh_block (one fading gain per tile)")
+                   help="default: the checkpoint's; rayleigh = rayleigh_block (one fading gain per image)")
     p.add_argument("--receiver", default="auto", choices=["auto", "diffusion", "deep_jscc"],
                    help="auto: diffusion (Gaussian start) when the checkpoint has one, else Deep JSCC")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps of the diffusion receiver (default 20)")
+    _add_sampling_args(p, steps=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=64, help="tiles per batch")
+    p.add_argument("--batch-size", type=int, default=64, help="windows of the diffusion receiver per network call")
     p.set_defaults(func=_cmd_transmit)
 
 
@@ -206,17 +225,32 @@ def _add_classifier(sub) -> None:
     p.set_defaults(func=_cmd_classifier)
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the pretrained models shipped with diffjscc and their measured scores",
+                       description="One model per line: name, what it is, its bandwidth, channel and training, and "
+                                   "its PSNR and fd_cls at 0/10/20 dB on the shared CIFAR-10 test images (from the "
+                                   "manifest that scripts/train_models.sh writes). Use a name with --model in "
+                                   "transmit, sample and evaluate, or as jscc_encoder_path of a 'frozen' config.")
+    p.add_argument("--path", default=None, metavar="NAME", help="print the checkpoint file of NAME (after "
+                                                                 "checking its SHA-256) and nothing else")
+    p.set_defaults(func=_cmd_models)
+
+
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="train and compare Deep JSCC and a diffusion receiver on the embedded sample",
-                       description="Runs the main job on a few hundred CIFAR-10 test images shipped with the "
-                                   "package: trains a Deep JSCC baseline and a conditional diffusion model for a "
-                                   "few minutes on the CPU, transmits held-back images at several SNRs, and "
-                                   "writes a comparison grid, a PSNR/SSIM table and a PSNR-vs-SNR plot.")
+    p = sub.add_parser("demo", help="compare Deep JSCC and a diffusion receiver on the embedded CIFAR-10 sample",
+                       description="Runs the main job on the CIFAR-10 test images shipped with the package: the "
+                                   "pretrained models (diffjscc models) transmit 200 of them at several SNRs, and the "
+                                   "demo writes a grid (one image per class), the results tables, PSNR/SSIM-vs-SNR "
+                                   "and perception-distortion plots, in under 2 minutes on 2 CPU cores. With "
+                                   "--train it trains its own Deep JSCC and diffusion receiver on 256 of the "
+                                   "images first (about 8 minutes) and scores the other 64.")
     p.add_argument("--out", type=Path, default=Path("diffjscc_demo"), help="output folder (default diffjscc_demo)")
+    p.add_argument("--train", action="store_true", help="train the demo's own models instead of the shipped ones")
     p.add_argument("--minutes", type=float, default=None,
-                   help="training budget as a scale: 8 is the default (the whole demo then takes about 12 "
-                        "minutes on 2 CPU cores), 4 halves the training steps")
-    p.add_argument("--snr", default="0,5,10,15,20", help="comma-separated SNRs in dB to evaluate")
+                   help="with --train: the training budget as a scale, 8 is the default (the whole demo then "
+                        "takes about 8 minutes on 2 CPU cores), 4 halves the training steps")
+    p.add_argument("--snr", default=None,
+                   help="comma-separated SNRs in dB to evaluate (default 0,10,20; with --train 0,5,10,15,20)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
@@ -227,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffjscc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_data, _add_train, _add_sample, _add_evaluate, _add_plot, _add_transmit, _add_classifier,
-                _add_demo):
+                _add_models, _add_demo):
         add(sub)
     return parser
 
@@ -269,9 +303,11 @@ def _cmd_train(args) -> int:
                              sample_grid=write_training_grid, overwrite=args.overwrite).train()
     except DistributedError as err:  # a peer died or hung: not a usage error
         return _peer_lost(err)
-    if context.is_main:
+    if context.is_main and result.images_per_second > 0:
         print(f"step {result.step}: checkpoint {result.last_checkpoint} "
               f"(loss {result.final_loss:.4f}, {result.images_per_second:.1f} img/s)")
+    elif context.is_main:  # resumed at total_steps
+        print(f"step {result.step}: the run had already reached total_steps; checkpoint {result.last_checkpoint}")
     return 0
 
 
@@ -283,7 +319,7 @@ def _load_for_receiving(args):
     for name in ("steps", "batch_size") + (("limit",) if args.limit is not None else ()):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    system = load_system(str(args.checkpoint), device=resolve_device(args.device))
+    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
     dataset = ImageFolderDataset(args.data, image_size=system.cfg.image_size, with_labels=system.cfg.class_cond)
     snr = system.cfg.snr_db if args.snr is None else args.snr
     return system, dataset, snr
@@ -310,7 +346,8 @@ def _cmd_sample(args) -> int:
     for start in range(0, count, args.batch_size):  # at most --batch-size images in the model at once
         part = slice(start, start + args.batch_size)
         chunks.append(reconstruct_rows(system, images[part], None if labels is None else labels[part],
-                                       steps=args.steps, generator=generator, snr_db=snr, receivers=receivers))
+                                       steps=args.steps, sampler=args.sampler, generator=generator, snr_db=snr,
+                                       receivers=receivers))
     names = chunks[0][1]
     rows = [torch.cat([chunk_rows[r] for chunk_rows, _ in chunks]) for r in range(len(names))]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -364,7 +401,11 @@ def _cmd_evaluate(args) -> int:
     digital_text = args.digital.strip().lower()
     digital = (tuple(CODECS) if digital_text == "all" else () if digital_text in ("", "none")
                else tuple(dict.fromkeys(c.strip() for c in digital_text.split(",") if c.strip())))
-    protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, samples_per_image=args.samples_per_image,
+    if not args.checkpoint and not args.model:
+        raise UserError("give at least one --checkpoint or --model (see 'diffjscc models')")
+    checkpoints = list(args.checkpoint) + [verified_path(name) for name in args.model]
+    names = [None] * len(args.checkpoint) + list(args.model)
+    protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, sampler=args.sampler, samples_per_image=args.samples_per_image,
                         limit=args.limit, seed=args.seed, batch_size=args.batch_size, channel=args.channel,
                         digital=digital, controls=args.controls)
     if not args.data.is_dir():
@@ -382,7 +423,7 @@ def _cmd_evaluate(args) -> int:
             say = print if context.is_main else (lambda *_args, **_kwargs: None)
             if context.enabled:
                 say(f"evaluate: {context.describe()}")
-            models = load_models(args.checkpoint, device=device)
+            models = load_models(checkpoints, device=device, names=names)
             fid, fid_info = _fid_scorer(args, device)
             if fid is None:
                 say(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)
@@ -434,7 +475,41 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _cmd_models(args) -> int:
+    from diffjscc.runtime.pretrained import manifest
+
+    if args.path is not None:
+        print(verified_path(args.path))
+        return 0
+    models = manifest()["models"]
+    if not models:
+        print("no pretrained models are installed (regenerate them with: bash scripts/train_models.sh)")
+    for name, entry in models.items():
+        print(_model_line(name, entry))
+    return 0
+
+
+def _model_line(name: str, entry: dict) -> str:
+    """One line of ``diffjscc models``: name first, then what it is and its measured scores."""
+    from fractions import Fraction
+
+    def ratio(value: float) -> str:
+        return str(Fraction(value).limit_denominator(1000))
+
+    training, scores = entry["training"], entry["scores"]
+    snrs = [s for s in ("0", "10", "20") if s in scores["by_snr"]]
+    columns = {key: "/".join(f"{scores['by_snr'][s][key]:.2f}" if scores["by_snr"][s].get(key) is not None
+                             else "-" for s in snrs) for key in ("psnr", "fd_cls")}
+    low, high = entry["snr_range"]
+    return (f"{name}  {entry['receiver']}; {entry['encoder']}; {entry['symbols']} real symbols (k/n "
+            f"{ratio(entry['k_over_n'])} real, {ratio(entry['k_over_n_complex'])} complex); {entry['channel']}, "
+            f"trained at {low:g}-{high:g} dB on {training['data']}, {training['steps']} steps; "
+            f"at {'/'.join(snrs)} dB: PSNR {columns['psnr']} dB, fd_cls {columns['fd_cls']} "
+            f"({scores['n_images']} test images{', ' + scores['how'] if scores.get('how') else ''})")
+
+
 def _cmd_transmit(args) -> int:
+    from diffjscc.diffusion.samplers import resolve_sampler
     from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
     from diffjscc.system import load_system
     from diffjscc.runtime.device import resolve_device
@@ -444,19 +519,20 @@ def _cmd_transmit(args) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if not args.input.is_file():
         raise UserError(f"image file not found: {args.input}")
-    system = load_system(str(args.checkpoint), device=resolve_device(args.device))
+    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
     channel = {"rayleigh": "rayleigh_block"}.get(args.channel, args.channel) or system.cfg.channel
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
-                           receiver=args.receiver, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
-    how = (f"diffusion receiver ({args.steps} DDIM steps, Gaussian start)" if result.receiver == "diffusion"
-           else "Deep JSCC decoder")
+                           receiver=args.receiver, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                           batch_size=args.batch_size)
+    how = (f"diffusion receiver ({args.steps} steps of {resolve_sampler(args.sampler, args.steps)}, Gaussian start)"
+           if result.receiver == "diffusion" else "Deep JSCC decoder")
     height, width = result.output.shape[:2]
     print(f"wrote {args.output} ({width}x{height}) via the {how} over {channel} at {args.snr:g} dB")
     print(f"PSNR {result.psnr:.2f} dB")
     print(f"SSIM {result.ssim:.4f}" if result.ssim is not None else "SSIM n/a (image smaller than 11 px)")
-    size = system.cfg.image_size
-    print(f"channel symbols {result.symbols} real ({result.tiles} tile(s) of {size}x{size}, "
-          f"{system.cfg.latent_dim} each; k/n {result.k_over_n:.4f} per RGB value)")
+    sent = "x".join(map(str, reversed(result.padded)))
+    print(f"channel symbols {result.symbols} real for the {sent} image sent (edges repeated): k/n "
+          f"{result.k_over_n:.4f} real symbols, {result.k_over_n_complex:.4f} complex channel uses per RGB value")
     if args.output.suffix.lower() in LOSSY_SUFFIXES:
         print(f"note: {args.output.suffix} is a lossy format; PSNR/SSIM are of the reconstruction before saving")
     return 0
@@ -511,9 +587,14 @@ def _cmd_classifier(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from diffjscc.demo import run_demo
+    from diffjscc.demo import run_demo, run_shipped_demo
 
-    run_demo(args.out, minutes=args.minutes, snr_text=args.snr, seed=args.seed)
+    if args.train:
+        run_demo(args.out, minutes=args.minutes, snr_text=args.snr or "0,5,10,15,20", seed=args.seed)
+    elif args.minutes is not None:
+        raise UserError("--minutes sets the training budget of 'demo --train'; the default demo trains nothing")
+    else:
+        run_shipped_demo(args.out, snr_text=args.snr or "0,10,20", seed=args.seed)
     return 0
 
 

@@ -32,6 +32,10 @@ NOISE_SCHEDULES = ("linear", "cosine")
 JSCC_NORMS = ("gdn", "batchnorm")
 DEVICES = ("auto", "cpu", "cuda")
 START_MODES = ("gaussian", "mean", "inversion")  # diffusion receivers: x_T ~ N(0, I); mean of K; ORACLE
+BF16_SETTINGS = ("false", "true", "auto")  # auto: on where the device computes bf16 natively
+SPACINGS = ("leading", "trailing")  # sampling timesteps: strided from t = 0 (DDIM's), or ending at t = T−1
+SAMPLERS = ("auto", "ddim", "dpm++2m")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM
+FEW_STEPS = 8
 
 RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error otherwise
     "timestep_respacing": "sampling uses sample_steps (grids) or --steps (sample, evaluate, transmit) DDIM steps",
@@ -49,7 +53,7 @@ class Config:
     # --- what to train -------------------------------------------------------------------
     mode: str = "joint"  # jscc | joint (Encdiffusion) | frozen (Condiffusion) | unconditional
     encoder: str = "jscc"  # jscc | half_unet: the transmitter's encoder in joint mode
-    jscc_encoder_path: str = ""  # frozen mode: checkpoint of a `mode: jscc` run
+    jscc_encoder_path: str = ""  # frozen mode: checkpoint of a `mode: jscc` run, or a shipped model's name
 
     # --- data and outputs ----------------------------------------------------------------
     data_dir: str = "data/cifar_train"
@@ -98,7 +102,8 @@ class Config:
     learn_sigma: bool = True  # learned variance trained with the hybrid loss (L_simple + λ·L_vlb)
     prediction: str = "epsilon"  # what the UNet predicts: epsilon (original) | x0 | v = √ᾱ·ε − √(1−ᾱ)·x0
     vlb_weight: float = 0.001  # λ of the hybrid loss (Nichol & Dhariwal 2021)
-    sample_steps: int = 50  # DDIM steps of the sample grids written during training
+    sample_steps: int = 50  # sampling steps of the sample grids written during training
+    sample_spacing: str = "leading"  # leading (DDIM's strided steps, never t = T−1) | trailing (ends at T−1)
 
     # --- optimisation ----------------------------------------------------------------------
     batch_size: int = 64
@@ -108,7 +113,7 @@ class Config:
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     total_steps: int = 100000  # the original's lr_anneal_steps
     lr_anneal: bool = True  # linear decay of lr to 0 at total_steps, as the original
-    bf16: bool = False  # bf16 autocast for forward passes (fast only with native bf16: GPU, AVX512-BF16/AMX CPU)
+    bf16: str = "false"  # bf16 autocast of forward passes: false | true | auto (on with native bf16: GPU, AVX512-BF16/AMX CPU)
     fused_adamw: bool = True  # the same AdamW update in one kernel: 2-5x faster optimizer step (bench train-step)
     channels_last: bool = False  # NHWC weights/activations: 4-13% slower on CPU (bench train-step); try on GPUs
     compile: bool = False  # torch.compile the UNet in place: 4 min of compiling, no faster on CPU (bench train-step)
@@ -148,6 +153,8 @@ class Config:
         _choice("device", self.device, DEVICES)
         _choice("conditioning", self.conditioning, CONDITIONINGS)
         _choice("tdl_model", self.tdl_model, TDL_MODELS)
+        _choice("sample_spacing", self.sample_spacing, SPACINGS)
+        _choice("bf16", self.bf16, BF16_SETTINGS)
         for key in ("image_size", "c_out", "latent_dim", "jscc_num_filters", "num_channels",
                     "num_res_blocks", "num_heads", "num_classes", "diffusion_steps",
                     "sample_steps", "batch_size", "total_steps", "log_interval",
@@ -245,6 +252,8 @@ _FIELD_TYPES = typing.get_type_hints(Config)
 def _coerce(key: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's declared type, or raise a one-line UserError."""
     target = _FIELD_TYPES[key]
+    if key == "bf16" and isinstance(value, bool):  # true/false as every config before "auto" wrote it
+        value = str(value).lower()
     origin = typing.get_origin(target)
     if origin is list:
         (item_type,) = typing.get_args(target)

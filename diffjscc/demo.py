@@ -1,5 +1,13 @@
 """``diffjscc demo``: the main job, end to end, on the CIFAR-10 sample shipped in the package.
 
+By default (:func:`run_shipped_demo`, under 2 minutes on 2 CPU cores) the pretrained models
+shipped in the package (``diffjscc models``: Deep JSCC and a diffusion receiver at 512 and 128
+real symbols per image) transmit 200 of the embedded test images (the first 20 of each class),
+none of which they were trained on, at 0, 10 and 20 dB, and the demo writes the grid (one image
+per class), the tables and the plots.
+
+``diffjscc demo --train`` (:func:`run_demo`) trains its own models from scratch instead:
+
 1. Split the 320 embedded test images into 256 for training and 64 held back.
 2. Train a Deep JSCC encoder/decoder (``mode: jscc``) through an AWGN channel whose SNR is drawn
    per image from [0, 20] dB.
@@ -36,7 +44,6 @@ from diffjscc.evaluation.grids import write_training_grid
 from diffjscc.training.runs import train_or_reuse
 
 HELD_BACK_EVERY = 5  # every 5th embedded image is held back: 64 of 320
-GRID_IMAGES = 8
 GRID_SNRS = (0.0, 10.0, 20.0)
 # Training budget at minutes=None (measured on 2 CPU cores: about 1 + 6 minutes).
 JSCC_STEPS = 1500
@@ -44,6 +51,9 @@ DIFFUSION_STEPS = 700
 SAMPLING_STEPS = 20
 DIFFUSION_RECEIVER = ["conditioning=residual", "prediction=v"]
 DIGITAL_CODECS = ("webp", "jpeg", "jpeg2000", "avif")  # separate source/channel coding baselines
+SHIPPED_RECEIVERS = ("diffusion_512", "diffusion_128")  # each holds its Deep JSCC base too
+SHIPPED_SAMPLING_STEPS = 8  # DPM-Solver++(2M)
+SHIPPED_IMAGES_PER_CLASS = 20  # 200 images: the default demo in under 2 minutes on 2 CPU cores
 
 
 def embedded_sample_dir() -> Path:
@@ -79,15 +89,102 @@ def _train(mode: str, steps: int, train_dir: Path, held_dir: Path, log_dir: Path
     return train_or_reuse(cfg, progress=True, sample_grid=write_training_grid).checkpoint
 
 
-def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0) -> dict:
-    """Run the whole demo into ``out``; returns the results document also written to results.json
-    (the evaluation protocol's format, plus a ``demo`` section with the training budget)."""
+def run_shipped_demo(out: Path, snr_text: str = "0,10,20", seed: int = 0,
+                     models: tuple[str, ...] = SHIPPED_RECEIVERS) -> dict:
+    """Transmit the embedded images with the shipped ``models`` into ``out``; returns the results
+    document also written to results.json (with a ``demo`` section naming the models)."""
+    from diffjscc.evaluation.sweep import load_models
+    from diffjscc.runtime.pretrained import model_entry, model_names, verified_path
+
+    snrs = parse_snr_list(snr_text)
+    missing = [name for name in models if name not in model_names()]
+    if missing:
+        raise UserError(f"the shipped model {missing[0]!r} is not installed; run 'diffjscc demo --train' to train "
+                        f"the demo's own models, or regenerate them with bash scripts/train_models.sh")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    loaded = load_models([verified_path(name) for name in models], device="cpu", names=list(models))
+    held_dir = _per_class_sample(out / "images", SHIPPED_IMAGES_PER_CLASS)
+    document = _score(loaded, held_dir, snrs, seed, digital=())
+    document["demo"] = {"models": {name: model_entry(name)["receiver"] for name in models},
+                        "held_back_images": document["n_images"], "sampling_steps": SHIPPED_SAMPLING_STEPS,
+                        "note": "the shipped models were trained on CIFAR-10 training images; these are test images"}
+    grid_rows, grid_names = _class_grid(loaded[0].system, held_dir, SHIPPED_SAMPLING_STEPS, seed)
+    symbols = " and ".join(f"{m.system.cfg.latent_dim}" for m in loaded)
+    return _finish(document, out, grid_rows, grid_names, started,
+                   title=f"diffjscc demo (shipped models): {document['n_images']} CIFAR-10 test images, AWGN, "
+                         f"{symbols} real symbols per image")
+
+
+def _per_class_sample(folder: Path, per_class: int) -> Path:
+    """The first ``per_class`` embedded images of each class, copied into ``folder`` (remade)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    taken: dict[str, int] = {}
+    for path in sorted(embedded_sample_dir().glob("*.png")):
+        label = path.name.rsplit("_", 1)[0]
+        if taken.get(label, 0) < per_class:
+            taken[label] = taken.get(label, 0) + 1
+            shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def _score(models, held_dir: Path, snrs: list[float], seed: int, digital: tuple[str, ...],
+           steps: int = SHIPPED_SAMPLING_STEPS) -> dict:
+    """The evaluation protocol on the held-back images: every receiver, the controls, realism."""
     from diffjscc.evaluation.classifier import load_classifier
-    from diffjscc.evaluation.figures import plot_perception_distortion, plot_results, save_image_grid
     from diffjscc.evaluation.realism import RealismScorer
-    from diffjscc.evaluation.results import results_table, write_results
-    from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
+    from diffjscc.evaluation.sweep import Protocol, run_protocol
+
+    protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=steps, seed=seed, digital=digital, controls=True)
+    return run_protocol(models, held_dir, protocol, lpips_note="LPIPS not computed in the demo",
+                        realism=RealismScorer(load_classifier(), seed=seed),
+                        fid_info={"skipped": "FID not computed in the demo: it needs the Inception-v3 weights "
+                                             "file (diffjscc evaluate --fid-weights PATH)"})
+
+
+def _class_grid(system, folder: Path, steps: int, seed: int) -> tuple[list[torch.Tensor], list[str]]:
+    """Grid rows: the first image of each class, then Deep JSCC and the diffusion receiver at each
+    of GRID_SNRS."""
     from diffjscc.evaluation.grids import reconstruct_rows
+
+    dataset = ImageFolderDataset(folder, image_size=system.cfg.image_size)
+    first_of_class: dict[str, int] = {}
+    for index, path in enumerate(dataset.files):
+        first_of_class.setdefault(path.name.rsplit("_", 1)[0], index)
+    images = torch.stack([dataset[i][0] for i in first_of_class.values()])
+    rows, names = [images], ["source"]
+    for snr in GRID_SNRS:
+        generator = torch.Generator().manual_seed(seed)
+        recon, recon_names = reconstruct_rows(system, images, None, steps=steps, generator=generator, snr_db=snr)
+        rows += recon[1:]
+        names += [f"{name} @{snr:g}dB" for name in recon_names[1:]]
+    return rows, names
+
+
+def _finish(document: dict, out: Path, grid_rows: list[torch.Tensor], grid_names: list[str], started: float,
+            title: str) -> dict:
+    """Write the grid, the plots and the results files; print the table."""
+    from diffjscc.evaluation.figures import plot_perception_distortion, plot_results, save_image_grid
+    from diffjscc.evaluation.results import results_table, write_results
+
+    save_image_grid(grid_rows, out / "grid.png", row_labels=grid_names)
+    plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim", "fd_cls"], title=title)
+    plot_perception_distortion(document["results"], out / "perception_distortion.png", title=title)
+    document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
+    write_results(document, out, overwrite=True)  # the demo regenerates its own folder's results
+    print("\n" + results_table(document))
+    print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'}, {out / 'perception_distortion.png'} and "
+          f"results.json/.csv/.md in {out} in {document['demo']['total_minutes']:.1f} min")
+    return document
+
+
+def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0) -> dict:
+    """Train the demo's own models and run the whole demo into ``out`` (``demo --train``); returns
+    the results document also written to results.json (the evaluation protocol's format, plus a
+    ``demo`` section with the training budget)."""
+    from diffjscc.evaluation.sweep import load_models
 
     snrs = parse_snr_list(snr_text)
     scale = 1.0 if minutes is None else minutes / 8.0
@@ -106,34 +203,14 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
 
     models = load_models([diff_ckpt], device="cpu")  # holds the frozen JSCC encoder and decoder too
     system = models[0].system
-    protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=SAMPLING_STEPS, seed=seed,
-                        digital=DIGITAL_CODECS, controls=True)
-    document = run_protocol(models, held_dir, protocol, lpips_note="LPIPS not computed in the demo",
-                            realism=RealismScorer(load_classifier(), seed=seed),
-                            fid_info={"skipped": "FID not computed in the demo: it needs the Inception-v3 weights "
-                                                 "file (diffjscc evaluate --fid-weights PATH)"})
+    document = _score(models, held_dir, snrs, seed, digital=DIGITAL_CODECS, steps=SAMPLING_STEPS)
     document["demo"] = {
         "jscc_checkpoint": str(jscc_ckpt), "diffusion_checkpoint": str(diff_ckpt),
         "jscc_train_steps": jscc_steps, "diffusion_train_steps": diffusion_steps,
         "train_images": len(list(train_dir.glob("*.png"))), "held_back_images": document["n_images"],
         "train_minutes": round(train_minutes, 2),
     }
-    held = ImageFolderDataset(held_dir, image_size=system.cfg.image_size)
-    images, _ = held.first(GRID_IMAGES)
-    grid_rows, grid_names = [images], ["source"]
-    for snr in GRID_SNRS:
-        generator = torch.Generator().manual_seed(seed)
-        recon, names = reconstruct_rows(system, images, None, steps=SAMPLING_STEPS, generator=generator, snr_db=snr)
-        grid_rows += recon[1:]
-        grid_names += [f"{name} @{snr:g}dB" for name in names[1:]]
-    save_image_grid(grid_rows, out / "grid.png", row_labels=grid_names)
-    title = f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, k/n = 1/6 real (1/12 complex)"
-    plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim", "fd_cls"], title=title)
-    plot_perception_distortion(document["results"], out / "perception_distortion.png", title=title)
-    document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
-    write_results(document, out, overwrite=True)  # the demo regenerates its own folder's results
-    print("\n" + results_table(document))
-    print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'}, {out / 'perception_distortion.png'} and "
-          f"results.json/.csv/.md in {out} "
-          f"in {document['demo']['total_minutes']:.1f} min")
-    return document
+    grid_rows, grid_names = _class_grid(system, held_dir, SAMPLING_STEPS, seed)
+    return _finish(document, out, grid_rows, grid_names, started,
+                   title=f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, "
+                         "k/n = 1/6 real (1/12 complex)")

@@ -68,7 +68,8 @@ class ReceiveContext:
     """What the receivers of one received batch are told besides y.
 
     ``snr_db``: channel SNR (dB) the receivers are told (SNR-adaptive models use it);
-    ``steps``: DDIM steps; ``generator``: the sampling noise, shared by the receivers in table
+    ``steps``: sampling steps (network evaluations); ``sampler``: one of
+    :data:`diffjscc.config.SAMPLERS`; ``generator``: the sampling noise, shared by the receivers in table
     order; ``samples``: K posterior samples per image; ``class_labels``: for class-conditional
     models; ``batch``: the number of images, needed only when there is no received latent
     (an unconditional model generates from the prior); ``source``: the transmitted images in
@@ -79,12 +80,13 @@ class ReceiveContext:
     """
 
     def __init__(self, *, snr_db: float | torch.Tensor | None, steps: int, generator: torch.Generator | None = None,
-                 samples: int = 1, class_labels: torch.Tensor | None = None, source: torch.Tensor | None = None,
+                 sampler: str = "auto", samples: int = 1, class_labels: torch.Tensor | None = None, source: torch.Tensor | None = None,
                  batch: int | None = None) -> None:
         if samples < 1:
             raise ValueError(f"samples must be positive, got {samples}")
         self.snr_db = snr_db
         self.steps = steps
+        self.sampler = sampler
         self.generator = generator
         self.samples = samples
         self.class_labels = class_labels
@@ -178,8 +180,8 @@ def _deep_jscc(system: TransmissionSystem, received: torch.Tensor | None, contex
 
 def _diffuse(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext,
              start: str, source: torch.Tensor | None = None) -> torch.Tensor:
-    """One DDIM run of the conditional diffusion from ``start``: (N, 3, H, W)."""
-    return system.receive(received, steps=context.steps, start=start, source=source,
+    """One sampler run of the conditional diffusion from ``start``: (N, 3, H, W)."""
+    return system.receive(received, steps=context.steps, sampler=context.sampler, start=start, source=source,
                           class_labels=context.class_labels, generator=context.generator, batch=context.batch,
                           snr_db=context.snr_db)
 

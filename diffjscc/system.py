@@ -26,6 +26,8 @@ its MSE beside the diffusion loss) and the diffusion receiver generates the resi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -33,11 +35,13 @@ from diffjscc.channel import Channel
 from diffjscc.config import Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
-from diffjscc.diffusion.samplers import ddim_invert, ddim_sample
-from diffjscc.diffusion.unet import ConditionalUNet
+from diffjscc.diffusion.samplers import ddim_invert, ddim_sample, dpm_solver_2m_sample, resolve_sampler
+from diffjscc.diffusion.unet import Condition, ConditionalUNet
 from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
 from diffjscc.runtime.checkpoint import load_checkpoint
+from diffjscc.runtime.device import bf16_enabled
+from diffjscc.runtime.pretrained import model_names, verified_path
 from diffjscc.runtime.seeding import AnyGenerator
 
 
@@ -138,9 +142,12 @@ class TransmissionSystem(nn.Module):
         return snr_db
 
     def sampling_process(self, steps: int) -> GaussianDiffusion:
-        """The trained process respaced to ``steps`` DDIM steps (strided, never t = T−1)."""
+        """The trained process respaced to ``steps`` sampling steps, spaced as ``sample_spacing``
+        says: ``leading`` strided from t = 0 (never t = T−1), ``trailing`` ending at t = T−1."""
         assert self.diffusion is not None
         total = self.diffusion.num_timesteps
+        if self.cfg.sample_spacing == "trailing":
+            return respace(self.diffusion, parse_respacing(f"trailing{min(steps, total)}", total))
         return respace(self.diffusion, parse_respacing(f"ddim{min(steps, max(total - 1, 1))}", total))
 
     def residual_base(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor | None:
@@ -168,27 +175,31 @@ class TransmissionSystem(nn.Module):
                  batch: int | None = None):
         """The network as a function of (x_t, t) with the conditioning computed once and closed over.
 
-        A model trained with ``bf16`` runs its network under bf16 autocast here too (its output
-        cast back to float32); the sampler's arithmetic stays in float32/64 either way.
+        A model trained with ``bf16`` runs its network under bf16 autocast here too where that
+        setting turns it on for this device (``auto``: native bf16 only), its output cast back to
+        float32; the sampler's arithmetic stays in float32/64 either way.
         """
         assert self.unet is not None
         condition = self.unet.condition(received, class_labels, self._receiver_snr(snr_db), base, batch=batch)
-        if not self.cfg.bf16:
-            return lambda x, t: self.unet(x, t, condition=condition)
-        device_type = next(self.unet.parameters()).device.type
+        return lambda x, t: self._network(x, t, condition)
 
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type, dtype=torch.bfloat16):
-                return self.unet(x, t, condition=condition).float()
-
-        return denoise
+    def _network(self, x: torch.Tensor, t: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The UNet's output at (x_t, t) for a prepared condition, under bf16 autocast for a model
+        trained with ``bf16`` (its output cast back to float32)."""
+        device = next(self.unet.parameters()).device
+        if not bf16_enabled(self.cfg.bf16, device):
+            return self.unet(x, t, condition=condition)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return self.unet(x, t, condition=condition).float()
 
     @torch.no_grad()
     def receive(self, received: torch.Tensor | None, steps: int, start: str = "gaussian",
                 source: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, batch: int | None = None,
-                progress: bool = False, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
-        """Diffusion receiver: received latent → image in [−1, 1] by DDIM.
+                progress: bool = False, snr_db: float | torch.Tensor | None = None,
+                sampler: str = "auto") -> torch.Tensor:
+        """Diffusion receiver: received latent → image in [−1, 1] with ``sampler`` (see
+        :func:`~diffjscc.diffusion.samplers.resolve_sampler`; inversion always runs DDIM).
 
         ``start="gaussian"`` draws x_T ~ N(0, I): a real receiver. ``start="inversion"`` obtains
         x_T by DDIM inversion of ``source`` — the *source image*, which a real receiver does not
@@ -208,8 +219,66 @@ class TransmissionSystem(nn.Module):
             x_T = ddim_invert(process, denoise, self.to_residual(source, base), progress=progress)
         else:
             raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
-        generated = ddim_sample(process, denoise, x_T, clip=self.clip_range(base), generator=generator,
-                                progress=progress)
+        generated = _sample(process, denoise, x_T, self.clip_range(base), "ddim" if start == "inversion" else sampler,
+                            steps, generator, progress)
+        return self.from_residual(generated, base).clamp(-1, 1)
+
+    @property
+    def window_stride(self) -> int:
+        """Pixels between the diffusion receiver's windows on a large image: three quarters of a
+        window, a multiple of 4 (one latent position is 4 pixels)."""
+        return max(4, 3 * self.cfg.image_size // 16 * 4)
+
+    @torch.no_grad()
+    def receive_windowed(self, received: torch.Tensor, steps: int, snr_db: float | torch.Tensor | None = None,
+                         sampler: str = "auto", generator: torch.Generator | None = None, stride: int | None = None,
+                         batch_size: int = 64) -> torch.Tensor:
+        """Diffusion receiver for one image larger than the network: received latent (1, c, h, w)
+        of an image of 4h × 4w pixels → that image in [−1, 1].
+
+        The sampler runs on the whole image; at every step the network sees overlapping
+        ``image_size`` windows (``stride`` pixels apart), each with its own
+        window of y (and of the Deep JSCC estimate), and their outputs are blended with weights
+        that fall towards each window's edges (MultiDiffusion, Bar-Tal et al. 2023): every pixel
+        follows one trajectory, so no seams appear where windows meet. Needs (4h − image_size)
+        and (4w − image_size) to be multiples of ``stride`` (default :attr:`window_stride`).
+        """
+        assert self.unet is not None
+        size = self.cfg.image_size
+        stride = stride or self.window_stride
+        height, width = 4 * received.shape[-2], 4 * received.shape[-1]
+        if received.shape[0] != 1 or stride % 4 or (height - size) % stride or (width - size) % stride:
+            raise ValueError(f"receive_windowed needs one image whose sides minus {size} are multiples of the "
+                             f"stride {stride} (a multiple of 4), got {height}x{width}")
+        corners = [(i, j) for i in range(0, height - size + 1, stride) for j in range(0, width - size + 1, stride)]
+        latent_size = size // 4
+        latents = torch.cat([received[..., i // 4:i // 4 + latent_size, j // 4:j // 4 + latent_size]
+                             for i, j in corners])
+        base = self.residual_base(received, snr_db)
+        windows_of_base = None if base is None else torch.cat([base[..., i:i + size, j:j + size] for i, j in corners])
+        condition = self.unet.condition(latents, None, self._receiver_snr(snr_db), windows_of_base, batch=len(corners))
+        ramp = 1 - 0.9 * (2 * (torch.arange(size, device=received.device) + 0.5) / size - 1).abs()
+        weight = (ramp[:, None] * ramp[None, :])  # 1 at the centre, 0.1 at the edges
+        total = torch.zeros(height, width, device=received.device)
+        for i, j in corners:
+            total[i:i + size, j:j + size] += weight
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            outputs = []
+            for first in range(0, len(corners), batch_size):
+                part = slice(first, first + batch_size)
+                windows = torch.cat([x[..., i:i + size, j:j + size] for i, j in corners[part]])
+                piece = Condition(None if condition.vector is None else condition.vector[part],
+                                  None if condition.maps is None else condition.maps[part])
+                outputs.append(self._network(windows, t.expand(windows.shape[0]), piece))
+            out = torch.cat(outputs)
+            blended = torch.zeros(1, out.shape[1], height, width, device=x.device, dtype=out.dtype)
+            for k, (i, j) in enumerate(corners):
+                blended[..., i:i + size, j:j + size] += weight * out[k]
+            return blended / total
+
+        x_T = torch.randn((1, 3, height, width), generator=generator, device=received.device)
+        generated = _sample(self.sampling_process(steps), denoise, x_T, self.clip_range(base), sampler, steps, generator)
         return self.from_residual(generated, base).clamp(-1, 1)
 
     def decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -221,12 +290,23 @@ class TransmissionSystem(nn.Module):
         return self.decoder(received) if snr is None else self.decoder(received, snr)
 
 
+def _sample(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sampler: str, steps: int,
+            generator: torch.Generator | None, progress: bool = False) -> torch.Tensor:
+    """x_T → x_0 over ``process`` with the sampler that ``sampler`` names at ``steps`` evaluations."""
+    if resolve_sampler(sampler, steps) == "dpm++2m":
+        return dpm_solver_2m_sample(process, denoise, x_T, clip=clip, progress=progress)
+    return ddim_sample(process, denoise, x_T, clip=clip, generator=generator, progress=progress)
+
+
 def _state_from(payload: dict, prefer_ema: bool) -> dict:
     return payload["ema"] if prefer_ema and "ema" in payload else payload["model"]
 
 
 def load_jscc_into(system: TransmissionSystem, path: str) -> None:
-    """Copy the (EMA) encoder and decoder of a ``mode: jscc`` checkpoint into ``system``."""
+    """Copy the (EMA) encoder and decoder of a ``mode: jscc`` checkpoint into ``system``; ``path``
+    may name a shipped model instead (``diffjscc models``), loaded after its hash is checked."""
+    if not Path(path).exists() and path in model_names():
+        path = str(verified_path(path))
     payload = load_checkpoint(path)
     saved = payload["config"]
     if saved.get("mode") != "jscc":

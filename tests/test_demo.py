@@ -1,4 +1,5 @@
-"""`diffjscc demo` end to end on the embedded sample, with a tiny training budget."""
+"""`diffjscc demo` end to end on the embedded sample: with the shipped models (the default) and
+with a tiny training budget (``--train``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from diffjscc.cli import main
 from diffjscc.demo import embedded_sample_dir
 from diffjscc.runtime.checkpoint import load_checkpoint
+from diffjscc.runtime.pretrained import model_names
 from diffjscc.system import load_system
 
 
@@ -32,7 +34,7 @@ def test_embedded_sample_is_shipped() -> None:
 
 def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--minutes", "0.05", "--snr", "10"]) == 0
+    assert main(["demo", "--train", "--out", str(out), "--minutes", "0.05", "--snr", "10"]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
     assert {r["receiver"] for r in rows} == {"deep_jscc", "diffusion", "webp", "jpeg", "jpeg2000", "avif",
@@ -74,3 +76,26 @@ def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     assert "| Deep JSCC |" in table and "| diffusion |" in table and "WebP + ideal code" in table
     assert "not Inception FID/KID" in table and "verdict at 10 dB" in table and "k_over_n_complex" in table
     assert "| Deep JSCC |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not {"diffusion_512", "diffusion_128"} <= set(model_names()), reason="no shipped receivers")
+def test_default_demo_transmits_with_the_shipped_models(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--snr", "10"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["demo"]["models"]) == {"diffusion_512", "diffusion_128"}
+    assert results["n_images"] == 200 and "runs" not in {p.name for p in out.iterdir()}  # nothing trained
+    rows = {(r["model"], r["receiver"]): r for r in results["results"]}
+    for model, symbols in (("diffusion_512", 512), ("diffusion_128", 128)):
+        for receiver in ("deep_jscc", "diffusion", "source", "control_noise"):
+            row = rows[model, receiver]
+            assert row["n_symbols"] == symbols and row["snr_db"] == 10.0 and row["fd_cls"] is not None
+        assert rows[model, "diffusion"]["sampler"] == "dpm++2m" and rows[model, "diffusion"]["steps"] == 8
+    assert rows["diffusion_512", "deep_jscc"]["psnr"] > rows["diffusion_128", "deep_jscc"]["psnr"]
+    grid = Image.open(out / "grid.png")
+    assert grid.width > 10 * 32 and grid.height > 7 * 32  # one image per class; source + 2 receivers at 3 SNRs
+    for name in ("psnr_ssim_vs_snr.png", "perception_distortion.png", "results.md", "results.csv"):
+        assert (out / name).is_file()
+    assert main(["demo", "--out", str(out), "--minutes", "1"]) == 2
+    assert "--minutes sets the training budget of 'demo --train'" in capsys.readouterr().err
+

@@ -17,7 +17,7 @@ from PIL import Image
 from diffjscc.cli import main
 from diffjscc.evaluation.metrics import psnr_per_image
 from diffjscc.evaluation.results import ROW_FIELDS
-from diffjscc.runtime.checkpoint import list_checkpoints
+from diffjscc.runtime.checkpoint import list_checkpoints, load_checkpoint
 from launch_helpers import train_argv
 
 MICRO = ["num_channels=16", "channel_mult=[1,2]", "attention_resolutions=[16]", "num_res_blocks=1",
@@ -182,7 +182,10 @@ def test_transmit_any_size_and_grayscale(data_root: Path, checkpoints: dict[str,
     printed = capsys.readouterr().out
     result = Image.open(out)
     assert result.size == (77, 45) and result.mode == "RGB"
-    assert "channel symbols 3072 real (6 tile(s)" in printed and re.search(r"^SSIM -?\d\.\d{4}$", printed, re.M)
+    c_out = load_checkpoint(checkpoints["frozen"])["config"]["c_out"]
+    symbols = c_out * (80 // 4) * (56 // 4)  # sent whole, edges repeated to 32 + 24k per side: 80 x 56
+    assert f"channel symbols {symbols} real for the 80x56 image sent" in printed
+    assert f"k/n {symbols / (3 * 77 * 45):.4f} real symbols" in printed and re.search(r"^SSIM -?\d\.\d{4}$", printed, re.M)
     a = torch.from_numpy(np.array(big, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
     b = torch.from_numpy(np.array(result, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
     assert _printed_psnr(printed) == pytest.approx(float(psnr_per_image(a, b)[0]), abs=0.006)

@@ -47,7 +47,7 @@ def _trainer_batches(trainer: Trainer, count: int) -> list[tuple[torch.Tensor, t
 
 
 def _bench_steps(cfg: Config, batches: list, step_indices: list[int]) -> StepSetup:
-    setup = build_setup(cfg, Variant.trainer_default(cfg), CPU, batches[0])
+    setup = build_setup(cfg, Variant.trainer_default(cfg, CPU), CPU, batches[0])
     for (images, labels), step in zip(batches, step_indices):
         setup = replace(setup, images=images, labels=labels)
         assert not run_step(setup, step).skipped
@@ -103,7 +103,7 @@ def test_variants_without_a_config_key_are_applied_after_the_trainers_set_up() -
     assert not result.skipped and torch.isfinite(result.grad_norm)
     assert optimizer.state  # the rebuilt optimizer is the one the step uses
 
-    fast = build_setup(cfg, Variant.trainer_default(cfg), CPU).train_step
+    fast = build_setup(cfg, Variant.trainer_default(cfg, CPU), CPU).train_step
     assert fast.cfg.fused_adamw and fast.optimizer.defaults["fused"]
     eager = build_setup(cfg, Variant(), CPU).train_step
-    assert not (eager.cfg.fused_adamw or eager.cfg.channels_last or eager.cfg.bf16 or eager.cfg.compile)
+    assert not (eager.cfg.fused_adamw or eager.cfg.channels_last or eager.cfg.bf16 == "true" or eager.cfg.compile)

@@ -20,11 +20,20 @@ def parse_respacing(spec: str | int, num_timesteps: int) -> list[int]:
     * ``"ddimN"`` (or an int N): the N steps ``floor(i·T/N)``, i.e. ``range(0, T, T // N)``
       when N divides T — never includes t = T−1 (unless N = T), where the cosine schedule's
       ᾱ ≈ 0 would make DDIM inversion divide by ~0;
+    * ``"trailingN"``: the N steps ``round(T − i·T/N) − 1``, which end at t = T−1 (Lin et al. 2024,
+      "Common diffusion noise schedules and sample steps are flawed", Table 2): sampling starts
+      where x_T ~ N(0, I) is the forward process's marginal (the cosine schedule's ᾱ_{T−1} is
+      2.4e-9), not at t = 950 of 1000 (20 steps, √ᾱ ≈ 0.08) where part of the image remains;
     * ``"N"``: N steps evenly spread over [0, T−1] including both ends (DDPM-style);
     * ``"a,b,c"``: the range split into sections with a, b, c steps each.
     """
     text = str(spec).strip()
     try:
+        if text.startswith("trailing"):
+            count = int(text[len("trailing"):])
+            if not 1 <= count <= num_timesteps:
+                raise ValueError
+            return sorted({round(num_timesteps - i * num_timesteps / count) - 1 for i in range(count)})
         if isinstance(spec, int) or text.startswith("ddim"):
             count = int(text[4:] if text.startswith("ddim") else text)
             if not 1 <= count <= num_timesteps:
@@ -36,7 +45,7 @@ def parse_respacing(spec: str | int, num_timesteps: int) -> list[int]:
         sections = [int(part) for part in text.split(",")]
     except ValueError:
         raise UserError(
-            f"timestep respacing '{spec}' is not 'ddimN', 'N' or 'a,b,c' with 1 <= N <= {num_timesteps}"
+            f"timestep respacing '{spec}' is not 'ddimN', 'trailingN', 'N' or 'a,b,c' with 1 <= N <= {num_timesteps}"
         ) from None
     size_per = num_timesteps // len(sections)
     extra = num_timesteps % len(sections)

@@ -24,7 +24,6 @@ The weights are never downloaded: they load from a local file with
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.pretrained import sha256_of_file
 
 __all__ = [
     "FID_INPUT_SIZE",
@@ -265,15 +265,6 @@ def find_inception_weights(explicit: str | os.PathLike | None = None) -> Path | 
         if (cache / name).is_file():
             return cache / name
     return None
-
-
-def sha256_of_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (identifies the weights in result files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_fid_inception(path: str | os.PathLike, device: torch.device | str = "cpu") -> FIDInceptionV3:

@@ -35,6 +35,7 @@ import torch
 
 from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import CHANNELS, START_MODES
+from diffjscc.diffusion.samplers import resolve_sampler
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
@@ -63,15 +64,19 @@ class EvalModel:
     system: TransmissionSystem
 
 
-def load_models(paths: Sequence[Path], device: torch.device | str = "cpu") -> list[EvalModel]:
-    """Load checkpoints (EMA weights, eval mode) and give each a unique short label."""
+def load_models(paths: Sequence[Path], device: torch.device | str = "cpu",
+                names: Sequence[str | None] | None = None) -> list[EvalModel]:
+    """Load checkpoints (EMA weights, eval mode) and give each a unique short label: its entry of
+    ``names`` (a shipped model's name), else its run folder's name (or folder/file when those clash)."""
     if not paths:
-        raise UserError("give at least one --checkpoint")
-    labels = [Path(p).parent.name or Path(p).stem for p in paths]
+        raise UserError("give at least one --checkpoint or --model")
+    names = list(names) if names is not None else [None] * len(paths)
+    labels = [name or Path(p).parent.name or Path(p).stem for p, name in zip(paths, names)]
     if len(set(labels)) < len(labels):
-        labels = [f"{Path(p).parent.name}/{Path(p).stem}" if Path(p).parent.name else Path(p).stem for p in paths]
+        labels = [name or (f"{Path(p).parent.name}/{Path(p).stem}" if Path(p).parent.name else Path(p).stem)
+                  for p, name in zip(paths, names)]
     if len(set(labels)) < len(labels):
-        raise UserError("the same --checkpoint is given twice")
+        raise UserError("the same --checkpoint or --model is given twice")
     models = []
     for label, path in zip(labels, paths):
         system = load_system(str(path), device=device)
@@ -84,6 +89,13 @@ def load_models(paths: Sequence[Path], device: torch.device | str = "cpu") -> li
     return models
 
 
+def _sampler_column(receiver: Receiver, protocol: "Protocol") -> str:
+    """The sampler a row's outputs came from: inversion always runs DDIM; "-" without diffusion."""
+    if not receiver.uses_unet:
+        return "-"
+    return "ddim" if receiver.start == "inversion" else resolve_sampler(protocol.sampler, protocol.steps)
+
+
 @dataclass
 class Protocol:
     """What to run. ``samples_per_image`` (K) defaults to 4 when ``mean`` is asked for, else 1."""
@@ -91,6 +103,7 @@ class Protocol:
     snrs: list[float]
     starts: tuple[str, ...] = ("gaussian",)
     steps: int = 20
+    sampler: str = "auto"
     samples_per_image: int | None = None
     limit: int | None = None
     seed: int = 0
@@ -115,6 +128,7 @@ class Protocol:
                 raise UserError(f"--{name} must be positive")
         if "mean" in self.starts and self.samples_per_image == 1:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
+        resolve_sampler(self.sampler, self.steps)  # a one-line error for an unknown sampler
         if self.channel is not None and self.channel not in CHANNELS:
             raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNELS)}")
         for codec in self.digital:
@@ -207,7 +221,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             g_channel = torch.Generator(device=device).manual_seed(channel_seed)
             x = images[part].to(device)
             received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
-            context = ReceiveContext(snr_db=snr, steps=protocol.steps, samples=K, source=x,
+            context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed),
                                      class_labels=labels[part].to(device) if use_labels else None)
             for receiver in receivers:  # table order: the order they draw sampling noise in
@@ -221,6 +235,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             scored = torch.cat(chunks, dim=1).flatten(0, 1) if chunks else my_source[:0]  # sample-major
             row = dict(base, system=receiver.describe(receiver.label, samples=K), receiver=receiver.family,
                        steps=protocol.steps if receiver.uses_unet else 0, start=receiver.start or "-",
+                       sampler=_sampler_column(receiver, protocol),
                        oracle=receiver.oracle, control=receiver.control,
                        samples_per_image=K if receiver.per_sample else 1)
             row.update(score_outputs(my_source, scored, fid, lpips, sharded=sharded, realism=realism,
@@ -262,7 +277,7 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                 outputs = torch.from_numpy(received).permute(0, 3, 1, 2).contiguous()
                 row = {"system": f"{CODECS[name].label} + ideal code", "receiver": name, "model": "", "mode": "digital",
                        "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
-                       "n_symbols": n_symbols, "steps": 0, "start": "-", "oracle": False, "control": False,
+                       "n_symbols": n_symbols, "steps": 0, "sampler": "-", "start": "-", "oracle": False, "control": False,
                        "samples_per_image": 1,
                        "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
                        "mean_bytes": stats["mean_bytes"], "lost_fraction": stats["lost_fraction"],
@@ -364,7 +379,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
         checkpoints=[{"label": m.label, "path": str(m.checkpoint), "mode": m.system.cfg.mode,
                       "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
         settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
-                  "steps": protocol.steps, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
+                  "steps": protocol.steps, "sampler": protocol.sampler, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
                   "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
                   "controls": protocol.controls},
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,

@@ -10,6 +10,7 @@ sampling and evaluation all use it when it is on.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -51,3 +52,28 @@ def numerics_id(device: torch.device | str) -> str:
     if device.type != "cuda":
         return device.type
     return "cuda-tf32" if torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32 else "cuda-fp32"
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether bf16 runs natively (AVX512-BF16 or AMX on CPU; the GPU's own check on CUDA), and
+    how that was decided. Without it, CPU autocast to bf16 emulates the type and is many times
+    slower than fp32, so ``bf16: auto`` leaves it off."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported()), "torch.cuda.is_bf16_supported()"
+    checks = {"AVX512-BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+              "AMX": getattr(torch.cpu, "_is_amx_tile_supported", None)}
+    found = {name: bool(check()) for name, check in checks.items() if check is not None}
+    described = ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in found.items())
+    return any(found.values()), f"CPU capability {torch.backends.cpu.get_cpu_capability()}; {described}"
+
+
+@functools.lru_cache(maxsize=None)
+def _native(device_type: str) -> bool:
+    return native_bf16(torch.device(device_type))[0]
+
+
+def bf16_enabled(setting: str, device: torch.device | str) -> bool:
+    """Whether the ``bf16`` config setting (false | true | auto) autocasts to bf16 on ``device``."""
+    if setting == "auto":
+        return _native(torch.device(device).type)
+    return setting == "true"

@@ -50,7 +50,7 @@ from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem, load_jscc_into
 from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                           prune_checkpoints, record_checkpoint, save_checkpoint)
-from diffjscc.runtime.device import resolve_device
+from diffjscc.runtime.device import bf16_enabled, resolve_device
 from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gather_tensors, all_reduce_sum,
                                           barrier, broadcast_buffers)
 from diffjscc.runtime.rundir import RunLock, new_run_id, prepare_fresh_run
@@ -259,7 +259,7 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         draws = BatchGenerator(step_generator(cfg.seed, step, self.device), cfg.batch_size, *self.rows)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16_enabled(cfg.bf16, self.device)):
             terms = self.step_loss(images, labels, draws)
         loss = terms["loss"]
         self.optimizer.zero_grad(set_to_none=True)

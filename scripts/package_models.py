@@ -1,0 +1,139 @@
+"""Turn finished training runs into the models shipped in the package (called by train_models.sh).
+
+    python scripts/package_models.py add NAME --run RUN_DIR --step N --description TEXT [--base NAME]
+    python scripts/package_models.py scores NAME RESULTS_JSON --receiver deep_jscc|diffusion [--how TEXT]
+
+``add`` writes ``diffjscc/assets/models/NAME.pt`` (an ordinary diffjscc checkpoint holding the EMA
+weights of RUN_DIR/ckpt_N.pt, fp32, with the run's config and its provenance: seed, steps, data,
+training time and FLOPs) and its manifest entry (SHA-256, size, what it is); ``scores`` copies the
+rows of an ``evaluate --model NAME`` results file into that entry, so that ``diffjscc models``
+prints numbers measured on the shipped file. The manifest is rewritten under a lock: two
+train_models.sh runs side by side (one model each) may call this script at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` beside `diffjscc`
+
+from bench.train_step import train_flops_per_image  # noqa: E402
+from diffjscc.channel import bandwidth_ratio  # noqa: E402
+from diffjscc.config import config_from_dict  # noqa: E402
+from diffjscc.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint  # noqa: E402
+from diffjscc.runtime.pretrained import MANIFEST_FORMAT, models_dir, sha256_of_file  # noqa: E402
+
+SCORE_KEYS = ("psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "kid_cls_std", "acc_cls")
+
+
+@contextmanager
+def _manifest(folder: Path):
+    """The manifest document, written back (atomically) when the block ends, under an exclusive lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "manifest.json"
+    with open(folder / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        document = json.loads(path.read_text()) if path.is_file() else {
+            "format": MANIFEST_FORMAT, "regenerate": "bash scripts/train_models.sh", "models": {}}
+        yield document
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
+        tmp.replace(path)
+
+
+def _training_minutes(run: Path, step: int) -> float:
+    """Training time from the run log: each logged interval's images over its measured img/s."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seconds, previous = 0.0, 0
+    cfg = config_from_dict(load_checkpoint(checkpoint_path(run, step))["config"])
+    for record in records:
+        if record["step"] > step or not record.get("img_per_s"):
+            continue
+        seconds += (record["step"] - previous) * cfg.batch_size / record["img_per_s"]
+        previous = record["step"]
+    return seconds / 60
+
+
+def add(args: argparse.Namespace) -> None:
+    payload = load_checkpoint(checkpoint_path(args.run, args.step))
+    cfg = config_from_dict(payload["config"])
+    config = cfg.to_dict()
+    if args.base:
+        config["jscc_encoder_path"] = args.base  # a shipped name, not this machine's path
+    config["log_dir"] = ""
+    state = payload.get("ema", payload["model"])
+    images = args.step * cfg.batch_size
+    provenance = {"seed": cfg.seed, "steps": args.step, "batch_size": cfg.batch_size, "images_seen": images,
+                  "data": args.data, "train_minutes": round(_training_minutes(args.run, args.step), 1),
+                  "train_tflop": round(train_flops_per_image(cfg) * images / 1e12, 1),
+                  "machine": args.machine, "command": "bash scripts/train_models.sh"}
+    folder = models_dir()
+    target = folder / f"{args.name}.pt"
+    save_checkpoint({"config": config, "model": {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                     "step": args.step, "provenance": provenance}, target)
+    symbols = cfg.latent_dim
+    k_over_n = bandwidth_ratio(symbols, (3, cfg.image_size, cfg.image_size))
+    with _manifest(folder) as document:
+        document["models"][args.name] = {
+            "file": target.name, "sha256": sha256_of_file(target), "bytes": target.stat().st_size,
+            "receiver": args.description,
+            "encoder": f"Deep JSCC encoder (GDN, {cfg.jscc_num_filters} filters, SNR-adaptive)"
+                       + (f" of {args.base}" if args.base else ""),
+            "base": args.base or None, "symbols": symbols, "k_over_n": k_over_n, "k_over_n_complex": k_over_n / 2,
+            "channel": cfg.channel, "snr_range": list(cfg.snr_range) or [cfg.snr_db, cfg.snr_db],
+            "training": provenance, "scores": {"n_images": 0, "by_snr": {}},
+        }
+    print(f"{target}: {target.stat().st_size / 1e6:.2f} MB, {provenance['train_minutes']} min, "
+          f"{provenance['train_tflop']} TFLOP")
+
+
+def scores(args: argparse.Namespace) -> None:
+    document = json.loads(Path(args.results).read_text())
+    rows = [r for r in document["results"] if r["receiver"] == args.receiver and not r["control"]
+            and r["start"] in ("gaussian", "-")]
+    if not rows:
+        raise SystemExit(f"no {args.receiver} rows in {args.results}")
+    with _manifest(models_dir()) as manifest:
+        entry = manifest["models"][args.name]
+        entry["scores"] = {
+            "n_images": document["n_images"], "data": args.data, "how": args.how,
+            "steps": rows[0]["steps"], "sampler": rows[0]["sampler"], "samples_per_image": rows[0]["samples_per_image"],
+            "seed": document["seed"], "command": args.command,
+            "by_snr": {f"{r['snr_db']:g}": {key: r.get(key) for key in SCORE_KEYS} for r in rows},
+        }
+    print(f"{args.name}: scores at {', '.join(entry['scores']['by_snr'])} dB on {document['n_images']} images")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("add")
+    p.add_argument("name")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--description", required=True)
+    p.add_argument("--base", default="")
+    p.add_argument("--data", default="CIFAR-10 data_batch_1 (10,000 training images)")
+    p.add_argument("--machine", default="2-core CPU, no GPU")
+    p.set_defaults(func=add)
+    p = sub.add_parser("scores")
+    p.add_argument("name")
+    p.add_argument("results", type=Path)
+    p.add_argument("--receiver", required=True, choices=["deep_jscc", "diffusion"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--how", default="")
+    p.add_argument("--command", required=True)
+    p.set_defaults(func=scores)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

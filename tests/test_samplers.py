@@ -1,0 +1,97 @@
+"""Few-step sampling: the trailing spacing, and DPM-Solver++(2M) against the exact probability-flow
+ODE of Gaussian data (closed form) and against diffusers' implementation of the same solver."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffjscc.config import Config
+from diffjscc.diffusion.gaussian import GaussianDiffusion
+from diffjscc.diffusion.respace import parse_respacing, respace
+from diffjscc.diffusion.samplers import ddim_sample, dpm_solver_2m_sample, resolve_sampler
+from diffjscc.errors import UserError
+from diffjscc.system import TransmissionSystem
+
+T = 1000
+DATA_STD = 0.5
+FEW_STEP_ERROR = 0.15  # DPM-Solver++(2M), 8 evaluations, trailing: max |x_0 − exact| (measured 0.134; DDIM 0.283)
+
+
+def test_trailing_spacing_ends_at_the_last_timestep() -> None:
+    for count in (1, 2, 4, 8, 20, 50):
+        kept = parse_respacing(f"trailing{count}", T)
+        assert len(kept) == count and kept[-1] == T - 1 and kept == sorted(set(kept))
+    assert parse_respacing("trailing8", T) == [124, 249, 374, 499, 624, 749, 874, 999]
+    assert max(parse_respacing("ddim20", T)) == 950  # the leading spacing never reaches T−1
+
+
+def test_trailing_sampler_starts_from_pure_noise() -> None:
+    """The first step of a trailing process sits where x_T ~ N(0, I) is the forward marginal."""
+    cfg = Config(mode="unconditional", diffusion_steps=T, sample_spacing="trailing", num_channels=8,
+                 channel_mult=[1], num_res_blocks=1, attention_resolutions=[])
+    process = TransmissionSystem(cfg).sampling_process(8)
+    assert int(process.timestep_map[-1]) == T - 1
+    assert math.sqrt(process.alphas_cumprod[-1].item()) < 1e-4  # the image's share of x_T
+    leading = TransmissionSystem(Config(**{**cfg.to_dict(), "sample_spacing": "leading"})).sampling_process(8)
+    assert math.sqrt(leading.alphas_cumprod[-1].item()) > 0.1  # t = 875: an eighth of the image left
+
+
+def _gaussian_problem(steps: int):
+    """A v-prediction process, the exact denoiser of data N(μ, DATA_STD² I) and the exact ODE map."""
+    full = GaussianDiffusion.from_schedule("cosine", T, prediction="v")
+    process = respace(full, parse_respacing(f"trailing{steps}", T))
+    mean = torch.linspace(-0.8, 0.8, 3 * 4 * 4, dtype=torch.float64).view(1, 3, 4, 4)
+
+    def denoiser(x: torch.Tensor, model_t: torch.Tensor) -> torch.Tensor:
+        a = full.alphas_cumprod[model_t].view(-1, 1, 1, 1)
+        x0 = mean + DATA_STD**2 * a.sqrt() / (a * DATA_STD**2 + 1 - a) * (x - a.sqrt() * mean)
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * x0  # v
+
+    a_T = process.alphas_cumprod[-1]
+    x_T = torch.randn((5, 3, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # probability-flow ODE of Gaussian data in y = x/√ᾱ, σ = √((1−ᾱ)/ᾱ): y − μ ∝ √(DATA_STD² + σ²)
+    sigma_T = ((1 - a_T) / a_T).sqrt()
+    exact = mean + (x_T / a_T.sqrt() - mean) * DATA_STD / (DATA_STD**2 + sigma_T**2).sqrt()
+    return process, denoiser, x_T, exact
+
+
+def test_dpm_solver_matches_the_exact_ode_in_few_steps() -> None:
+    errors = {}
+    for steps in (4, 8, 16):
+        process, denoiser, x_T, exact = _gaussian_problem(steps)
+        errors[steps] = (dpm_solver_2m_sample(process, denoiser, x_T, clip=False) - exact).abs().max().item()
+        if steps == 8:
+            ddim_error = (ddim_sample(process, denoiser, x_T, clip=False) - exact).abs().max().item()
+    assert errors[8] < FEW_STEP_ERROR
+    assert errors[8] < ddim_error / 2  # the second order pays at 8 evaluations
+    assert errors[16] < errors[8] / 2.5  # and the error falls faster than first order
+
+
+def test_dpm_solver_agrees_with_diffusers() -> None:
+    """The same solver in diffusers (DPMSolverMultistepScheduler, trailing, σ = 0 at the end)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    steps = 6
+    process, denoiser, x_T, _ = _gaussian_problem(steps)
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=T, trained_betas=GaussianDiffusion.from_schedule("cosine", T).betas.numpy(),
+        prediction_type="v_prediction", algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing",
+        final_sigmas_type="zero", lower_order_final=True)
+    scheduler.set_timesteps(steps)
+    assert scheduler.timesteps.tolist() == process.timestep_map.flip(0).tolist()
+    x = x_T.float()
+    for t in scheduler.timesteps:
+        x = scheduler.step(denoiser(x.double(), t.repeat(x.shape[0])).float(), t, x).prev_sample
+    ours = dpm_solver_2m_sample(process, denoiser, x_T, clip=False)
+    assert (ours - x.double()).abs().max().item() < 2e-3
+
+
+def test_auto_sampler_is_the_few_step_solver_up_to_eight_steps() -> None:
+    assert [resolve_sampler("auto", n) for n in (1, 8, 9, 50)] == ["dpm++2m", "dpm++2m", "ddim", "ddim"]
+    assert resolve_sampler("ddim", 4) == "ddim"
+    with pytest.raises(UserError, match="unknown sampler"):
+        resolve_sampler("euler", 4)
