@@ -20,8 +20,6 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `bench` beside `diffjscc`
 
 from bench.train_step import train_flops_per_image  # noqa: E402
