@@ -361,7 +361,8 @@ def _cmd_sample(args) -> int:
 
 def _fid_scorer(args, device):
     """(scorer or None, info dict): FID only with a local Inception file, never a silent substitute."""
-    from diffjscc.evaluation.inception import FID_WEIGHT_NAMES, find_inception_weights, load_fid_inception, sha256_of_file
+    from diffjscc.evaluation.inception import FID_WEIGHT_NAMES, find_inception_weights, load_fid_inception
+    from diffjscc.runtime.pretrained import sha256_of_file
 
     if args.no_fid:
         return None, {"skipped": "FID skipped: --no-fid"}

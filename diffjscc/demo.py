@@ -38,7 +38,7 @@ import torch
 
 from diffjscc.channel import parse_snr_list
 from diffjscc.config import load_config
-from diffjscc.data import ImageFolderDataset
+from diffjscc.data import ImageFolderDataset, label_prefix
 from diffjscc.errors import UserError
 from diffjscc.evaluation.grids import write_training_grid
 from diffjscc.training.runs import train_or_reuse
@@ -123,7 +123,7 @@ def _per_class_sample(folder: Path, per_class: int) -> Path:
     folder.mkdir(parents=True)
     taken: dict[str, int] = {}
     for path in sorted(embedded_sample_dir().glob("*.png")):
-        label = path.name.rsplit("_", 1)[0]
+        label = label_prefix(path)
         if taken.get(label, 0) < per_class:
             taken[label] = taken.get(label, 0) + 1
             shutil.copyfile(path, folder / path.name)
@@ -152,7 +152,7 @@ def _class_grid(system, folder: Path, steps: int, seed: int) -> tuple[list[torch
     dataset = ImageFolderDataset(folder, image_size=system.cfg.image_size)
     first_of_class: dict[str, int] = {}
     for index, path in enumerate(dataset.files):
-        first_of_class.setdefault(path.name.rsplit("_", 1)[0], index)
+        first_of_class.setdefault(label_prefix(path), index)
     images = torch.stack([dataset[i][0] for i in first_of_class.values()])
     rows, names = [images], ["source"]
     for snr in GRID_SNRS:

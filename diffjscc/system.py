@@ -181,16 +181,21 @@ class TransmissionSystem(nn.Module):
         """
         assert self.unet is not None
         condition = self.unet.condition(received, class_labels, self._receiver_snr(snr_db), base, batch=batch)
-        return lambda x, t: self._network(x, t, condition)
+        return self._network(condition)
 
-    def _network(self, x: torch.Tensor, t: torch.Tensor, condition: Condition) -> torch.Tensor:
-        """The UNet's output at (x_t, t) for a prepared condition, under bf16 autocast for a model
-        trained with ``bf16`` (its output cast back to float32)."""
+    def _network(self, condition: Condition):
+        """The UNet as a function of (x_t, t) for a prepared condition, under bf16 autocast when
+        the model's ``bf16`` setting turns it on for this device (output cast back to float32);
+        decided once here, not at every step."""
         device = next(self.unet.parameters()).device
         if not bf16_enabled(self.cfg.bf16, device):
-            return self.unet(x, t, condition=condition)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return self.unet(x, t, condition=condition).float()
+            return lambda x, t: self.unet(x, t, condition=condition)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return self.unet(x, t, condition=condition).float()
+
+        return denoise
 
     @torch.no_grad()
     def receive(self, received: torch.Tensor | None, steps: int, start: str = "gaussian",
@@ -219,7 +224,7 @@ class TransmissionSystem(nn.Module):
             x_T = ddim_invert(process, denoise, self.to_residual(source, base), progress=progress)
         else:
             raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
-        generated = _sample(process, denoise, x_T, self.clip_range(base), "ddim" if start == "inversion" else sampler,
+        generated = _sample(process, denoise, x_T, self.clip_range(base), resolve_sampler(sampler, steps, start),
                             steps, generator, progress)
         return self.from_residual(generated, base).clamp(-1, 1)
 
@@ -257,6 +262,10 @@ class TransmissionSystem(nn.Module):
         base = self.residual_base(received, snr_db)
         windows_of_base = None if base is None else torch.cat([base[..., i:i + size, j:j + size] for i, j in corners])
         condition = self.unet.condition(latents, None, self._receiver_snr(snr_db), windows_of_base, batch=len(corners))
+        chunks = [(corners[first:first + batch_size], self._network(Condition(
+                      None if condition.vector is None else condition.vector[first:first + batch_size],
+                      None if condition.maps is None else condition.maps[first:first + batch_size])))
+                  for first in range(0, len(corners), batch_size)]  # at most batch_size windows per call
         ramp = 1 - 0.9 * (2 * (torch.arange(size, device=received.device) + 0.5) / size - 1).abs()
         weight = (ramp[:, None] * ramp[None, :])  # 1 at the centre, 0.1 at the edges
         total = torch.zeros(height, width, device=received.device)
@@ -265,12 +274,9 @@ class TransmissionSystem(nn.Module):
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             outputs = []
-            for first in range(0, len(corners), batch_size):
-                part = slice(first, first + batch_size)
-                windows = torch.cat([x[..., i:i + size, j:j + size] for i, j in corners[part]])
-                piece = Condition(None if condition.vector is None else condition.vector[part],
-                                  None if condition.maps is None else condition.maps[part])
-                outputs.append(self._network(windows, t.expand(windows.shape[0]), piece))
+            for where, network in chunks:
+                windows = torch.cat([x[..., i:i + size, j:j + size] for i, j in where])
+                outputs.append(network(windows, t.expand(windows.shape[0])))
             out = torch.cat(outputs)
             blended = torch.zeros(1, out.shape[1], height, width, device=x.device, dtype=out.dtype)
             for k, (i, j) in enumerate(corners):

@@ -46,15 +46,14 @@ def _manifest(folder: Path):
         tmp.replace(path)
 
 
-def _training_minutes(run: Path, step: int) -> float:
+def _training_minutes(run: Path, step: int, batch_size: int) -> float:
     """Training time from the run log: each logged interval's images over its measured img/s."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     seconds, previous = 0.0, 0
-    cfg = config_from_dict(load_checkpoint(checkpoint_path(run, step))["config"])
     for record in records:
         if record["step"] > step or not record.get("img_per_s"):
             continue
-        seconds += (record["step"] - previous) * cfg.batch_size / record["img_per_s"]
+        seconds += (record["step"] - previous) * batch_size / record["img_per_s"]
         previous = record["step"]
     return seconds / 60
 
@@ -69,7 +68,7 @@ def add(args: argparse.Namespace) -> None:
     state = payload.get("ema", payload["model"])
     images = args.step * cfg.batch_size
     provenance = {"seed": cfg.seed, "steps": args.step, "batch_size": cfg.batch_size, "images_seen": images,
-                  "data": args.data, "train_minutes": round(_training_minutes(args.run, args.step), 1),
+                  "data": args.data, "train_minutes": round(_training_minutes(args.run, args.step, cfg.batch_size), 1),
                   "train_tflop": round(train_flops_per_image(cfg) * images / 1e12, 1),
                   "machine": args.machine, "command": "bash scripts/train_models.sh"}
     folder = models_dir()

@@ -44,11 +44,14 @@ from diffjscc.errors import UserError
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def resolve_sampler(name: str, steps: int) -> str:
+def resolve_sampler(name: str, steps: int, start: str | None = None) -> str:
     """The sampler that ``name`` means at ``steps`` network evaluations: ``auto`` is
-    DPM-Solver++(2M) at ≤ FEW_STEPS, DDIM above (where the two agree and DDIM is the reference)."""
+    DPM-Solver++(2M) at ≤ FEW_STEPS, DDIM above (where the two agree and DDIM is the reference).
+    A run from an inverted source (``start="inversion"``) is always DDIM, the inversion's mirror."""
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; expected {', '.join(SAMPLERS)}")
+    if start == "inversion":
+        return "ddim"
     if name == "auto":
         return "dpm++2m" if steps <= FEW_STEPS else "ddim"
     return name

@@ -16,7 +16,6 @@ subset, for KID), and the test accuracy it was measured at.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 from diffjscc.errors import UserError
 from diffjscc.runtime.checkpoint import load_weights_file, save_checkpoint
+from diffjscc.runtime.pretrained import sha256_of_file
 
 __all__ = ["CLASSIFIER_NOTE", "ClassifierTrainingSettings", "ImageClassifier", "LoadedClassifier",
            "accuracy", "classifier_features", "load_classifier", "save_classifier", "shipped_classifier_path",
@@ -113,7 +113,7 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
         raise UserError(f"{path} is not a diffjscc classifier file ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     network.eval().requires_grad_(False).to(device)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    digest = sha256_of_file(path)[:12]
     accuracy_value = payload.get("test_accuracy")
     return LoadedClassifier(network, list(payload["class_names"]), *reference,
                             None if accuracy_value is None else float(accuracy_value), f"{path.name}@{digest}",

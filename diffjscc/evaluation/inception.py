@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
-from diffjscc.runtime.pretrained import sha256_of_file
 
 __all__ = [
     "FID_INPUT_SIZE",
@@ -41,7 +40,6 @@ __all__ = [
     "find_inception_weights",
     "load_fid_inception",
     "resize_bilinear_tf1",
-    "sha256_of_file",
 ]
 
 FID_INPUT_SIZE = 299

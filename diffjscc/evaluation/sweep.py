@@ -90,10 +90,10 @@ def load_models(paths: Sequence[Path], device: torch.device | str = "cpu",
 
 
 def _sampler_column(receiver: Receiver, protocol: "Protocol") -> str:
-    """The sampler a row's outputs came from: inversion always runs DDIM; "-" without diffusion."""
+    """The sampler a row's outputs came from; "-" without diffusion."""
     if not receiver.uses_unet:
         return "-"
-    return "ddim" if receiver.start == "inversion" else resolve_sampler(protocol.sampler, protocol.steps)
+    return resolve_sampler(protocol.sampler, protocol.steps, receiver.start)
 
 
 @dataclass
