@@ -24,6 +24,9 @@ Targets: one diffusion sample within 3 dB PSNR of Deep JSCC, the mean within 1 d
 ``control_noise`` meets the first by construction, a lower ``fd_cls`` than both Deep JSCC and
 ``control_noise`` (the verdict lines).
 Runs are kept under ``--work`` and reused (delete them to retrain).
+
+``--preset targets`` instead scores the shipped receivers against the receiver targets in their
+three settings (:mod:`bench.quality_targets`), without training.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import quality_targets
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from bench.train_step import train_flops_per_image
 from diffjscc.config import CONDITIONINGS, PREDICTIONS, START_MODES, load_config
@@ -59,6 +63,10 @@ CONVERGED_DB = 0.1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=["targets"], default=None,
+                        help="targets: score the shipped receivers in the three settings of the receiver targets "
+                             "(512 symbols at 0 and 10 dB, 128 at 10 dB; 1,000 test images; no training)")
+    quality_targets.add_arguments(parser)
     parser.add_argument("--config", default="configs/tiny.yaml")
     parser.add_argument("--images", type=int, default=None,
                         help=f"training images seen per diffusion receiver (default {FULL_BUDGET['images']}: ~20 "
@@ -168,6 +176,8 @@ def _count(folder: Path) -> int:
 
 
 def run(args) -> int:
+    if args.preset == "targets":
+        return quality_targets.run(args)
     budget = QUICK_BUDGET if args.quick else FULL_BUDGET
     images = args.images or budget["images"]
     jscc_images = args.jscc_images or budget["jscc_images"]

@@ -66,7 +66,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 20) -> None:
     p.add_argument("--steps", type=int, default=steps,
                    help=f"sampling steps = network evaluations per image of the diffusion receiver (default {steps})")
     p.add_argument("--sampler", default="auto", choices=list(SAMPLERS),
-                   help=f"auto (default): DPM-Solver++(2M) at <= {FEW_STEPS} steps, DDIM above; or either one")
+                   help=f"auto (default): DPM-Solver++(2M) at <= {FEW_STEPS} steps, DDIM above (and whenever "
+                        f"--eta > 0); or either one")
+    p.add_argument("--guidance", type=float, default=1.0, metavar="W",
+                   help="classifier-free guidance scale on the received symbols (default 1: none; > 1: sharper, "
+                        "further from the MMSE estimate; 2 network evaluations per step); needs a receiver "
+                        "trained with condition_dropout")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM stochasticity in [0, 1] (default 0: deterministic; 1: DDPM-like noise at every step)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -346,7 +353,8 @@ def _cmd_sample(args) -> int:
     for start in range(0, count, args.batch_size):  # at most --batch-size images in the model at once
         part = slice(start, start + args.batch_size)
         chunks.append(reconstruct_rows(system, images[part], None if labels is None else labels[part],
-                                       steps=args.steps, sampler=args.sampler, generator=generator, snr_db=snr,
+                                       steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
+                                       generator=generator, snr_db=snr,
                                        receivers=receivers))
     names = chunks[0][1]
     rows = [torch.cat([chunk_rows[r] for chunk_rows, _ in chunks]) for r in range(len(names))]
@@ -406,7 +414,8 @@ def _cmd_evaluate(args) -> int:
         raise UserError("give at least one --checkpoint or --model (see 'diffjscc models')")
     checkpoints = list(args.checkpoint) + [verified_path(name) for name in args.model]
     names = [None] * len(args.checkpoint) + list(args.model)
-    protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, sampler=args.sampler, samples_per_image=args.samples_per_image,
+    protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                        eta=args.eta, samples_per_image=args.samples_per_image,
                         limit=args.limit, seed=args.seed, batch_size=args.batch_size, channel=args.channel,
                         digital=digital, controls=args.controls)
     if not args.data.is_dir():
@@ -523,9 +532,13 @@ def _cmd_transmit(args) -> int:
     system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
     channel = {"rayleigh": "rayleigh_block"}.get(args.channel, args.channel) or system.cfg.channel
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
-                           receiver=args.receiver, steps=args.steps, sampler=args.sampler, seed=args.seed,
+                           receiver=args.receiver, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                           eta=args.eta, seed=args.seed,
                            batch_size=args.batch_size)
-    how = (f"diffusion receiver ({args.steps} steps of {resolve_sampler(args.sampler, args.steps)}, Gaussian start)"
+    guided = f", guidance {args.guidance:g}" if args.guidance != 1 else ""
+    stochastic = f", eta {args.eta:g}" if args.eta else ""
+    how = (f"diffusion receiver ({args.steps} steps of {resolve_sampler(args.sampler, args.steps, eta=args.eta)}"
+           f"{guided}{stochastic}, Gaussian start)"
            if result.receiver == "diffusion" else "Deep JSCC decoder")
     height, width = result.output.shape[:2]
     print(f"wrote {args.output} ({width}x{height}) via the {how} over {channel} at {args.snr:g} dB")

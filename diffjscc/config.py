@@ -84,6 +84,8 @@ class Config:
     residual_scale: float = 0.5  # residual: the diffusion generates (x − x̂_DeepJSCC) / residual_scale
     snr_adaptive: bool = False  # the channel SNR conditions the receivers (ADJSCC-style): one model, all SNRs
     snr_feedback: bool = True  # snr_adaptive: the SNR is fed back to the transmitter's encoder too
+    condition_dropout: float = 0.0  # training: share of images whose y (and x̂) the UNet does not see, so
+    # that it also learns the unconditional prediction that classifier-free guidance (--guidance) needs
 
     # --- conditional UNet (diffusers UNet2DModel) -----------------------------------------
     num_channels: int = 128
@@ -195,8 +197,12 @@ class Config:
             raise UserError(f"config key 'lr' must be in (0, 1), got {self.lr}")
         if not 0.0 <= self.ema_rate < 1.0:
             raise UserError(f"config key 'ema_rate' must be in [0, 1), got {self.ema_rate}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"config key 'dropout' must be in [0, 1), got {self.dropout}")
+        for key in ("dropout", "condition_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:  # also rejects NaN
+                raise UserError(f"config key '{key}' must be in [0, 1), got {getattr(self, key)}")
+        if self.condition_dropout and self.mode == "unconditional":  # (mode jscc ignores it, as every diffusion key)
+            raise UserError("config key 'condition_dropout' drops the received latent that a diffusion receiver "
+                            "is conditioned on: mode 'unconditional' has none")
         if not self.channel_mult or any(m <= 0 for m in self.channel_mult):
             raise UserError(f"config key 'channel_mult' must be a list of positive ints, got {self.channel_mult}")
         if self.image_size % 2 ** (len(self.channel_mult) - 1):
@@ -224,9 +230,10 @@ class Config:
         if self.mode == "jscc" and self.encoder != "jscc":
             raise UserError("config key 'encoder' must be 'jscc' in mode 'jscc' (Deep JSCC pairs "
                             "the CNN encoder with its decoder)")
-        if self.conditioning != "embed" and self.mode not in ("joint", "frozen"):
+        # (mode jscc ignores the receiver keys, so that one config serves the base and its receiver)
+        if self.conditioning != "embed" and self.mode == "unconditional":
             raise UserError(f"config key 'conditioning' is '{self.conditioning}', which conditions a diffusion "
-                            f"receiver on y: modes joint and frozen only, not '{self.mode}'")
+                            f"receiver on y: mode 'unconditional' has none")
         if self.conditioning == "residual" and self.encoder != "jscc":
             raise UserError("config key 'conditioning' is 'residual', which needs the Deep JSCC decoder: "
                             "encoder must be 'jscc'")

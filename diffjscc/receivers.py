@@ -69,7 +69,8 @@ class ReceiveContext:
 
     ``snr_db``: channel SNR (dB) the receivers are told (SNR-adaptive models use it);
     ``steps``: sampling steps (network evaluations); ``sampler``: one of
-    :data:`diffjscc.config.SAMPLERS`; ``generator``: the sampling noise, shared by the receivers in table
+    :data:`diffjscc.config.SAMPLERS`; ``guidance``: classifier-free guidance scale (1: none);
+    ``eta``: DDIM's stochasticity (0: deterministic); ``generator``: the sampling noise, shared by the receivers in table
     order; ``samples``: K posterior samples per image; ``class_labels``: for class-conditional
     models; ``batch``: the number of images, needed only when there is no received latent
     (an unconditional model generates from the prior); ``source``: the transmitted images in
@@ -81,12 +82,14 @@ class ReceiveContext:
 
     def __init__(self, *, snr_db: float | torch.Tensor | None, steps: int, generator: torch.Generator | None = None,
                  sampler: str = "auto", samples: int = 1, class_labels: torch.Tensor | None = None, source: torch.Tensor | None = None,
-                 batch: int | None = None) -> None:
+                 batch: int | None = None, guidance: float = 1.0, eta: float = 0.0) -> None:
         if samples < 1:
             raise ValueError(f"samples must be positive, got {samples}")
         self.snr_db = snr_db
         self.steps = steps
         self.sampler = sampler
+        self.guidance = guidance
+        self.eta = eta
         self.generator = generator
         self.samples = samples
         self.class_labels = class_labels
@@ -181,7 +184,8 @@ def _deep_jscc(system: TransmissionSystem, received: torch.Tensor | None, contex
 def _diffuse(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext,
              start: str, source: torch.Tensor | None = None) -> torch.Tensor:
     """One sampler run of the conditional diffusion from ``start``: (N, 3, H, W)."""
-    return system.receive(received, steps=context.steps, sampler=context.sampler, start=start, source=source,
+    return system.receive(received, steps=context.steps, sampler=context.sampler, guidance=context.guidance,
+                          eta=context.eta, start=start, source=source,
                           class_labels=context.class_labels, generator=context.generator, batch=context.batch,
                           snr_db=context.snr_db)
 

@@ -26,6 +26,7 @@ its MSE beside the diffusion loss) and the diffusion receiver generates the resi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -172,16 +173,23 @@ class TransmissionSystem(nn.Module):
 
     def denoiser(self, received: torch.Tensor | None, class_labels: torch.Tensor | None = None,
                  snr_db: float | torch.Tensor | None = None, base: torch.Tensor | None = None,
-                 batch: int | None = None):
+                 batch: int | None = None, guidance: float = 1.0):
         """The network as a function of (x_t, t) with the conditioning computed once and closed over.
 
         A model trained with ``bf16`` runs its network under bf16 autocast here too where that
         setting turns it on for this device (``auto``: native bf16 only), its output cast back to
-        float32; the sampler's arithmetic stays in float32/64 either way.
+        float32; the sampler's arithmetic stays in float32/64 either way. ``guidance`` ≠ 1 is
+        classifier-free guidance on y (see :meth:`_guided`).
         """
         assert self.unet is not None
-        condition = self.unet.condition(received, class_labels, self._receiver_snr(snr_db), base, batch=batch)
-        return self._network(condition)
+        snr = self._receiver_snr(snr_db)
+        condition = self.unet.condition(received, class_labels, snr, base, batch=batch)
+        if guidance == 1.0:
+            return self._network(condition)
+        self.check_guidance(guidance)
+        dropped = self.unet.condition(received, class_labels, snr, base, batch=batch,
+                                      keep=torch.zeros(batch or received.shape[0]))
+        return self._guided(self._network(condition), self._network(dropped), guidance)
 
     def _network(self, condition: Condition):
         """The UNet as a function of (x_t, t) for a prepared condition, under bf16 autocast when
@@ -197,14 +205,39 @@ class TransmissionSystem(nn.Module):
 
         return denoise
 
+    def check_guidance(self, guidance: float) -> None:
+        """Guidance needs the unconditional prediction, which only ``condition_dropout`` training teaches."""
+        if not (math.isfinite(guidance) and guidance >= 0):
+            raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {guidance}")
+        if guidance != 1.0 and not self.cfg.condition_dropout:
+            raise UserError("--guidance needs a receiver trained with condition_dropout > 0 (it learns the "
+                            "unconditional prediction); this one was trained without: use --guidance 1")
+
+    def _guided(self, conditional, unconditional, guidance: float):
+        """Classifier-free guidance (Ho & Salimans 2022) of the predicted ε, x_0 or v (linear in
+        each other at a given x_t): u + w·(c − u) with c the prediction given y and u without
+        it; w = 1 is the conditional receiver, w > 1 moves away from the unconditional one
+        (sharper, further from the MMSE estimate). The learned variance stays the conditional
+        one's. Two network evaluations per step."""
+        split = self.diffusion.split_output
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            given, variance = split(conditional(x, t))
+            without, _ = split(unconditional(x, t))
+            guided = without + guidance * (given - without)
+            return guided if variance is None else torch.cat([guided, variance], dim=1)
+
+        return denoise
+
     @torch.no_grad()
     def receive(self, received: torch.Tensor | None, steps: int, start: str = "gaussian",
                 source: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, batch: int | None = None,
                 progress: bool = False, snr_db: float | torch.Tensor | None = None,
-                sampler: str = "auto") -> torch.Tensor:
+                sampler: str = "auto", guidance: float = 1.0, eta: float = 0.0) -> torch.Tensor:
         """Diffusion receiver: received latent → image in [−1, 1] with ``sampler`` (see
-        :func:`~diffjscc.diffusion.samplers.resolve_sampler`; inversion always runs DDIM).
+        :func:`~diffjscc.diffusion.samplers.resolve_sampler`; inversion always runs DDIM),
+        classifier-free ``guidance`` (1: none) and DDIM's ``eta`` (0: deterministic).
 
         ``start="gaussian"`` draws x_T ~ N(0, I): a real receiver. ``start="inversion"`` obtains
         x_T by DDIM inversion of ``source`` — the *source image*, which a real receiver does not
@@ -213,7 +246,7 @@ class TransmissionSystem(nn.Module):
         process = self.sampling_process(steps)
         count = received.shape[0] if received is not None else batch
         base = self.residual_base(received, snr_db)
-        denoise = self.denoiser(received, class_labels, snr_db, base, batch=count)
+        denoise = self.denoiser(received, class_labels, snr_db, base, batch=count, guidance=guidance)
         shape = (count, 3, self.cfg.image_size, self.cfg.image_size)
         if start == "gaussian":
             device = next(self.parameters()).device
@@ -224,8 +257,8 @@ class TransmissionSystem(nn.Module):
             x_T = ddim_invert(process, denoise, self.to_residual(source, base), progress=progress)
         else:
             raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
-        generated = _sample(process, denoise, x_T, self.clip_range(base), resolve_sampler(sampler, steps, start),
-                            steps, generator, progress)
+        generated = _sample(process, denoise, x_T, self.clip_range(base), resolve_sampler(sampler, steps, start, eta),
+                            steps, generator, progress, eta=0.0 if start == "inversion" else eta)
         return self.from_residual(generated, base).clamp(-1, 1)
 
     @property
@@ -237,7 +270,7 @@ class TransmissionSystem(nn.Module):
     @torch.no_grad()
     def receive_windowed(self, received: torch.Tensor, steps: int, snr_db: float | torch.Tensor | None = None,
                          sampler: str = "auto", generator: torch.Generator | None = None, stride: int | None = None,
-                         batch_size: int = 64) -> torch.Tensor:
+                         batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0) -> torch.Tensor:
         """Diffusion receiver for one image larger than the network: received latent (1, c, h, w)
         of an image of 4h × 4w pixels → that image in [−1, 1].
 
@@ -261,11 +294,19 @@ class TransmissionSystem(nn.Module):
                              for i, j in corners])
         base = self.residual_base(received, snr_db)
         windows_of_base = None if base is None else torch.cat([base[..., i:i + size, j:j + size] for i, j in corners])
-        condition = self.unet.condition(latents, None, self._receiver_snr(snr_db), windows_of_base, batch=len(corners))
-        chunks = [(corners[first:first + batch_size], self._network(Condition(
-                      None if condition.vector is None else condition.vector[first:first + batch_size],
-                      None if condition.maps is None else condition.maps[first:first + batch_size])))
-                  for first in range(0, len(corners), batch_size)]  # at most batch_size windows per call
+        snr = self._receiver_snr(snr_db)
+        self.check_guidance(guidance)
+        keeps = [None] if guidance == 1.0 else [None, torch.zeros(len(corners))]  # with y; without (guidance)
+        conditions = [self.unet.condition(latents, None, snr, windows_of_base, batch=len(corners), keep=keep)
+                      for keep in keeps]
+
+        def network(first: int):  # the (guided) network of at most batch_size windows from ``first``
+            calls = [self._network(Condition(None if c.vector is None else c.vector[first:first + batch_size],
+                                             None if c.maps is None else c.maps[first:first + batch_size]))
+                     for c in conditions]
+            return calls[0] if guidance == 1.0 else self._guided(*calls, guidance)
+
+        chunks = [(corners[first:first + batch_size], network(first)) for first in range(0, len(corners), batch_size)]
         ramp = 1 - 0.9 * (2 * (torch.arange(size, device=received.device) + 0.5) / size - 1).abs()
         weight = (ramp[:, None] * ramp[None, :])  # 1 at the centre, 0.1 at the edges
         total = torch.zeros(height, width, device=received.device)
@@ -284,7 +325,8 @@ class TransmissionSystem(nn.Module):
             return blended / total
 
         x_T = torch.randn((1, 3, height, width), generator=generator, device=received.device)
-        generated = _sample(self.sampling_process(steps), denoise, x_T, self.clip_range(base), sampler, steps, generator)
+        generated = _sample(self.sampling_process(steps), denoise, x_T, self.clip_range(base),
+                            resolve_sampler(sampler, steps, eta=eta), steps, generator, eta=eta)
         return self.from_residual(generated, base).clamp(-1, 1)
 
     def decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -297,11 +339,11 @@ class TransmissionSystem(nn.Module):
 
 
 def _sample(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sampler: str, steps: int,
-            generator: torch.Generator | None, progress: bool = False) -> torch.Tensor:
-    """x_T → x_0 over ``process`` with the sampler that ``sampler`` names at ``steps`` evaluations."""
-    if resolve_sampler(sampler, steps) == "dpm++2m":
+            generator: torch.Generator | None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
+    """x_T → x_0 over ``process`` with the resolved ``sampler`` at ``steps`` evaluations."""
+    if sampler == "dpm++2m":
         return dpm_solver_2m_sample(process, denoise, x_T, clip=clip, progress=progress)
-    return ddim_sample(process, denoise, x_T, clip=clip, generator=generator, progress=progress)
+    return ddim_sample(process, denoise, x_T, eta=eta, clip=clip, generator=generator, progress=progress)
 
 
 def _state_from(payload: dict, prefer_ema: bool) -> dict:

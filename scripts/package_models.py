@@ -65,9 +65,12 @@ def add(args: argparse.Namespace) -> None:
     if args.base:
         config["jscc_encoder_path"] = args.base  # a shipped name, not this machine's path
     config["log_dir"] = ""
+    if cfg.bf16 != "false":  # trained in bf16: the shipped file uses it only where it is native (fast)
+        config["bf16"] = "auto"
     state = payload.get("ema", payload["model"])
     images = args.step * cfg.batch_size
     provenance = {"seed": cfg.seed, "steps": args.step, "batch_size": cfg.batch_size, "images_seen": images,
+                  "bf16": cfg.bf16, "condition_dropout": cfg.condition_dropout,
                   "data": args.data, "train_minutes": round(_training_minutes(args.run, args.step, cfg.batch_size), 1),
                   "train_tflop": round(train_flops_per_image(cfg) * images / 1e12, 1),
                   "machine": args.machine, "command": "bash scripts/train_models.sh"}

@@ -5,8 +5,10 @@
 #      k/n 1/6 real, 1/12 complex) and deep_jscc_128 (c_out 2: 128 symbols, 1/24 real, 1/48 complex);
 #      scored at 0/5/10/15/20 dB on all 10,000 test images.
 #   2. On each base (loaded by its shipped name), a diffusion receiver: residual around the Deep
-#      JSCC estimate, v-prediction, trailing timesteps, SNR-adaptive, sampled with DPM-Solver++(2M)
-#      in 8 steps; scored at 0/10/20 dB, with the controls, on 1,000 test images (every 10th file).
+#      JSCC estimate, v-prediction, trailing timesteps, SNR-adaptive, the received symbols dropped
+#      for 10 % of the training images (for --guidance), bf16 where native; sampled with
+#      DPM-Solver++(2M) in 8 steps; scored at 0/10/20 dB, with the controls, on 1,000 test images
+#      (every 10th file).
 # Resumable: run it again after an interruption and each training continues from its last
 # checkpoint (--resume auto); finished runs are not retrained.
 #
@@ -68,9 +70,10 @@ for symbols in $BANDWIDTHS; do
 
     train "$WORK/$receiver" "${common[@]}" --set mode=frozen --set "jscc_encoder_path=$base" \
         --set "c_out=$c_out" --set "latent_dim=$symbols" --set conditioning=residual --set prediction=v \
-        --set sample_spacing=trailing --set sample_steps=8 --set "total_steps=$RX_STEPS"
+        --set sample_spacing=trailing --set sample_steps=8 --set "total_steps=$RX_STEPS" \
+        --set condition_dropout=0.1 --set bf16=auto
     "$PYTHON" scripts/package_models.py add "$receiver" --run "$WORK/$receiver" --step "$RX_STEPS" --base "$base" \
-        --description "diffusion receiver (residual around Deep JSCC, v-prediction, trailing steps; DPM-Solver++(2M), 8 steps)"
+        --description "diffusion receiver (residual around Deep JSCC, v-prediction, trailing steps, guidance-ready; DPM-Solver++(2M), 8 steps)"
     command="diffjscc evaluate --model $receiver --data cifar_test_every10 --snr 0,10,20 --steps 8 --controls --no-fid"
     "$DIFFJSCC" evaluate --model "$receiver" --data "$SPREAD" --snr 0,10,20 --steps 8 --controls "${LIMIT[@]}" \
         --no-fid --out "$WORK/eval_$receiver" --overwrite --no-progress

@@ -206,3 +206,32 @@ def test_quality_trains_the_receivers_and_compares_them_to_deep_jscc(cifar_root:
     assert main([*argv[:-2], "--set", "lr=1e-3", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "lr=" in err and err.count("\n") == 1
+
+
+def test_quality_targets_preset_scores_the_shipped_receivers(cifar_root: Path, tmp_path: Path, capsys) -> None:
+    """The preset's rows are the evaluation protocol's on the shipped files, every target gets a
+    verdict line, and the training figures are the manifest's."""
+    from diffjscc.runtime.pretrained import model_entry, verified_path
+
+    assert main(["quality", "--preset", "targets", "--test-images", "10", "--data-root", str(cifar_root),
+                 "--work", str(tmp_path / "work"), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "quality_targets.json").read_text())
+    assert (tmp_path / "quality_targets.md").read_text().count("\n| ") == len(result["summary"]) + 1  # + header
+    assert [v["name"] for v in result["variants"]] == ["shipped", "guided"]
+    by = {(r["setting"], r["variant"].split(" ")[0], r["receiver"]): r for r in result["summary"]}
+    assert len(by) == len(result["summary"]) == 3 * 7  # Deep JSCC, source; shipped 1 + mean + control; guided 1 + control
+    # 22 targets: shipped 5 and guided 4 (no mean) in each starved setting, 2 each at 512 @ 10 dB
+    assert len(result["verdicts"]) == 22 and out.count("met: ") == 22
+    deep = by["512 @ 0 dB", "-", "Deep JSCC"]
+    base = model_entry("deep_jscc_512")["training"]
+    assert (deep["train_tflop"], deep["train_minutes"]) == (base["train_tflop"], base["train_minutes"])
+    one = by["512 @ 0 dB", "shipped", "diffusion, one sample"]
+    assert one["train_tflop"] == model_entry("diffusion_512")["training"]["train_tflop"]
+    assert by["512 @ 0 dB", "guided", "diffusion, one sample"]["network_evaluations"] == 16
+    rows = evaluate_rows([verified_path("diffusion_512")], tmp_path / "work" / "test_10", tmp_path / "eval.json",
+                         "--snr", "0", "--steps", "8", "--start", "gaussian,mean", "--samples-per-image", "8")
+    diffusion = next(r for r in rows if r["receiver"] == "diffusion" and r["start"] == "gaussian")
+    mean = next(r for r in rows if r["start"] == "mean")
+    assert one["psnr"] == pytest.approx(diffusion["psnr"], abs=1e-9)
+    assert by["512 @ 0 dB", "shipped", "diffusion, mean of 8"]["psnr"] == pytest.approx(mean["psnr"], abs=1e-9)

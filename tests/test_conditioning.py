@@ -267,7 +267,6 @@ def test_bandwidth_ratios_beyond_one_sixth_through_the_cli(cifar_root: Path, tmp
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["mode=jscc", "conditioning=spatial"], "conditioning"),
     (["mode=unconditional", "conditioning=residual"], "conditioning"),
     (["mode=joint", "encoder=half_unet", "conditioning=residual"], "residual"),
     (["mode=unconditional", "snr_adaptive=true"], "snr_adaptive"),
@@ -279,6 +278,15 @@ def test_bandwidth_ratios_beyond_one_sixth_through_the_cli(cifar_root: Path, tmp
 def test_bad_conditioning_configs_name_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         load_config(TINY, overrides)
+
+
+def test_a_receiver_config_also_trains_its_deep_jscc_base() -> None:
+    """cifar10.yaml's two stages: mode jscc ignores the receiver keys (conditioning, condition_dropout)."""
+    cfg = load_config("configs/cifar10.yaml", ["mode=jscc"])
+    assert (cfg.conditioning, cfg.condition_dropout) == ("residual", 0.1)
+    system = TransmissionSystem(load_config(TINY, [*MICRO, "mode=jscc", "conditioning=residual",
+                                                   "condition_dropout=0.1"]))
+    assert system.unet is None and system.decoder is not None
 
 
 def test_training_loss_of_joint_residual_trains_the_decoder_too() -> None:

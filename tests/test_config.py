@@ -35,7 +35,7 @@ def _error(raw: dict, overrides: list[str] | None = None) -> str:
 
 
 # ---------------------------------------------------------------- shipped configs
-@pytest.mark.parametrize("name", ["tiny.yaml", "cifar10.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "cifar10.yaml", "cifar10_original.yaml"])
 def test_shipped_configs_load(name):
     """Both configs load, validate, and equal the copies packaged with diffjscc."""
     cfg = load_config(CONFIGS / name)
@@ -46,9 +46,20 @@ def test_shipped_configs_load(name):
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
-def test_cifar10_config_is_original_setup():
-    """cifar10.yaml is improved-diffusion's CIFAR-10 model and Diff_JSCC's 1/6-rate latent."""
-    cfg = load_config(CONFIGS / "cifar10.yaml")
+def test_cifar10_config_is_the_measured_receiver_recipe_at_scale():
+    """cifar10.yaml: the shipped receivers' recipe (docs/models.md) with the original's network."""
+    cfg, original = load_config(CONFIGS / "cifar10.yaml"), load_config(CONFIGS / "cifar10_original.yaml")
+    assert (cfg.conditioning, cfg.prediction, cfg.sample_spacing, cfg.sample_steps) == ("residual", "v", "trailing", 8)
+    assert cfg.snr_adaptive and cfg.snr_range == [0.0, 20.0] and cfg.bf16 == "auto" and cfg.condition_dropout == 0.1
+    network = ("num_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout",
+               "diffusion_steps", "noise_schedule", "learn_sigma", "batch_size", "lr", "ema_rate", "c_out")
+    assert all(getattr(cfg, key) == getattr(original, key) for key in network)
+
+
+def test_cifar10_original_config_is_original_setup():
+    """cifar10_original.yaml is improved-diffusion's CIFAR-10 model and Diff_JSCC's 1/6-rate latent."""
+    cfg = load_config(CONFIGS / "cifar10_original.yaml")
+    assert (cfg.conditioning, cfg.prediction, cfg.sample_steps, cfg.snr_adaptive) == ("embed", "epsilon", 50, False)
     assert cfg.image_size == 32
     assert cfg.num_channels == 128
     assert cfg.num_res_blocks == 3

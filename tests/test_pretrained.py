@@ -108,6 +108,9 @@ def test_shipped_models_match_their_manifest() -> None:
         payload = torch.load(path, weights_only=True)
         assert set(payload) == {"config", "model", "step", "provenance", "format_version"}, name  # EMA weights only
         assert payload["step"] == entry["training"]["steps"] and payload["provenance"]["seed"] == 0, name
+        assert payload["config"]["bf16"] != "true", name  # bf16 only where native: never emulated (slow)
+        if entry["base"]:  # the diffusion receivers can be guided (--guidance)
+            assert payload["config"]["condition_dropout"] > 0, name
         sizes.append(entry["bytes"])
     assert sum(sizes) <= 40_000_000
 

@@ -44,13 +44,20 @@ from diffjscc.errors import UserError
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def resolve_sampler(name: str, steps: int, start: str | None = None) -> str:
+def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float = 0.0) -> str:
     """The sampler that ``name`` means at ``steps`` network evaluations: ``auto`` is
-    DPM-Solver++(2M) at ≤ FEW_STEPS, DDIM above (where the two agree and DDIM is the reference).
-    A run from an inverted source (``start="inversion"``) is always DDIM, the inversion's mirror."""
+    DPM-Solver++(2M) at ≤ FEW_STEPS, DDIM above (where the two agree and DDIM is the reference),
+    and DDIM whenever ``eta`` > 0 (DDIM's stochastic steps; DPM-Solver++(2M) is deterministic).
+    A run from an inverted source (``start="inversion"``) is always deterministic DDIM, the inversion's mirror."""
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; expected {', '.join(SAMPLERS)}")
+    if not 0.0 <= eta <= 1.0:  # also rejects NaN
+        raise UserError(f"--eta must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta}")
     if start == "inversion":
+        return "ddim"
+    if eta > 0:
+        if name == "dpm++2m":
+            raise UserError("--eta > 0 needs DDIM (--sampler ddim or auto): DPM-Solver++(2M) is deterministic")
         return "ddim"
     if name == "auto":
         return "dpm++2m" if steps <= FEW_STEPS else "ddim"

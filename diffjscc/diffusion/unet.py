@@ -128,12 +128,14 @@ class ConditionalUNet(nn.Module):
 
     def condition(self, latent: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
                   snr_db: float | torch.Tensor | None = None, estimate: torch.Tensor | None = None,
-                  batch: int | None = None) -> Condition:
+                  batch: int | None = None, keep: torch.Tensor | None = None) -> Condition:
         """Everything the denoiser is conditioned on, for a batch of received latents.
 
         ``latent`` is y, flat (B, latent_dim) or in its (B, c_out, h, w) layout; ``estimate``
         the Deep JSCC reconstruction (``residual`` conditioning); ``snr_db`` the channel SNR
-        (SNR-adaptive models). ``batch`` sizes an unconditional batch.
+        (SNR-adaptive models). ``batch`` sizes an unconditional batch. ``keep`` (B,), 1 or 0 per
+        image: where 0, everything that comes from y (its embedding, its maps, the estimate) is
+        zeroed — the dropped condition of classifier-free guidance; the SNR and class stay.
         """
         if latent is not None:
             batch, device, dtype = latent.shape[0], latent.device, latent.dtype
@@ -143,10 +145,13 @@ class ConditionalUNet(nn.Module):
         vector = None
         if self.latent_proj is not None or self.class_embedding is not None or self.snr_embedding is not None:
             vector = torch.zeros(batch, self.emb_dim, device=device, dtype=dtype)
+        if keep is not None:
+            keep = keep.to(device=device, dtype=dtype)
         if self.latent_proj is not None:
             if latent is None:
                 raise ValueError("this UNet is conditioned on the received latent; pass latent=")
-            vector = vector + self.latent_proj(latent.flatten(1).to(dtype))
+            embedded = self.latent_proj(latent.flatten(1).to(dtype))
+            vector = vector + (embedded if keep is None else keep[:, None] * embedded)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this UNet is class-conditional; pass class_labels=")
@@ -164,14 +169,17 @@ class ConditionalUNet(nn.Module):
                 if estimate is None:
                     raise ValueError("residual conditioning needs the Deep JSCC estimate; pass estimate=")
                 maps = torch.cat([maps, estimate.to(dtype)], dim=1)
+            if keep is not None:
+                maps = keep[:, None, None, None] * maps
         return Condition(vector, maps)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, latent: torch.Tensor | None = None,
                 class_labels: torch.Tensor | None = None, snr_db: float | torch.Tensor | None = None,
-                estimate: torch.Tensor | None = None, condition: Condition | None = None) -> torch.Tensor:
+                estimate: torch.Tensor | None = None, condition: Condition | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
         """Network output for x_t; pass a prepared ``condition`` or what :meth:`condition` takes."""
         if condition is None:
-            condition = self.condition(latent, class_labels, snr_db, estimate, batch=x.shape[0])
+            condition = self.condition(latent, class_labels, snr_db, estimate, batch=x.shape[0], keep=keep)
         if condition.maps is not None:
             x = torch.cat([x, condition.maps.to(x.dtype)], dim=1)
         return self.unet(x, timesteps, class_labels=condition.vector).sample

@@ -27,6 +27,7 @@ every rank returns the same document, and callers write it on rank 0 only.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,7 @@ def _sampler_column(receiver: Receiver, protocol: "Protocol") -> str:
     """The sampler a row's outputs came from; "-" without diffusion."""
     if not receiver.uses_unet:
         return "-"
-    return resolve_sampler(protocol.sampler, protocol.steps, receiver.start)
+    return resolve_sampler(protocol.sampler, protocol.steps, receiver.start, protocol.eta)
 
 
 @dataclass
@@ -104,6 +105,8 @@ class Protocol:
     starts: tuple[str, ...] = ("gaussian",)
     steps: int = 20
     sampler: str = "auto"
+    guidance: float = 1.0
+    eta: float = 0.0
     samples_per_image: int | None = None
     limit: int | None = None
     seed: int = 0
@@ -128,7 +131,9 @@ class Protocol:
                 raise UserError(f"--{name} must be positive")
         if "mean" in self.starts and self.samples_per_image == 1:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
-        resolve_sampler(self.sampler, self.steps)  # a one-line error for an unknown sampler
+        resolve_sampler(self.sampler, self.steps, eta=self.eta)  # a one-line error for a bad sampler or eta
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {self.guidance}")
         if self.channel is not None and self.channel not in CHANNELS:
             raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNELS)}")
         for codec in self.digital:
@@ -222,6 +227,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             x = images[part].to(device)
             received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
             context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
+                                     guidance=protocol.guidance, eta=protocol.eta,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed),
                                      class_labels=labels[part].to(device) if use_labels else None)
             for receiver in receivers:  # table order: the order they draw sampling noise in
@@ -236,6 +242,8 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             row = dict(base, system=receiver.describe(receiver.label, samples=K), receiver=receiver.family,
                        steps=protocol.steps if receiver.uses_unet else 0, start=receiver.start or "-",
                        sampler=_sampler_column(receiver, protocol),
+                       guidance=protocol.guidance if receiver.uses_unet else None,
+                       eta=(0.0 if receiver.start == "inversion" else protocol.eta) if receiver.uses_unet else None,
                        oracle=receiver.oracle, control=receiver.control,
                        samples_per_image=K if receiver.per_sample else 1)
             row.update(score_outputs(my_source, scored, fid, lpips, sharded=sharded, realism=realism,
@@ -277,7 +285,7 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                 outputs = torch.from_numpy(received).permute(0, 3, 1, 2).contiguous()
                 row = {"system": f"{CODECS[name].label} + ideal code", "receiver": name, "model": "", "mode": "digital",
                        "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
-                       "n_symbols": n_symbols, "steps": 0, "sampler": "-", "start": "-", "oracle": False, "control": False,
+                       "n_symbols": n_symbols, "steps": 0, "sampler": "-", "guidance": None, "eta": None, "start": "-", "oracle": False, "control": False,
                        "samples_per_image": 1,
                        "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
                        "mean_bytes": stats["mean_bytes"], "lost_fraction": stats["lost_fraction"],
@@ -305,6 +313,9 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     Inside a process group of several ranks (every rank calls this with the same arguments) the
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
     """
+    for model in models:  # before any work: a receiver that cannot be guided is refused in one line
+        if model.system.unet is not None:
+            model.system.check_guidance(protocol.guidance)
     console = SweepConsole(progress, echo)
     with_labels = any(m.system.cfg.class_cond for m in models)
     images, labels, files = _load_images(Path(data_dir), models[0].system.cfg.image_size, with_labels, protocol.limit)
@@ -379,7 +390,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
         checkpoints=[{"label": m.label, "path": str(m.checkpoint), "mode": m.system.cfg.mode,
                       "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
         settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
-                  "steps": protocol.steps, "sampler": protocol.sampler, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
+                  "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
+                  "eta": protocol.eta, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
                   "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
                   "controls": protocol.controls},
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,

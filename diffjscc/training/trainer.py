@@ -148,9 +148,12 @@ def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torc
     t = draws.randint(diffusion.num_timesteps, (images.shape[0],), device=images.device)
     noise = draws.randn(images.shape, device=images.device, dtype=images.dtype)
     x_t = diffusion.q_sample(target, t, noise)
+    keep = None  # classifier-free guidance: the same network learns p(x) beside p(x | y)
+    if cfg.condition_dropout:
+        keep = (draws.rand((images.shape[0],), device=images.device) >= cfg.condition_dropout).float()
     out = system.unet(x_t, diffusion.model_timesteps(t), latent=received,
                       class_labels=labels if cfg.class_cond else None,
-                      snr_db=snr if cfg.snr_adaptive else None, estimate=base)
+                      snr_db=snr if cfg.snr_adaptive else None, estimate=base, keep=keep)
     terms = diffusion.training_losses(out, target, x_t, t, noise, vlb_weight=cfg.vlb_weight)
     losses = {key: value.mean() for key, value in terms.items()}
     if parts:
