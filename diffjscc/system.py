@@ -26,7 +26,6 @@ its MSE beside the diffusion loss) and the diffusion receiver generates the resi
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -36,7 +35,8 @@ from diffjscc.channel import Channel
 from diffjscc.config import Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
-from diffjscc.diffusion.samplers import ddim_invert, ddim_sample, dpm_solver_2m_sample, resolve_sampler
+from diffjscc.diffusion.samplers import (check_guidance_scale, ddim_invert, ddim_sample, dpm_solver_2m_sample,
+                                         resolve_sampler)
 from diffjscc.diffusion.unet import Condition, ConditionalUNet
 from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
@@ -207,8 +207,7 @@ class TransmissionSystem(nn.Module):
 
     def check_guidance(self, guidance: float) -> None:
         """Guidance needs the unconditional prediction, which only ``condition_dropout`` training teaches."""
-        if not (math.isfinite(guidance) and guidance >= 0):
-            raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {guidance}")
+        check_guidance_scale(guidance)
         if guidance != 1.0 and not self.cfg.condition_dropout:
             raise UserError("--guidance needs a receiver trained with condition_dropout > 0 (it learns the "
                             "unconditional prediction); this one was trained without: use --guidance 1")

@@ -64,6 +64,12 @@ def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float 
     return name
 
 
+def check_guidance_scale(guidance: float) -> None:
+    """A classifier-free guidance scale is a finite number ≥ 0 (1: no guidance)."""
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {guidance}")
+
+
 def _full(batch: int, index: int, device: torch.device) -> torch.Tensor:
     return torch.full((batch,), index, device=device, dtype=torch.long)
 

@@ -27,7 +27,6 @@ every rank returns the same document, and callers write it on rank 0 only.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 
 from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import CHANNELS, START_MODES
-from diffjscc.diffusion.samplers import resolve_sampler
+from diffjscc.diffusion.samplers import check_guidance_scale, resolve_sampler
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
@@ -132,8 +131,7 @@ class Protocol:
         if "mean" in self.starts and self.samples_per_image == 1:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
         resolve_sampler(self.sampler, self.steps, eta=self.eta)  # a one-line error for a bad sampler or eta
-        if not (math.isfinite(self.guidance) and self.guidance >= 0):
-            raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {self.guidance}")
+        check_guidance_scale(self.guidance)
         if self.channel is not None and self.channel not in CHANNELS:
             raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNELS)}")
         for codec in self.digital:
