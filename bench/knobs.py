@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
+from diffjscc.diffusion.samplers import network_evaluations
 from diffjscc.errors import UserError
 from diffjscc.evaluation.classifier import load_classifier
 from diffjscc.evaluation.figures import _new_figure, _save
@@ -69,7 +70,7 @@ def run(args) -> int:
         by = {r["receiver"]: r for r in document["results"]}
         reference = {"deep_jscc": by["deep_jscc"], "source": by["source"]}
         one, control = by["diffusion"], by["control_noise"]
-        nfe = args.steps * (1 if setting["guidance"] == 1.0 else 2)
+        nfe = network_evaluations(args.steps, setting["guidance"])
         rows.append({**setting, "sampler": one["sampler"], "network_evaluations": nfe,
                      **{key: one[key] for key in ("psnr", "ssim", "fd_cls", "kid_cls", "acc_cls")},
                      "control_fd_cls": control["fd_cls"]})

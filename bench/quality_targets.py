@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from bench.common import machine_info, prepare_cifar, spread_subset, write_json
-from diffjscc.diffusion.samplers import resolve_sampler
+from diffjscc.diffusion.samplers import network_evaluations, resolve_sampler
 from diffjscc.errors import UserError
 from diffjscc.evaluation.classifier import load_classifier
 from diffjscc.evaluation.realism import RealismScorer
@@ -60,7 +60,7 @@ class Variant:
     mean: bool = True  # also the mean of K samples (K times the sampling)
 
     def network_evaluations(self) -> int:
-        return self.steps * (1 if self.guidance == 1.0 else 2)
+        return network_evaluations(self.steps, self.guidance)
 
     def describe(self) -> str:
         sampler = resolve_sampler(self.sampler, self.steps, eta=self.eta)

@@ -36,7 +36,7 @@ from diffjscc.config import Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import (check_guidance_scale, ddim_invert, ddim_sample, dpm_solver_2m_sample,
-                                         resolve_sampler)
+                                         resolve_sampler, sampling_eta)
 from diffjscc.diffusion.unet import Condition, ConditionalUNet
 from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
@@ -182,14 +182,22 @@ class TransmissionSystem(nn.Module):
         classifier-free guidance on y (see :meth:`_guided`).
         """
         assert self.unet is not None
-        snr = self._receiver_snr(snr_db)
-        condition = self.unet.condition(received, class_labels, snr, base, batch=batch)
-        if guidance == 1.0:
-            return self._network(condition)
+        conditions = self._conditions(received, class_labels, self._receiver_snr(snr_db), base, batch, guidance)
+        return self._conditioned_network(conditions, guidance)
+
+    def _conditions(self, received: torch.Tensor | None, class_labels: torch.Tensor | None,
+                    snr: float | torch.Tensor | None, base: torch.Tensor | None, batch: int | None,
+                    guidance: float) -> list[Condition]:
+        """The condition with y; with guidance (≠ 1) also the one without it (y dropped)."""
         self.check_guidance(guidance)
-        dropped = self.unet.condition(received, class_labels, snr, base, batch=batch,
-                                      keep=torch.zeros(batch or received.shape[0]))
-        return self._guided(self._network(condition), self._network(dropped), guidance)
+        count = received.shape[0] if received is not None else batch
+        keeps = [None] if guidance == 1.0 else [None, torch.zeros(count)]
+        return [self.unet.condition(received, class_labels, snr, base, batch=count, keep=keep) for keep in keeps]
+
+    def _conditioned_network(self, conditions: list[Condition], guidance: float):
+        """The network for :meth:`_conditions`' output: plain, or guided between its two conditions."""
+        calls = [self._network(condition) for condition in conditions]
+        return calls[0] if guidance == 1.0 else self._guided(*calls, guidance)
 
     def _network(self, condition: Condition):
         """The UNet as a function of (x_t, t) for a prepared condition, under bf16 autocast when
@@ -257,7 +265,7 @@ class TransmissionSystem(nn.Module):
         else:
             raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
         generated = _sample(process, denoise, x_T, self.clip_range(base), resolve_sampler(sampler, steps, start, eta),
-                            steps, generator, progress, eta=0.0 if start == "inversion" else eta)
+                            steps, generator, progress, eta=sampling_eta(eta, start))
         return self.from_residual(generated, base).clamp(-1, 1)
 
     @property
@@ -293,17 +301,14 @@ class TransmissionSystem(nn.Module):
                              for i, j in corners])
         base = self.residual_base(received, snr_db)
         windows_of_base = None if base is None else torch.cat([base[..., i:i + size, j:j + size] for i, j in corners])
-        snr = self._receiver_snr(snr_db)
-        self.check_guidance(guidance)
-        keeps = [None] if guidance == 1.0 else [None, torch.zeros(len(corners))]  # with y; without (guidance)
-        conditions = [self.unet.condition(latents, None, snr, windows_of_base, batch=len(corners), keep=keep)
-                      for keep in keeps]
+        conditions = self._conditions(latents, None, self._receiver_snr(snr_db), windows_of_base, len(corners),
+                                      guidance)
 
         def network(first: int):  # the (guided) network of at most batch_size windows from ``first``
-            calls = [self._network(Condition(None if c.vector is None else c.vector[first:first + batch_size],
-                                             None if c.maps is None else c.maps[first:first + batch_size]))
-                     for c in conditions]
-            return calls[0] if guidance == 1.0 else self._guided(*calls, guidance)
+            return self._conditioned_network(
+                [Condition(None if c.vector is None else c.vector[first:first + batch_size],
+                           None if c.maps is None else c.maps[first:first + batch_size]) for c in conditions],
+                guidance)
 
         chunks = [(corners[first:first + batch_size], network(first)) for first in range(0, len(corners), batch_size)]
         ramp = 1 - 0.9 * (2 * (torch.arange(size, device=received.device) + 0.5) / size - 1).abs()

@@ -64,6 +64,16 @@ def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float 
     return name
 
 
+def sampling_eta(eta: float, start: str | None = None) -> float:
+    """The η a run uses: a run from an inverted source is deterministic (the inversion's mirror)."""
+    return 0.0 if start == "inversion" else eta
+
+
+def network_evaluations(steps: int, guidance: float = 1.0) -> int:
+    """Network evaluations per image of one sampler run: guidance (≠ 1) evaluates with and without y."""
+    return steps * (1 if guidance == 1.0 else 2)
+
+
 def check_guidance_scale(guidance: float) -> None:
     """A classifier-free guidance scale is a finite number ≥ 0 (1: no guidance)."""
     if not (math.isfinite(guidance) and guidance >= 0):

@@ -35,7 +35,7 @@ import torch
 
 from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import CHANNELS, START_MODES
-from diffjscc.diffusion.samplers import check_guidance_scale, resolve_sampler
+from diffjscc.diffusion.samplers import check_guidance_scale, resolve_sampler, sampling_eta
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
@@ -241,7 +241,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
                        steps=protocol.steps if receiver.uses_unet else 0, start=receiver.start or "-",
                        sampler=_sampler_column(receiver, protocol),
                        guidance=protocol.guidance if receiver.uses_unet else None,
-                       eta=(0.0 if receiver.start == "inversion" else protocol.eta) if receiver.uses_unet else None,
+                       eta=sampling_eta(protocol.eta, receiver.start) if receiver.uses_unet else None,
                        oracle=receiver.oracle, control=receiver.control,
                        samples_per_image=K if receiver.per_sample else 1)
             row.update(score_outputs(my_source, scored, fid, lpips, sharded=sharded, realism=realism,
