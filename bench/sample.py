@@ -1,5 +1,6 @@
 """Network evaluations against quality: PSNR, fd_cls and images/s of the diffusion receiver for
-each sampler (DDIM, DPM-Solver++(2M)) at 1, 2, 4, 8, 20 and 50 evaluations per image.
+each sampler (DDIM, DPM-Solver++(2M)) and timestep spacing (the model's own and ``quadratic``) at
+1, 2, 4, 8, 20 and 50 evaluations per image.
 
 On a trained checkpoint (``--checkpoint``, a shipped ``--model``, or a residual v-prediction
 receiver trained here for ``--train-steps`` steps on the CIFAR-10 subset and reused on the next
@@ -8,7 +9,7 @@ every class at AWGN ``--snr`` dB (Gaussian start: a real receiver), with the shi
 ``fd_cls``, and its sampling speed is timed on its own (encoder + channel + sampler, no scoring),
 interleaved over rounds so that every row sees the same machine load. Target: a sampler with
 ≤ 8 evaluations within 0.3 dB PSNR and 10 % fd_cls of 50-step DDIM (the reference is DDIM at the
-largest step count run).
+largest step count run, on the first spacing listed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
-from diffjscc.config import load_config
+from diffjscc.config import SPACINGS, load_config
 from diffjscc.diffusion.samplers import resolve_sampler
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the trained checkpoint (reused when present: delete to retrain) and the test subset")
     parser.add_argument("--steps", default="1,2,4,8,20,50", help="comma-separated network evaluations per image")
     parser.add_argument("--samplers", default="ddim,dpm++2m", help="comma-separated samplers (ddim, dpm++2m)")
+    parser.add_argument("--spacings", default="",
+                        help=f"comma-separated timestep spacings ({', '.join(SPACINGS)}; default: the model's "
+                             "sample_spacing, then quadratic); the reference is DDIM on the first")
     parser.add_argument("--snr", type=float, default=10.0, help="AWGN SNR in dB")
     parser.add_argument("--test-images", type=int, default=500,
                         help="test images scored per row, spread over the classes (fd_cls needs a few hundred)")
@@ -68,20 +72,22 @@ def train_checkpoint(config: str, train_dir: Path, log_dir: Path, steps: int, ov
     return run.checkpoint
 
 
-def time_sampling(system, images: torch.Tensor, rows: list[tuple[str, int]], snr: float,
-                  rounds: int) -> dict[tuple[str, int], float]:
-    """Fastest seconds per batch of transmit + receive, per (sampler, steps), interleaved rounds."""
+def time_sampling(system, images: torch.Tensor, rows: list[tuple[str, str, int]], snr: float,
+                  rounds: int) -> dict[tuple[str, str, int], float]:
+    """Fastest seconds per batch of transmit + receive, per (sampler, spacing, steps), interleaved rounds."""
     best = {row: math.inf for row in rows}
     with torch.no_grad():
         for _ in range(rounds):
-            for sampler, steps in rows:
+            for sampler, spacing, steps in rows:
                 generator = torch.Generator(device=images.device).manual_seed(0)
                 start = time.perf_counter()
                 received = system.transmit(images, snr_db=snr, generator=generator)
-                system.receive(received, steps=steps, sampler=sampler, generator=generator, snr_db=snr)
+                system.receive(received, steps=steps, sampler=sampler, spacing=spacing, generator=generator,
+                               snr_db=snr)
                 if images.device.type == "cuda":
                     torch.cuda.synchronize()
-                best[sampler, steps] = min(best[sampler, steps], time.perf_counter() - start)
+                key = sampler, spacing, steps
+                best[key] = min(best[key], time.perf_counter() - start)
     return best
 
 
@@ -106,6 +112,10 @@ def run(args) -> int:
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     for sampler in samplers:
         resolve_sampler(sampler, 1)  # a one-line error for an unknown name
+    spacings = list(dict.fromkeys(s.strip() for s in args.spacings.split(",") if s.strip()))
+    for spacing in spacings:
+        if spacing not in SPACINGS:
+            raise UserError(f"unknown spacing {spacing!r}; expected {', '.join(SPACINGS)}")
     train_dir, test_dir = prepare_cifar(args.archive, args.data_root)
     trained_here = args.checkpoint is None and args.model is None
     if trained_here:
@@ -120,19 +130,20 @@ def run(args) -> int:
         raise UserError(f"{checkpoint} has no diffusion receiver (mode {system.cfg.mode})")
     realism = RealismScorer(load_classifier(), seed=0)
 
-    grid = [(sampler, steps) for sampler in samplers for steps in steps_list]
-    rows: dict[tuple[str, int], dict] = {}
+    spacings = spacings or list(dict.fromkeys([system.cfg.sample_spacing, "quadratic"]))
+    grid = [(sampler, spacing, steps) for spacing in spacings for sampler in samplers for steps in steps_list]
+    rows: dict[tuple[str, str, int], dict] = {}
     deep = None
-    for sampler, steps in grid:
-        protocol = Protocol(snrs=[args.snr], starts=("gaussian",), steps=steps, sampler=sampler)
+    for sampler, spacing, steps in grid:
+        protocol = Protocol(snrs=[args.snr], starts=("gaussian",), steps=steps, sampler=sampler, spacing=spacing)
         document = run_protocol(models, test_dir, protocol, fid_info={"skipped": "FID not computed in this benchmark"},
                                 realism=realism, progress=False, echo=lambda *a, **k: None)
         row = next(r for r in document["results"] if r["start"] == "gaussian")
         deep = next((r for r in document["results"] if r["receiver"] == "deep_jscc"), deep)
-        rows[sampler, steps] = {"sampler": sampler, "steps": steps, "psnr": row["psnr"], "ssim": row["ssim"],
-                                "fd_cls": row["fd_cls"], "n": row["n"]}
-        print(f"  {sampler:>8} {steps:>3} evaluations: PSNR {row['psnr']:.2f} dB, fd_cls {_number(row['fd_cls'])}",
-              flush=True)
+        rows[sampler, spacing, steps] = {"sampler": sampler, "spacing": spacing, "steps": steps, "psnr": row["psnr"],
+                                         "ssim": row["ssim"], "fd_cls": row["fd_cls"], "n": row["n"]}
+        print(f"  {sampler:>8} {spacing:>9} {steps:>3} evaluations: PSNR {row['psnr']:.2f} dB, "
+              f"fd_cls {_number(row['fd_cls'])}", flush=True)
 
     dataset = ImageFolderDataset(test_dir, image_size=system.cfg.image_size)
     test_images, _ = dataset.first(args.timing_images, args.device)
@@ -140,7 +151,7 @@ def run(args) -> int:
     for key in grid:
         rows[key]["images_per_s"] = test_images.shape[0] / seconds[key]
 
-    reference_key = ("ddim", max(steps_list)) if "ddim" in samplers else grid[-1]
+    reference_key = ("ddim", spacings[0], max(steps_list)) if "ddim" in samplers else grid[-1]
     reference = rows[reference_key]
     for row in rows.values():
         row["psnr_minus_reference"] = row["psnr"] - reference["psnr"]
@@ -148,30 +159,31 @@ def run(args) -> int:
                                if row["fd_cls"] is not None and reference["fd_cls"] else None)
         row["meets_target"] = meets_target(row)
     passing = [row for row in rows.values() if row["meets_target"]]
-    best = min(passing, key=lambda row: (row["steps"], row["sampler"]), default=None)
+    best = min(passing, key=lambda row: (row["steps"], row["sampler"], row["spacing"]), default=None)
 
-    label = f"{reference_key[0]} {reference_key[1]}"
-    print(f"\nsamplers on {checkpoint} ({system.cfg.mode}, {system.cfg.sample_spacing} spacing), AWGN {args.snr:g} dB, "
+    label = f"{reference_key[0]} {reference_key[2]} {reference_key[1]}"
+    print(f"\nsamplers on {checkpoint} ({system.cfg.mode}), AWGN {args.snr:g} dB, "
           f"Gaussian start, PSNR and fd_cls over {reference['n']} test images (every class); img/s timed on "
           f"{test_images.shape[0]}")
-    print(f"{'sampler':>8}{'NFE':>5}{'img/s':>9}{'PSNR dB':>9}{'SSIM':>8}{'fd_cls':>8}{f'Δ vs {label}':>14}{'fd ratio':>10}")
+    print(f"{'sampler':>8}{'spacing':>10}{'NFE':>5}{'img/s':>9}{'PSNR dB':>9}{'SSIM':>8}{'fd_cls':>8}"
+          f"{f'Δ vs {label}':>24}{'fd ratio':>10}")
     for key in grid:
         row = rows[key]
-        print(f"{row['sampler']:>8}{row['steps']:>5}{row['images_per_s']:>9.2f}{row['psnr']:>9.2f}{row['ssim']:>8.4f}"
-              f"{_number(row['fd_cls']):>8}{row['psnr_minus_reference']:>+14.2f}{_number(row['fd_cls_ratio']):>10}")
+        print(f"{row['sampler']:>8}{row['spacing']:>10}{row['steps']:>5}{row['images_per_s']:>9.2f}{row['psnr']:>9.2f}{row['ssim']:>8.4f}"
+              f"{_number(row['fd_cls']):>8}{row['psnr_minus_reference']:>+24.2f}{_number(row['fd_cls_ratio']):>10}")
     if deep is not None:
         print(f"(Deep JSCC decoder of the same checkpoint: {deep['psnr']:.2f} dB, fd_cls {_number(deep['fd_cls'])})")
     print(f"target: <= {TARGET_NFE} evaluations within {TARGET_DB} dB PSNR and {TARGET_FD:.0%} fd_cls of {label}: "
-          + (f"met by {best['sampler']} at {best['steps']}" if best else "NOT met"))
+          + (f"met by {best['sampler']} ({best['spacing']} spacing) at {best['steps']}" if best else "NOT met"))
     write_json(args.results / "sample.json", {
         "benchmark": "sample", "checkpoint": str(checkpoint), "model": args.model, "trained_here": trained_here,
         "train_steps": args.train_steps if trained_here else None, "mode": system.cfg.mode,
-        "sample_spacing": system.cfg.sample_spacing, "snr_db": args.snr, "start": "gaussian",
+        "sample_spacing": system.cfg.sample_spacing, "spacings": spacings, "snr_db": args.snr, "start": "gaussian",
         "test_images": reference["n"], "timing_images": int(test_images.shape[0]), "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "deep_jscc": None if deep is None else {"psnr": deep["psnr"], "fd_cls": deep["fd_cls"]},
         "target": {"max_evaluations": TARGET_NFE, "reference": list(reference_key), "within_db": TARGET_DB,
                    "within_fd_cls": TARGET_FD, "met": best is not None,
-                   "met_by": None if best is None else [best["sampler"], best["steps"]]},
+                   "met_by": None if best is None else [best["sampler"], best["spacing"], best["steps"]]},
         "machine": machine_info(), "rows": [rows[key] for key in grid]})
     return 0

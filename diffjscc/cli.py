@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from diffjscc import __version__
-from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS
+from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS
 from diffjscc.errors import EXIT_USAGE, UserError
 from diffjscc.runtime.pretrained import checkpoint_for, verified_path
 
@@ -74,6 +74,10 @@ def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 20) -> None:
                         "trained with condition_dropout")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM stochasticity in [0, 1] (default 0: deterministic; 1: DDPM-like noise at every step)")
+    p.add_argument("--spacing", default=None, choices=list(SPACINGS),
+                   help="sampling timesteps (default: the model's sample_spacing): leading (never t = T-1), "
+                        "trailing (from t = T-1 down in equal strides) or quadratic (T-1 to 0, dense near 0: "
+                        "the few-step solver nearest the converged ODE)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -354,7 +358,7 @@ def _cmd_sample(args) -> int:
         part = slice(start, start + args.batch_size)
         chunks.append(reconstruct_rows(system, images[part], None if labels is None else labels[part],
                                        steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
-                                       generator=generator, snr_db=snr,
+                                       spacing=args.spacing, generator=generator, snr_db=snr,
                                        receivers=receivers))
     names = chunks[0][1]
     rows = [torch.cat([chunk_rows[r] for chunk_rows, _ in chunks]) for r in range(len(names))]
@@ -415,7 +419,7 @@ def _cmd_evaluate(args) -> int:
     checkpoints = list(args.checkpoint) + [verified_path(name) for name in args.model]
     names = [None] * len(args.checkpoint) + list(args.model)
     protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                        eta=args.eta, samples_per_image=args.samples_per_image,
+                        eta=args.eta, spacing=args.spacing, samples_per_image=args.samples_per_image,
                         limit=args.limit, seed=args.seed, batch_size=args.batch_size, channel=args.channel,
                         digital=digital, controls=args.controls)
     if not args.data.is_dir():
@@ -533,12 +537,13 @@ def _cmd_transmit(args) -> int:
     channel = {"rayleigh": "rayleigh_block"}.get(args.channel, args.channel) or system.cfg.channel
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
                            receiver=args.receiver, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
-                           eta=args.eta, seed=args.seed,
+                           eta=args.eta, spacing=args.spacing, seed=args.seed,
                            batch_size=args.batch_size)
     guided = f", guidance {args.guidance:g}" if args.guidance != 1 else ""
     stochastic = f", eta {args.eta:g}" if args.eta else ""
+    spacing = f", {args.spacing} spacing" if args.spacing else ""
     how = (f"diffusion receiver ({args.steps} steps of {resolve_sampler(args.sampler, args.steps, eta=args.eta)}"
-           f"{guided}{stochastic}, Gaussian start)"
+           f"{guided}{stochastic}{spacing}, Gaussian start)"
            if result.receiver == "diffusion" else "Deep JSCC decoder")
     height, width = result.output.shape[:2]
     print(f"wrote {args.output} ({width}x{height}) via the {how} over {channel} at {args.snr:g} dB")

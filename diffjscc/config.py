@@ -33,7 +33,8 @@ JSCC_NORMS = ("gdn", "batchnorm")
 DEVICES = ("auto", "cpu", "cuda")
 START_MODES = ("gaussian", "mean", "inversion")  # diffusion receivers: x_T ~ N(0, I); mean of K; ORACLE
 BF16_SETTINGS = ("false", "true", "auto")  # auto: on where the device computes bf16 natively
-SPACINGS = ("leading", "trailing")  # sampling timesteps: strided from t = 0 (DDIM's), or ending at t = T−1
+SPACINGS = ("leading", "trailing", "quadratic")  # sampling timesteps: strided from t = 0 (DDIM's, never T−1);
+# strided down from t = T−1; or from T−1 to 0, dense near t = 0 (see diffusion/respace.py)
 SAMPLERS = ("auto", "ddim", "dpm++2m")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM
 FEW_STEPS = 8
 
@@ -105,7 +106,7 @@ class Config:
     prediction: str = "epsilon"  # what the UNet predicts: epsilon (original) | x0 | v = √ᾱ·ε − √(1−ᾱ)·x0
     vlb_weight: float = 0.001  # λ of the hybrid loss (Nichol & Dhariwal 2021)
     sample_steps: int = 50  # sampling steps of the sample grids written during training
-    sample_spacing: str = "leading"  # leading (DDIM's strided steps, never t = T−1) | trailing (ends at T−1)
+    sample_spacing: str = "leading"  # leading (never t = T−1) | trailing (ends at T−1) | quadratic (T−1 to 0)
 
     # --- optimisation ----------------------------------------------------------------------
     batch_size: int = 64

@@ -70,7 +70,8 @@ class ReceiveContext:
     ``snr_db``: channel SNR (dB) the receivers are told (SNR-adaptive models use it);
     ``steps``: sampling steps (network evaluations); ``sampler``: one of
     :data:`diffjscc.config.SAMPLERS`; ``guidance``: classifier-free guidance scale (1: none);
-    ``eta``: DDIM's stochasticity (0: deterministic); ``generator``: the sampling noise, shared by the receivers in table
+    ``eta``: DDIM's stochasticity (0: deterministic); ``spacing``: the sampling timesteps (one of
+    :data:`diffjscc.config.SPACINGS`; None: the model's ``sample_spacing``); ``generator``: the sampling noise, shared by the receivers in table
     order; ``samples``: K posterior samples per image; ``class_labels``: for class-conditional
     models; ``batch``: the number of images, needed only when there is no received latent
     (an unconditional model generates from the prior); ``source``: the transmitted images in
@@ -82,7 +83,8 @@ class ReceiveContext:
 
     def __init__(self, *, snr_db: float | torch.Tensor | None, steps: int, generator: torch.Generator | None = None,
                  sampler: str = "auto", samples: int = 1, class_labels: torch.Tensor | None = None, source: torch.Tensor | None = None,
-                 batch: int | None = None, guidance: float = 1.0, eta: float = 0.0) -> None:
+                 batch: int | None = None, guidance: float = 1.0, eta: float = 0.0,
+                 spacing: str | None = None) -> None:
         if samples < 1:
             raise ValueError(f"samples must be positive, got {samples}")
         self.snr_db = snr_db
@@ -90,6 +92,7 @@ class ReceiveContext:
         self.sampler = sampler
         self.guidance = guidance
         self.eta = eta
+        self.spacing = spacing
         self.generator = generator
         self.samples = samples
         self.class_labels = class_labels
@@ -185,7 +188,7 @@ def _diffuse(system: TransmissionSystem, received: torch.Tensor | None, context:
              start: str, source: torch.Tensor | None = None) -> torch.Tensor:
     """One sampler run of the conditional diffusion from ``start``: (N, 3, H, W)."""
     return system.receive(received, steps=context.steps, sampler=context.sampler, guidance=context.guidance,
-                          eta=context.eta, start=start, source=source,
+                          eta=context.eta, spacing=context.spacing, start=start, source=source,
                           class_labels=context.class_labels, generator=context.generator, batch=context.batch,
                           snr_db=context.snr_db)
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from diffjscc.channel import Channel
-from diffjscc.config import Config, config_from_dict, first_mismatch
+from diffjscc.config import SPACINGS, Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import (check_guidance_scale, ddim_invert, ddim_sample, dpm_solver_2m_sample,
@@ -142,14 +142,17 @@ class TransmissionSystem(nn.Module):
             raise ValueError("this model is SNR-adaptive: its receivers need snr_db")
         return snr_db
 
-    def sampling_process(self, steps: int) -> GaussianDiffusion:
-        """The trained process respaced to ``steps`` sampling steps, spaced as ``sample_spacing``
-        says: ``leading`` strided from t = 0 (never t = T−1), ``trailing`` ending at t = T−1."""
+    def sampling_process(self, steps: int, spacing: str | None = None) -> GaussianDiffusion:
+        """The trained process respaced to ``steps`` sampling steps, spaced as ``spacing`` says
+        (default: the config's ``sample_spacing``): ``leading`` strided from t = 0 (never t = T−1),
+        ``trailing`` strided down from t = T−1, ``quadratic`` from T−1 to 0, dense near t = 0."""
         assert self.diffusion is not None
         total = self.diffusion.num_timesteps
-        if self.cfg.sample_spacing == "trailing":
-            return respace(self.diffusion, parse_respacing(f"trailing{min(steps, total)}", total))
-        return respace(self.diffusion, parse_respacing(f"ddim{min(steps, max(total - 1, 1))}", total))
+        spacing = spacing or self.cfg.sample_spacing
+        if spacing not in SPACINGS:
+            raise UserError(f"unknown timestep spacing {spacing!r}; expected {', '.join(SPACINGS)}")
+        spec = f"ddim{min(steps, max(total - 1, 1))}" if spacing == "leading" else f"{spacing}{min(steps, total)}"
+        return respace(self.diffusion, parse_respacing(spec, total))
 
     def residual_base(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor | None:
         """The Deep JSCC estimate x̂ that ``residual`` conditioning diffuses around, else None."""
@@ -241,16 +244,18 @@ class TransmissionSystem(nn.Module):
                 source: torch.Tensor | None = None, class_labels: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, batch: int | None = None,
                 progress: bool = False, snr_db: float | torch.Tensor | None = None,
-                sampler: str = "auto", guidance: float = 1.0, eta: float = 0.0) -> torch.Tensor:
+                sampler: str = "auto", guidance: float = 1.0, eta: float = 0.0,
+                spacing: str | None = None) -> torch.Tensor:
         """Diffusion receiver: received latent → image in [−1, 1] with ``sampler`` (see
         :func:`~diffjscc.diffusion.samplers.resolve_sampler`; inversion always runs DDIM),
-        classifier-free ``guidance`` (1: none) and DDIM's ``eta`` (0: deterministic).
+        classifier-free ``guidance`` (1: none), DDIM's ``eta`` (0: deterministic) and the
+        timestep ``spacing`` (default: the config's ``sample_spacing``).
 
         ``start="gaussian"`` draws x_T ~ N(0, I): a real receiver. ``start="inversion"`` obtains
         x_T by DDIM inversion of ``source`` — the *source image*, which a real receiver does not
         have: an oracle upper bound, to be labelled as such wherever it is reported.
         """
-        process = self.sampling_process(steps)
+        process = self.sampling_process(steps, spacing)
         count = received.shape[0] if received is not None else batch
         base = self.residual_base(received, snr_db)
         denoise = self.denoiser(received, class_labels, snr_db, base, batch=count, guidance=guidance)
@@ -277,7 +282,8 @@ class TransmissionSystem(nn.Module):
     @torch.no_grad()
     def receive_windowed(self, received: torch.Tensor, steps: int, snr_db: float | torch.Tensor | None = None,
                          sampler: str = "auto", generator: torch.Generator | None = None, stride: int | None = None,
-                         batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0) -> torch.Tensor:
+                         batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0,
+                         spacing: str | None = None) -> torch.Tensor:
         """Diffusion receiver for one image larger than the network: received latent (1, c, h, w)
         of an image of 4h × 4w pixels → that image in [−1, 1].
 
@@ -329,7 +335,7 @@ class TransmissionSystem(nn.Module):
             return blended / total
 
         x_T = torch.randn((1, 3, height, width), generator=generator, device=received.device)
-        generated = _sample(self.sampling_process(steps), denoise, x_T, self.clip_range(base),
+        generated = _sample(self.sampling_process(steps, spacing), denoise, x_T, self.clip_range(base),
                             resolve_sampler(sampler, steps, eta=eta), steps, generator, eta=eta)
         return self.from_residual(generated, base).clamp(-1, 1)
 

@@ -69,7 +69,7 @@ def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path,
     work = tmp_path / "work"
     argv = ["sample", "--data-root", str(cifar_root), "--work", str(work), "--set", "batch_size=4", "--set",
             "log_interval=1", "--test-images", "4", "--timing-images", "2", "--rounds", "1", "--steps", "2,3",
-            "--samplers", "ddim,dpm++2m", "--threads", "1", "--results", str(tmp_path)]
+            "--samplers", "ddim,dpm++2m", "--spacings", "leading,quadratic", "--threads", "1", "--results", str(tmp_path)]
     threads = torch.get_num_threads()
 
     def run(train_steps: int) -> int:
@@ -80,12 +80,15 @@ def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path,
 
     assert run(2) == 0
     out = capsys.readouterr().out
-    assert "Δ vs ddim 3" in out and "target: <= 8 evaluations within 0.3 dB PSNR and 10% fd_cls of ddim 3" in out
+    assert "Δ vs ddim 3 leading" in out
+    assert "target: <= 8 evaluations within 0.3 dB PSNR and 10% fd_cls of ddim 3 leading" in out
     result = json.loads((tmp_path / "sample.json").read_text())
     assert result["trained_here"] and result["train_steps"] == 2 and result["snr_db"] == 10.0
     assert result["threads"] == 1  # --threads, applied by `python -m bench` for every sub-benchmark
-    assert [(row["sampler"], row["steps"]) for row in result["rows"]] == [
-        ("ddim", 2), ("ddim", 3), ("dpm++2m", 2), ("dpm++2m", 3)]
+    assert [(row["spacing"], row["sampler"], row["steps"]) for row in result["rows"]] == [
+        (spacing, sampler, steps) for spacing in ("leading", "quadratic") for sampler in ("ddim", "dpm++2m")
+        for steps in (2, 3)]
+    assert result["target"]["reference"] == ["ddim", "leading", 3]
     for row in result["rows"]:
         assert row["n"] == 4 and row["images_per_s"] > 0 and row["fd_cls"] > 0
         assert row["meets_target"] == (abs(row["psnr_minus_reference"]) <= 0.3 and row["fd_cls_ratio"] <= 1.1)
@@ -100,17 +103,19 @@ def test_sample_trains_a_checkpoint_and_scores_each_step_count(cifar_root: Path,
     assert (cfg["mode"], cfg["conditioning"], cfg["prediction"]) == (result["mode"], "residual", "v")
     assert cfg["data_dir"] == str(cifar_root / "cifar_train")
 
-    # each row is what `diffjscc evaluate` gives for that checkpoint, step count and seed
+    # each row is what `diffjscc evaluate` gives for that checkpoint, sampler, spacing, step count and seed
     for row in result["rows"]:
-        expected = evaluate_rows([checkpoint], work / "test_4", tmp_path / f"eval_{row['sampler']}{row['steps']}.json",
+        name = f"eval_{row['sampler']}_{row['spacing']}{row['steps']}.json"
+        expected = evaluate_rows([checkpoint], work / "test_4", tmp_path / name,
                                  "--snr", "10", "--start", "gaussian", "--steps", str(row["steps"]), "--seed", "0",
-                                 "--sampler", row["sampler"])
+                                 "--sampler", row["sampler"], "--spacing", row["spacing"])
         diffusion = next(r for r in expected if r["receiver"] == "diffusion")
-        assert diffusion["sampler"] == row["sampler"]
+        assert (diffusion["sampler"], diffusion["spacing"]) == (row["sampler"], row["spacing"])
         assert (row["psnr"], row["ssim"]) == pytest.approx((diffusion["psnr"], diffusion["ssim"]), abs=1e-9)
     deep = next(r for r in expected if r["receiver"] == "deep_jscc")
     assert result["deep_jscc"]["psnr"] == pytest.approx(deep["psnr"], abs=1e-9)
     assert result["rows"][0]["psnr"] != result["rows"][1]["psnr"]  # the step count reached the sampler
+    assert result["rows"][1]["psnr"] != result["rows"][5]["psnr"]  # and the spacing
 
     # a rerun reuses the checkpoint: nothing retrained, the same rows
     trained_at = checkpoint.stat().st_mtime_ns

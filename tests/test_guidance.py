@@ -134,7 +134,7 @@ def test_eta_runs_ddim_and_adds_noise() -> None:
     assert (stochastic - deterministic).abs().mean() > 1e-3
 
 
-def test_evaluate_records_eta_and_refuses_guidance_without_dropout(cifar_root, tmp_path, capsys) -> None:
+def test_evaluate_records_eta_and_spacing_and_refuses_guidance_without_dropout(cifar_root, tmp_path, capsys) -> None:
     from diffjscc.cli import main
 
     data = str(cifar_root / "cifar_test")
@@ -144,8 +144,9 @@ def test_evaluate_records_eta_and_refuses_guidance_without_dropout(cifar_root, t
     rows = json.loads((out / "results.json").read_text())["results"]
     diffusion = next(r for r in rows if r["receiver"] == "diffusion")
     assert (diffusion["sampler"], diffusion["eta"], diffusion["guidance"]) == ("ddim", 0.5, 1.0)
+    assert diffusion["spacing"] == "trailing"  # the shipped receiver's sample_spacing
     deep = next(r for r in rows if r["receiver"] == "deep_jscc")
-    assert deep["eta"] is None and deep["guidance"] is None
+    assert deep["eta"] is None and deep["guidance"] is None and deep["spacing"] is None
     capsys.readouterr()
     unguidable = _system(condition_dropout=0.0)  # a receiver trained without condition dropout
     checkpoint = save_checkpoint({"config": unguidable.cfg.to_dict(), "model": unguidable.state_dict(), "step": 0},
@@ -157,9 +158,11 @@ def test_evaluate_records_eta_and_refuses_guidance_without_dropout(cifar_root, t
     assert error.startswith("diffjscc: error:") and "condition_dropout" in error
     assert not (tmp_path / "guided" / "results.json").exists()
     assert main(["evaluate", "--model", "diffusion_128", "--data", data, "--snr", "10", "--limit", "4", "--steps", "2",
-                 "--guidance", "2", "--no-fid", "--no-realism", "--out", str(tmp_path / "shipped"), "--no-progress"]) == 0
-    guided = json.loads((tmp_path / "shipped" / "results.json").read_text())["results"]
-    assert next(r for r in guided if r["receiver"] == "diffusion")["guidance"] == 2.0  # the shipped ones can
+                 "--guidance", "2", "--spacing", "quadratic", "--no-fid", "--no-realism", "--out", str(tmp_path / "shipped"),
+                 "--no-progress"]) == 0
+    guided = next(r for r in json.loads((tmp_path / "shipped" / "results.json").read_text())["results"]
+                  if r["receiver"] == "diffusion")
+    assert (guided["guidance"], guided["spacing"]) == (2.0, "quadratic")  # the shipped ones can
     assert main(["transmit", "--model", "diffusion_128", "--snr", "10", "--sampler", "dpm++2m", "--eta", "1",
                  str(next((cifar_root / "cifar_test").iterdir())), str(tmp_path / "rx.png")]) == 2
     assert "DPM-Solver" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def latent_preview(received: torch.Tensor, size: int) -> torch.Tensor:
 def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
                      steps: int, generator: torch.Generator | None = None, snr_db: float | None = None,
                      receivers: Sequence[str] = COMPARISON, sampler: str = "auto", guidance: float = 1.0,
-                     eta: float = 0.0) -> tuple[list[torch.Tensor], list[str]]:
+                     eta: float = 0.0, spacing: str | None = None) -> tuple[list[torch.Tensor], list[str]]:
     """Rows for a grid: the source, then each of ``receivers`` (registry names, run in table
     order) that ``system`` has; one output each. A comparison grid of a system without a Deep
     JSCC decoder shows the received latent in its place. The transmission and the receivers
@@ -49,7 +49,7 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
         rows.append(latent_preview(received, images.shape[-1]))
         names.append("received y")
     context = ReceiveContext(snr_db=snr_db, steps=steps, sampler=sampler, generator=generator, class_labels=labels, source=images,
-                             batch=images.shape[0], guidance=guidance, eta=eta)
+                             batch=images.shape[0], guidance=guidance, eta=eta, spacing=spacing)
     for receiver in select(receivers):
         if missing_part(system, receiver) is None:
             rows.append(receive(system, receiver, received, context)[0])

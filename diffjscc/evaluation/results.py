@@ -2,7 +2,7 @@
 them with what produced them, and its files — results.json (everything), results.csv (the rows)
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
-The document's format is ``diffjscc-evaluation/4``: keys ``format, versions, seed, data,
+The document's format is ``diffjscc-evaluation/5``: keys ``format, versions, seed, data,
 n_images, checkpoints, settings, metrics, notes, results``; every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
 """
@@ -34,7 +34,8 @@ from diffjscc.evaluation.metrics import (
 __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "results_document",
            "results_table", "write_results"]
 
-FORMAT = "diffjscc-evaluation/4"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler; 4: guidance, eta
+FORMAT = "diffjscc-evaluation/5"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
+# 4: guidance, eta; 5: spacing
 
 
 class ResultRow(TypedDict):
@@ -53,6 +54,7 @@ class ResultRow(TypedDict):
     sampler: str  # ddim | dpm++2m (DDIM for inversion), "-" without diffusion
     guidance: float | None  # classifier-free guidance scale (1: none; 2 network evaluations per step otherwise)
     eta: float | None  # DDIM's stochasticity (0: deterministic); None without diffusion
+    spacing: str | None  # the sampling timesteps: leading | trailing | quadratic; None without diffusion
     start: str  # diffusion start mode, "-" for the others
     oracle: bool  # reads the source image: an upper bound, not a result
     control: bool  # a control row (source, control_noise): a reference, not a receiver

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from diffjscc.channel import bandwidth_ratio
-from diffjscc.config import CHANNELS, START_MODES
+from diffjscc.config import CHANNELS, SPACINGS, START_MODES
 from diffjscc.diffusion.samplers import check_guidance_scale, resolve_sampler, sampling_eta
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
@@ -106,6 +106,7 @@ class Protocol:
     sampler: str = "auto"
     guidance: float = 1.0
     eta: float = 0.0
+    spacing: str | None = None  # the sampling timesteps; None: each model's sample_spacing
     samples_per_image: int | None = None
     limit: int | None = None
     seed: int = 0
@@ -132,6 +133,8 @@ class Protocol:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
         resolve_sampler(self.sampler, self.steps, eta=self.eta)  # a one-line error for a bad sampler or eta
         check_guidance_scale(self.guidance)
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise UserError(f"unknown spacing {self.spacing!r}; expected {', '.join(SPACINGS)}")
         if self.channel is not None and self.channel not in CHANNELS:
             raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNELS)}")
         for codec in self.digital:
@@ -225,7 +228,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             x = images[part].to(device)
             received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
             context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
-                                     guidance=protocol.guidance, eta=protocol.eta,
+                                     guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed),
                                      class_labels=labels[part].to(device) if use_labels else None)
             for receiver in receivers:  # table order: the order they draw sampling noise in
@@ -242,6 +245,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
                        sampler=_sampler_column(receiver, protocol),
                        guidance=protocol.guidance if receiver.uses_unet else None,
                        eta=sampling_eta(protocol.eta, receiver.start) if receiver.uses_unet else None,
+                       spacing=(protocol.spacing or cfg.sample_spacing) if receiver.uses_unet else None,
                        oracle=receiver.oracle, control=receiver.control,
                        samples_per_image=K if receiver.per_sample else 1)
             row.update(score_outputs(my_source, scored, fid, lpips, sharded=sharded, realism=realism,
@@ -283,7 +287,8 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                 outputs = torch.from_numpy(received).permute(0, 3, 1, 2).contiguous()
                 row = {"system": f"{CODECS[name].label} + ideal code", "receiver": name, "model": "", "mode": "digital",
                        "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
-                       "n_symbols": n_symbols, "steps": 0, "sampler": "-", "guidance": None, "eta": None, "start": "-", "oracle": False, "control": False,
+                       "n_symbols": n_symbols, "steps": 0, "sampler": "-", "guidance": None, "eta": None, "spacing": None,
+                       "start": "-", "oracle": False, "control": False,
                        "samples_per_image": 1,
                        "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
                        "mean_bytes": stats["mean_bytes"], "lost_fraction": stats["lost_fraction"],
@@ -389,7 +394,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                       "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
         settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
                   "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
-                  "eta": protocol.eta, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
+                  "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
                   "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
                   "controls": protocol.controls},
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,

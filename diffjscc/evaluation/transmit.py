@@ -65,7 +65,8 @@ TRANSMIT_RECEIVERS = ("diffusion", "deep_jscc")
 @torch.no_grad()
 def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: float, channel: str,
                    receiver: str = "auto", steps: int = 8, sampler: str = "auto", seed: int = 0,
-                   batch_size: int = 64, gray: bool = False, guidance: float = 1.0, eta: float = 0.0) -> TransmitResult:
+                   batch_size: int = 64, gray: bool = False, guidance: float = 1.0, eta: float = 0.0,
+                   spacing: str | None = None) -> TransmitResult:
     """Transmit a (3, H, W) image in [-1, 1] as one image; reconstruction at the input's size."""
     cfg = system.cfg
     if receiver == "auto":
@@ -92,7 +93,7 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
         recon = system.decode(received, snr_db).clamp(-1, 1)
     else:
         recon = system.receive_windowed(received, steps, snr_db=snr_db, sampler=sampler, generator=g_sample,
-                                        batch_size=batch_size, guidance=guidance, eta=eta)
+                                        batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing)
     recon = recon[0, :, :h, :w].cpu()
     source_u8, recon_u8 = to_uint8(image), to_uint8(recon)
     if gray:
@@ -110,7 +111,8 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
 
 def transmit_file(system: TransmissionSystem, source: Path, target: Path, snr_db: float, channel: str,
                   receiver: str = "auto", steps: int = 8, sampler: str = "auto", seed: int = 0,
-                  batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0) -> TransmitResult:
+                  batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0,
+                  spacing: str | None = None) -> TransmitResult:
     """Read ``source`` (any size and mode Pillow reads), transmit, write ``target`` at the same size."""
     from diffjscc.data import load_image_tensor
 
@@ -118,7 +120,8 @@ def transmit_file(system: TransmissionSystem, source: Path, target: Path, snr_db
     with Image.open(source) as probe:
         gray = probe.mode in GRAY_MODES
     result = transmit_image(system, image, snr_db, channel, receiver=receiver, steps=steps, sampler=sampler,
-                            seed=seed, batch_size=batch_size, gray=gray, guidance=guidance, eta=eta)
+                            seed=seed, batch_size=batch_size, gray=gray, guidance=guidance, eta=eta,
+                            spacing=spacing)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(result.output).save(target)
