@@ -23,7 +23,7 @@ import torch
 
 from bench.common import add_data_arguments, machine_info, prepare_cifar, spread_subset, write_json
 from diffjscc.config import SPACINGS, load_config
-from diffjscc.diffusion.samplers import resolve_sampler
+from diffjscc.diffusion.samplers import check_spacing, resolve_sampler
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
 from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
@@ -114,8 +114,7 @@ def run(args) -> int:
         resolve_sampler(sampler, 1)  # a one-line error for an unknown name
     spacings = list(dict.fromkeys(s.strip() for s in args.spacings.split(",") if s.strip()))
     for spacing in spacings:
-        if spacing not in SPACINGS:
-            raise UserError(f"unknown spacing {spacing!r}; expected {', '.join(SPACINGS)}")
+        check_spacing(spacing)  # a one-line error before any training
     train_dir, test_dir = prepare_cifar(args.archive, args.data_root)
     trained_here = args.checkpoint is None and args.model is None
     if trained_here:
@@ -169,7 +168,8 @@ def run(args) -> int:
           f"{f'Δ vs {label}':>24}{'fd ratio':>10}")
     for key in grid:
         row = rows[key]
-        print(f"{row['sampler']:>8}{row['spacing']:>10}{row['steps']:>5}{row['images_per_s']:>9.2f}{row['psnr']:>9.2f}{row['ssim']:>8.4f}"
+        print(f"{row['sampler']:>8}{row['spacing']:>10}{row['steps']:>5}{row['images_per_s']:>9.2f}"
+              f"{row['psnr']:>9.2f}{row['ssim']:>8.4f}"
               f"{_number(row['fd_cls']):>8}{row['psnr_minus_reference']:>+24.2f}{_number(row['fd_cls_ratio']):>10}")
     if deep is not None:
         print(f"(Deep JSCC decoder of the same checkpoint: {deep['psnr']:.2f} dB, fd_cls {_number(deep['fd_cls'])})")

@@ -32,11 +32,11 @@ import torch
 from torch import nn
 
 from diffjscc.channel import Channel
-from diffjscc.config import SPACINGS, Config, config_from_dict, first_mismatch
+from diffjscc.config import Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
-from diffjscc.diffusion.samplers import (check_guidance_scale, ddim_invert, ddim_sample, dpm_solver_2m_sample,
-                                         resolve_sampler, sampling_eta)
+from diffjscc.diffusion.samplers import (check_guidance_scale, check_spacing, ddim_invert, ddim_sample,
+                                         dpm_solver_2m_sample, resolve_sampler, sampling_eta)
 from diffjscc.diffusion.unet import Condition, ConditionalUNet
 from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
@@ -149,8 +149,7 @@ class TransmissionSystem(nn.Module):
         assert self.diffusion is not None
         total = self.diffusion.num_timesteps
         spacing = spacing or self.cfg.sample_spacing
-        if spacing not in SPACINGS:
-            raise UserError(f"unknown timestep spacing {spacing!r}; expected {', '.join(SPACINGS)}")
+        check_spacing(spacing)
         spec = f"ddim{min(steps, max(total - 1, 1))}" if spacing == "leading" else f"{spacing}{min(steps, total)}"
         return respace(self.diffusion, parse_respacing(spec, total))
 

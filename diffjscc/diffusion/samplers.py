@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from diffjscc.config import FEW_STEPS, SAMPLERS
+from diffjscc.config import FEW_STEPS, SAMPLERS, SPACINGS
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.errors import UserError
 
@@ -78,6 +78,12 @@ def check_guidance_scale(guidance: float) -> None:
     """A classifier-free guidance scale is a finite number ≥ 0 (1: no guidance)."""
     if not (math.isfinite(guidance) and guidance >= 0):
         raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {guidance}")
+
+
+def check_spacing(spacing: str) -> None:
+    """A timestep spacing is one of :data:`diffjscc.config.SPACINGS`."""
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown timestep spacing {spacing!r}; expected {', '.join(SPACINGS)}")
 
 
 def _full(batch: int, index: int, device: torch.device) -> torch.Tensor:

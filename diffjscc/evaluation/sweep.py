@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from diffjscc.channel import bandwidth_ratio
-from diffjscc.config import CHANNELS, SPACINGS, START_MODES
-from diffjscc.diffusion.samplers import check_guidance_scale, resolve_sampler, sampling_eta
+from diffjscc.config import CHANNELS, START_MODES
+from diffjscc.diffusion.samplers import check_guidance_scale, check_spacing, resolve_sampler, sampling_eta
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
@@ -133,8 +133,8 @@ class Protocol:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
         resolve_sampler(self.sampler, self.steps, eta=self.eta)  # a one-line error for a bad sampler or eta
         check_guidance_scale(self.guidance)
-        if self.spacing is not None and self.spacing not in SPACINGS:
-            raise UserError(f"unknown spacing {self.spacing!r}; expected {', '.join(SPACINGS)}")
+        if self.spacing is not None:
+            check_spacing(self.spacing)
         if self.channel is not None and self.channel not in CHANNELS:
             raise UserError(f"unknown channel {self.channel!r}; expected {', '.join(CHANNELS)}")
         for codec in self.digital:
@@ -394,7 +394,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                       "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
         settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
                   "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
-                  "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples, "batch_size": protocol.batch_size,
+                  "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
+                  "batch_size": protocol.batch_size,
                   "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
                   "controls": protocol.controls},
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
