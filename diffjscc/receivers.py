@@ -71,9 +71,10 @@ class ReceiveContext:
     ``steps``: sampling steps (network evaluations); ``sampler``: one of
     :data:`diffjscc.config.SAMPLERS`; ``guidance``: classifier-free guidance scale (1: none);
     ``eta``: DDIM's stochasticity (0: deterministic); ``spacing``: the sampling timesteps (one of
-    :data:`diffjscc.config.SPACINGS`; None: the model's ``sample_spacing``); ``generator``: the sampling noise, shared by the receivers in table
-    order; ``samples``: K posterior samples per image; ``class_labels``: for class-conditional
-    models; ``batch``: the number of images, needed only when there is no received latent
+    :data:`diffjscc.config.SPACINGS`; None: the model's ``sample_spacing``); ``generator``: the
+    sampling noise, shared by the receivers in table order; ``samples``: K posterior samples per
+    image; ``class_labels``: for class-conditional models; ``batch``: the number of images,
+    needed only when there is no received latent
     (an unconditional model generates from the prior); ``source``: the transmitted images in
     [−1, 1], readable only by oracle receivers (see :attr:`source`).
 

@@ -269,7 +269,7 @@ class TransmissionSystem(nn.Module):
         else:
             raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
         generated = _sample(process, denoise, x_T, self.clip_range(base), resolve_sampler(sampler, steps, start, eta),
-                            steps, generator, progress, eta=sampling_eta(eta, start))
+                            generator, progress, eta=sampling_eta(eta, start))
         return self.from_residual(generated, base).clamp(-1, 1)
 
     @property
@@ -335,7 +335,7 @@ class TransmissionSystem(nn.Module):
 
         x_T = torch.randn((1, 3, height, width), generator=generator, device=received.device)
         generated = _sample(self.sampling_process(steps, spacing), denoise, x_T, self.clip_range(base),
-                            resolve_sampler(sampler, steps, eta=eta), steps, generator, eta=eta)
+                            resolve_sampler(sampler, steps, eta=eta), generator, eta=eta)
         return self.from_residual(generated, base).clamp(-1, 1)
 
     def decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -347,9 +347,9 @@ class TransmissionSystem(nn.Module):
         return self.decoder(received) if snr is None else self.decoder(received, snr)
 
 
-def _sample(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sampler: str, steps: int,
+def _sample(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sampler: str,
             generator: torch.Generator | None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
-    """x_T → x_0 over ``process`` with the resolved ``sampler`` at ``steps`` evaluations."""
+    """x_T → x_0 over ``process`` (one network evaluation per index) with the resolved ``sampler``."""
     if sampler == "dpm++2m":
         return dpm_solver_2m_sample(process, denoise, x_T, clip=clip, progress=progress)
     return ddim_sample(process, denoise, x_T, eta=eta, clip=clip, generator=generator, progress=progress)
