@@ -402,7 +402,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.results import check_results_targets, results_table, write_results
-    from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
+    from diffjscc.evaluation.sweep import Protocol, check_receivers, load_models, run_protocol
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
     from diffjscc.runtime.device import resolve_device
 
@@ -438,6 +438,7 @@ def _cmd_evaluate(args) -> int:
             if context.enabled:
                 say(f"evaluate: {context.describe()}")
             models = load_models(checkpoints, device=device, names=names)
+            check_receivers(models, protocol)  # before the FID and LPIPS notes
             fid, fid_info = _fid_scorer(args, device)
             if fid is None:
                 say(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)

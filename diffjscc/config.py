@@ -55,6 +55,8 @@ class Config:
     mode: str = "joint"  # jscc | joint (Encdiffusion) | frozen (Condiffusion) | unconditional
     encoder: str = "jscc"  # jscc | half_unet: the transmitter's encoder in joint mode
     jscc_encoder_path: str = ""  # frozen mode: checkpoint of a `mode: jscc` run, or a shipped model's name
+    init_from: str = ""  # start from this checkpoint's (EMA) weights or a shipped model's: a further stage of
+    # training (fine-tuning); AdamW, the learning-rate schedule and the EMA start afresh
 
     # --- data and outputs ----------------------------------------------------------------
     data_dir: str = "data/cifar_train"

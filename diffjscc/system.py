@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from diffjscc.channel import Channel
-from diffjscc.config import Config, config_from_dict, first_mismatch
+from diffjscc.config import ARCHITECTURE_KEYS, Config, config_from_dict, first_mismatch
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import (check_guidance_scale, check_spacing, ddim_invert, ddim_sample,
@@ -362,8 +362,7 @@ def _state_from(payload: dict, prefer_ema: bool) -> dict:
 def load_jscc_into(system: TransmissionSystem, path: str) -> None:
     """Copy the (EMA) encoder and decoder of a ``mode: jscc`` checkpoint into ``system``; ``path``
     may name a shipped model instead (``diffjscc models``), loaded after its hash is checked."""
-    if not Path(path).exists() and path in model_names():
-        path = str(verified_path(path))
+    path = _resolve_model(path)
     payload = load_checkpoint(path)
     saved = payload["config"]
     if saved.get("mode") != "jscc":
@@ -380,6 +379,37 @@ def load_jscc_into(system: TransmissionSystem, path: str) -> None:
         part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         getattr(system, name).load_state_dict(part)
         getattr(system, name).requires_grad_(False)
+
+
+def init_from_checkpoint(system: TransmissionSystem, path: str) -> None:
+    """Copy the trained weights of a checkpoint (its EMA weights) or of a shipped model into
+    ``system``, whose architecture must be the one they were trained with: a further stage of
+    training. In ``frozen`` mode the frozen Deep JSCC parts stay those of ``jscc_encoder_path``."""
+    path = _resolve_model(path)
+    payload = load_checkpoint(path)
+    mismatch = first_mismatch(payload["config"], system.cfg, ARCHITECTURE_KEYS)
+    if mismatch is not None:
+        key, trained_with = mismatch
+        raise UserError(f"init_from {path} was trained with {key}={trained_with!r}, "
+                        f"but the config says {key}={getattr(system.cfg, key)!r}")
+    frozen = tuple(f"{name}." for name, module in system.named_children() if module in system.frozen_modules())
+    target = system.state_dict()
+    trained = {k: v for k, v in _state_from(payload, prefer_ema=True).items() if not k.startswith(frozen)}
+    expected = {k for k in target if not k.startswith(frozen)}
+    differing = sorted(expected ^ set(trained))
+    if differing:
+        key = differing[0]
+        raise UserError(f"init_from {path} does not fit this config: "
+                        f"{'no weight' if key in expected else 'unexpected weight'} {key}")
+    try:
+        system.load_state_dict({**target, **trained})
+    except RuntimeError as err:
+        raise UserError(f"init_from {path} does not fit this config: {str(err).splitlines()[0]}") from None
+
+
+def _resolve_model(path: str) -> str:
+    """``path`` itself, or the verified file of the shipped model of that name (``diffjscc models``)."""
+    return str(verified_path(path)) if not Path(path).exists() and path in model_names() else path
 
 
 def load_system(path: str, device: torch.device | str = "cpu", prefer_ema: bool = True) -> TransmissionSystem:

@@ -5,9 +5,10 @@
 
 ``add`` writes ``diffjscc/assets/models/NAME.pt`` (an ordinary diffjscc checkpoint holding the EMA
 weights of RUN_DIR/ckpt_N.pt, fp32, with the run's config and its provenance: seed, steps, data,
-training time and FLOPs) and its manifest entry (SHA-256, size, what it is); ``scores`` copies the
-rows of an ``evaluate --model NAME`` results file into that entry, so that ``diffjscc models``
-prints numbers measured on the shipped file. The manifest is rewritten under a lock: two
+training time and FLOPs, summed over the stages of a run that started ``init_from`` another) and
+its manifest entry (SHA-256, size, what it is); ``scores`` copies the rows of an ``evaluate
+--model NAME`` results file into that entry, so that ``diffjscc models`` prints numbers measured
+on the shipped file. The manifest is rewritten under a lock: two
 train_models.sh runs side by side (one model each) may call this script at the same time.
 """
 
@@ -26,7 +27,7 @@ from bench.train_step import train_flops_per_image  # noqa: E402
 from diffjscc.channel import bandwidth_ratio  # noqa: E402
 from diffjscc.config import config_from_dict  # noqa: E402
 from diffjscc.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint  # noqa: E402
-from diffjscc.runtime.pretrained import MANIFEST_FORMAT, models_dir, sha256_of_file  # noqa: E402
+from diffjscc.runtime.pretrained import MANIFEST_FORMAT, models_dir, sha256_of_file, verified_path  # noqa: E402
 
 SCORE_KEYS = ("psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "kid_cls_std", "acc_cls")
 
@@ -58,22 +59,49 @@ def _training_minutes(run: Path, step: int, batch_size: int) -> float:
     return seconds / 60
 
 
+STAGE_KEYS = ("seed", "steps", "batch_size", "images_seen", "lr", "bf16", "condition_dropout", "train_minutes",
+              "train_tflop")
+
+
+def _stage(run: Path, step: int, cfg) -> dict:
+    """One stage of training: a run folder's first ``step`` steps under ``cfg``."""
+    images = step * cfg.batch_size
+    return {"seed": cfg.seed, "steps": step, "batch_size": cfg.batch_size, "images_seen": images, "lr": cfg.lr,
+            "bf16": cfg.bf16, "condition_dropout": cfg.condition_dropout,
+            "train_minutes": round(_training_minutes(run, step, cfg.batch_size), 1),
+            "train_tflop": round(train_flops_per_image(cfg) * images / 1e12, 1)}
+
+
+def _earlier_stages(init_from: str) -> list[dict]:
+    """The training an ``init_from`` checkpoint already holds: a shipped model's recorded stages,
+    or a run checkpoint's own stage (from its run folder's log) after those it started from."""
+    if not init_from:
+        return []
+    path = Path(init_from) if Path(init_from).exists() else verified_path(init_from)
+    payload = load_checkpoint(path)
+    if "provenance" in payload:  # a shipped model
+        provenance = payload["provenance"]
+        return provenance.get("stages") or [{k: provenance[k] for k in STAGE_KEYS if k in provenance}]
+    cfg = config_from_dict(payload["config"])
+    return _earlier_stages(cfg.init_from) + [_stage(path.parent, int(payload["step"]), cfg)]
+
+
 def add(args: argparse.Namespace) -> None:
     payload = load_checkpoint(checkpoint_path(args.run, args.step))
     cfg = config_from_dict(payload["config"])
     config = cfg.to_dict()
     if args.base:
         config["jscc_encoder_path"] = args.base  # a shipped name, not this machine's path
-    config["log_dir"] = ""
+    config["log_dir"] = config["init_from"] = ""  # this machine's paths; the stages below say what it holds
     if cfg.bf16 != "false":  # trained in bf16: the shipped file uses it only where it is native (fast)
         config["bf16"] = "auto"
     state = payload.get("ema", payload["model"])
-    images = args.step * cfg.batch_size
-    provenance = {"seed": cfg.seed, "steps": args.step, "batch_size": cfg.batch_size, "images_seen": images,
-                  "bf16": cfg.bf16, "condition_dropout": cfg.condition_dropout,
-                  "data": args.data, "train_minutes": round(_training_minutes(args.run, args.step, cfg.batch_size), 1),
-                  "train_tflop": round(train_flops_per_image(cfg) * images / 1e12, 1),
-                  "machine": args.machine, "command": "bash scripts/train_models.sh"}
+    stages = _earlier_stages(cfg.init_from) + [_stage(args.run, args.step, cfg)]
+    provenance = {**stages[-1], "data": args.data, "machine": args.machine, "command": "bash scripts/train_models.sh"}
+    for key in ("steps", "images_seen", "train_minutes", "train_tflop"):  # the totals over every stage
+        provenance[key] = round(sum(stage[key] for stage in stages), 1)
+    if len(stages) > 1:
+        provenance["stages"] = stages
     folder = models_dir()
     target = folder / f"{args.name}.pt"
     save_checkpoint({"config": config, "model": {k: v.float() if v.is_floating_point() else v for k, v in state.items()},

@@ -7,8 +7,8 @@
 #   2. On each base (loaded by its shipped name), a diffusion receiver: residual around the Deep
 #      JSCC estimate, v-prediction, trailing timesteps, SNR-adaptive, the received symbols dropped
 #      for 10 % of the training images (for --guidance), bf16 where native; sampled with
-#      DPM-Solver++(2M) in 8 steps; scored at 0/10/20 dB, with the controls, on 1,000 test images
-#      (every 10th file).
+#      DPM-Solver++(2M) in 8 steps; at 512 symbols a second stage from the first one's weights
+#      (init_from); scored at 0/10/20 dB, with the controls, on 1,000 test images (every 10th file).
 # Resumable: run it again after an interruption and each training continues from its last
 # checkpoint (--resume auto); finished runs are not retrained.
 #
@@ -16,7 +16,9 @@
 #
 # Environment: DIFFJSCC_ARCHIVE (default ../shared/data/cifar-10-python.tar.gz), STEPS (Deep JSCC
 # steps, batch 64, default 20000), RX_STEPS_512 and RX_STEPS_128 (receiver steps, batch 32, default
-# 6000 and 2400; RX_STEPS sets both; the learning rate anneals to 0 over them), BANDWIDTHS
+# 6000 and 2400; RX_STEPS sets both; the learning rate anneals to 0 over them), RX_STAGE2_STEPS_512 and
+# RX_STAGE2_STEPS_128 (a second receiver stage from the first's EMA weights, init_from, seed 1, learning
+# rate RX_STAGE2_LR annealed to 0; default 3200 and 0), BANDWIDTHS
 # (default "512 128"; two shells with one each and OMP_NUM_THREADS=1 train both side by side),
 # EVAL_LIMIT (score only the first N test images: a quick check that does not match the manifest),
 # DIFFJSCC_MODELS_DIR (write the models and manifest there instead of diffjscc/assets/models).
@@ -28,6 +30,9 @@ ARCHIVE=${DIFFJSCC_ARCHIVE:-../shared/data/cifar-10-python.tar.gz}
 STEPS=${STEPS:-20000}
 RX_STEPS_512=${RX_STEPS_512:-${RX_STEPS:-6000}}  # 0 dB realism needed the longer run (docs/models.md)
 RX_STEPS_128=${RX_STEPS_128:-${RX_STEPS:-2400}}
+RX_STAGE2_STEPS_512=${RX_STAGE2_STEPS_512:-3200}  # 0: no second stage
+RX_STAGE2_STEPS_128=${RX_STAGE2_STEPS_128:-0}
+RX_STAGE2_LR=${RX_STAGE2_LR:-2.0e-4}
 BANDWIDTHS=${BANDWIDTHS:-512 128}
 LIMIT=()
 if [ -n "${EVAL_LIMIT:-}" ]; then LIMIT=(--limit "$EVAL_LIMIT"); fi
@@ -72,11 +77,20 @@ for symbols in $BANDWIDTHS; do
     "$PYTHON" scripts/package_models.py scores "$base" "$WORK/eval_$base/results.json" --receiver deep_jscc \
         --data "CIFAR-10 test_batch (all 10,000 images)" --command "$command"
 
-    train "$WORK/$receiver" "${common[@]}" --set mode=frozen --set "jscc_encoder_path=$base" \
-        --set "c_out=$c_out" --set "latent_dim=$symbols" --set conditioning=residual --set prediction=v \
-        --set sample_spacing=trailing --set sample_steps=8 --set "total_steps=$rx_steps" \
-        --set condition_dropout=0.1 --set bf16=auto
-    "$PYTHON" scripts/package_models.py add "$receiver" --run "$WORK/$receiver" --step "$rx_steps" --base "$base" \
+    receiver_settings=(--set mode=frozen --set "jscc_encoder_path=$base" --set "c_out=$c_out" --set "latent_dim=$symbols"
+        --set conditioning=residual --set prediction=v --set sample_spacing=trailing --set sample_steps=8
+        --set condition_dropout=0.1 --set bf16=auto)
+    train "$WORK/$receiver" "${common[@]}" "${receiver_settings[@]}" --set "total_steps=$rx_steps"
+    run=$WORK/$receiver step=$rx_steps
+    stage2_steps_of=RX_STAGE2_STEPS_$symbols
+    stage2_steps=${!stage2_steps_of:-0}
+    if [ "$stage2_steps" -gt 0 ]; then  # a second stage from the first's EMA weights: new draws, lr restarted lower
+        first=$(printf "%s/ckpt_%07d.pt" "$run" "$rx_steps")
+        run=$WORK/${receiver}_stage2 step=$stage2_steps
+        train "$run" "${common[@]}" "${receiver_settings[@]}" --set seed=1 --set "init_from=$first" \
+            --set "lr=$RX_STAGE2_LR" --set "total_steps=$stage2_steps"
+    fi
+    "$PYTHON" scripts/package_models.py add "$receiver" --run "$run" --step "$step" --base "$base" \
         --description "diffusion receiver (residual around Deep JSCC, v-prediction, trailing steps, guidance-ready; DPM-Solver++(2M), 8 steps)"
     command="diffjscc evaluate --model $receiver --data cifar_test_every10 --snr 0,10,20 --steps 8 --controls --no-fid"
     "$DIFFJSCC" evaluate --model "$receiver" --data "$SPREAD" --snr 0,10,20 --steps 8 --controls "${LIMIT[@]}" \

@@ -318,3 +318,37 @@ def test_a_bf16_model_samples_under_bf16_autocast() -> None:
         full, half = (systems[b].denoiser(received)(x, t) for b in (False, True))
     assert half.dtype == torch.float32 and not torch.equal(full, half)
     assert (full - half).abs().max() <= 0.05 * full.abs().max()
+
+
+def test_init_from_starts_a_further_stage_from_a_receivers_weights(cifar_root: Path, tmp_path: Path,
+                                                                   jscc_checkpoints: dict) -> None:
+    """``init_from``: the trained weights and the EMA copy start from the checkpoint's EMA weights,
+    the frozen Deep JSCC parts from ``jscc_encoder_path`` (not the checkpoint's); AdamW starts
+    afresh; another architecture is a one-line refusal naming the key."""
+    from diffjscc.runtime.checkpoint import load_checkpoint, save_checkpoint
+    from diffjscc.training.trainer import TrainStep
+
+    frozen = ["mode=frozen", "conditioning=residual", f"jscc_encoder_path={jscc_checkpoints['plain']}"]
+    payload = load_checkpoint(_train(cifar_root, tmp_path / "first", 2, *frozen))
+    ema = payload["ema"]
+    # a copy whose frozen encoder is off: init_from must not take it over jscc_encoder_path's
+    ema_moved = {k: v + 1 if k.startswith("encoder.") and v.is_floating_point() else v for k, v in ema.items()}
+    save_checkpoint({**payload, "ema": ema_moved}, tmp_path / "moved.pt")
+
+    def set_up(*overrides: str) -> TrainStep:
+        cfg = load_config(TINY, [*MICRO, f"data_dir={cifar_root / 'cifar_train'}", f"log_dir={tmp_path / 'second'}",
+                                 "seed=3", *frozen, *overrides])
+        return TrainStep(cfg, torch.device("cpu"))
+
+    second = set_up(f"init_from={tmp_path / 'moved.pt'}")
+    for weights in (second.system.state_dict(), second.ema.module.state_dict()):
+        assert weights.keys() == ema.keys()
+        for key, value in weights.items():
+            assert torch.equal(value, ema[key]), key  # the UNet from the EMA, the encoder not from the copy
+    assert not second.optimizer.state
+    assert any(not torch.equal(ema[key], value) for key, value in set_up().system.state_dict().items())
+
+    with pytest.raises(UserError, match="num_res_blocks=1.*num_res_blocks=2"):
+        set_up(f"init_from={tmp_path / 'moved.pt'}", "num_res_blocks=2")
+    with pytest.raises(UserError, match="mode='jscc'"):
+        set_up(f"init_from={jscc_checkpoints['plain']}")

@@ -154,7 +154,7 @@ def test_evaluate_records_eta_and_spacing_and_refuses_guidance_without_dropout(c
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", data, "--snr", "10", "--limit", "4",
                  "--steps", "2", "--guidance", "2", "--no-fid", "--no-realism", "--out", str(tmp_path / "guided"),
                  "--no-progress"]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the FID/LPIPS notes
+    (error,) = capsys.readouterr().err.strip().splitlines()  # one line, before any FID/LPIPS note
     assert error.startswith("diffjscc: error:") and "condition_dropout" in error
     assert not (tmp_path / "guided" / "results.json").exists()
     assert main(["evaluate", "--model", "diffusion_128", "--data", data, "--snr", "10", "--limit", "4", "--steps", "2",

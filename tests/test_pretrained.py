@@ -4,6 +4,9 @@ shipped in the package against their manifest's measured figures."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from diffjscc.runtime.pretrained import MANIFEST_FORMAT, manifest, models_dir, s
 from diffjscc.system import TransmissionSystem
 from launch_helpers import train_argv
 
+REPO = Path(__file__).resolve().parents[1]
 SHIPPED = models_dir()
 SHIPPED_NAMES = list(manifest(SHIPPED)["models"])
 MICRO = {"c_out": 2, "latent_dim": 128, "jscc_num_filters": 8, "snr_adaptive": True, "snr_range": [0, 20]}
@@ -95,6 +99,39 @@ def test_model_names_work_wherever_checkpoints_do(registry: Path, cifar_root: Pa
     trained = torch.load(run / "ckpt_0000001.pt", weights_only=True)["model"]
     shipped = torch.load(registry / "tiny_jscc.pt", weights_only=True)["model"]
     assert all(torch.equal(trained[key], value) for key, value in shipped.items() if key.startswith("encoder."))
+
+
+def test_packaging_a_further_stage_sums_the_training_of_every_stage(registry: Path, cifar_root: Path,
+                                                                     tmp_path: Path) -> None:
+    """scripts/package_models.py on a run that started ``init_from`` another run's checkpoint, and
+    again on one that started from that shipped model by name: the provenance lists each stage
+    and its totals (steps, images, minutes, FLOPs) are their sums; no machine path is shipped."""
+    overrides = ["mode=frozen", "jscc_encoder_path=tiny_jscc", "conditioning=residual", "prediction=v",
+                 "num_channels=8", "channel_mult=[1]", "attention_resolutions=[]", "batch_size=4", "device=cpu",
+                 "log_interval=1", *[f"{key}={json.dumps(value)}" for key, value in MICRO.items()]]
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    assert main(train_argv(cifar_root / "cifar_train", first, 3, 3, overrides)) == 0
+    assert main(train_argv(cifar_root / "cifar_train", second, 2, 2,
+                           [*overrides, "seed=1", f"init_from={first / 'ckpt_0000003.pt'}"])) == 0
+
+    def package(run: Path, step: int) -> dict:
+        subprocess.run([sys.executable, str(REPO / "scripts" / "package_models.py"), "add", "rx", "--run", str(run),
+                        "--step", str(step), "--base", "tiny_jscc", "--description", "test receiver"],
+                       check=True, capture_output=True, env={**os.environ, "DIFFJSCC_MODELS_DIR": str(registry)})
+        return torch.load(registry / "rx.pt", weights_only=True)
+
+    shipped = package(second, 2)
+    provenance = shipped["provenance"]
+    assert [(stage["steps"], stage["seed"]) for stage in provenance["stages"]] == [(3, 0), (2, 1)]
+    assert provenance["steps"] == 5 and provenance["images_seen"] == 20
+    for key in ("train_minutes", "train_tflop"):
+        assert provenance[key] == pytest.approx(sum(stage[key] for stage in provenance["stages"]), abs=0.051)
+    assert shipped["config"]["init_from"] == "" and shipped["config"]["jscc_encoder_path"] == "tiny_jscc"
+    assert manifest(registry)["models"]["rx"]["training"] == provenance
+
+    assert main(train_argv(cifar_root / "cifar_train", third, 1, 1, [*overrides, "seed=2", "init_from=rx"])) == 0
+    provenance = package(third, 1)["provenance"]
+    assert [stage["steps"] for stage in provenance["stages"]] == [3, 2, 1] and provenance["steps"] == 6
 
 
 @pytest.mark.skipif(not SHIPPED_NAMES, reason="the package ships no models")

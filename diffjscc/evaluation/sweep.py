@@ -301,6 +301,14 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
     return rows
 
 
+def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
+    """Before any work, a receiver the protocol cannot run (guidance without ``condition_dropout``
+    training) is refused in one line."""
+    for model in models:
+        if model.system.unet is not None:
+            model.system.check_guidance(protocol.guidance)
+
+
 def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol,
                  fid: FIDScorer | None = None, fid_info: dict | None = None,
                  fid_reference: Sequence[Path] | None = None,
@@ -316,9 +324,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     Inside a process group of several ranks (every rank calls this with the same arguments) the
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
     """
-    for model in models:  # before any work: a receiver that cannot be guided is refused in one line
-        if model.system.unet is not None:
-            model.system.check_guidance(protocol.guidance)
+    check_receivers(models, protocol)
     console = SweepConsole(progress, echo)
     with_labels = any(m.system.cfg.class_cond for m in models)
     images, labels, files = _load_images(Path(data_dir), models[0].system.cfg.image_size, with_labels, protocol.limit)

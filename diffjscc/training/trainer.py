@@ -47,7 +47,7 @@ from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import ARCHITECTURE_KEYS, Config, config_from_dict, first_mismatch
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
-from diffjscc.system import TransmissionSystem, load_jscc_into
+from diffjscc.system import TransmissionSystem, init_from_checkpoint, load_jscc_into
 from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                           prune_checkpoints, record_checkpoint, save_checkpoint)
 from diffjscc.runtime.device import bf16_enabled, resolve_device
@@ -198,9 +198,10 @@ class TrainStep:
 
     A class of its own so that ``python -m bench train-step`` times, and a test compares, this
     very step rather than a copy. Set-up: the system on ``device`` (initial weights from
-    ``cfg.seed``), channels_last, the frozen mode's pre-trained encoder, AdamW (fused when
-    ``cfg.fused_adamw``), the EMA copy, in-place ``torch.compile``; :meth:`distribute` adds the
-    DistributedDataParallel wrapper once the Trainer has resumed. A call is one step on one batch.
+    ``cfg.seed``, or ``cfg.init_from``'s), channels_last, the frozen mode's pre-trained encoder,
+    AdamW (fused when ``cfg.fused_adamw``), the EMA copy, in-place ``torch.compile``;
+    :meth:`distribute` adds the DistributedDataParallel wrapper once the Trainer has resumed. A
+    call is one step on one batch.
     """
 
     def __init__(self, cfg: Config, device: torch.device, dist: DistContext | None = None) -> None:
@@ -213,6 +214,8 @@ class TrainStep:
             self.system = self.system.to(memory_format=torch.channels_last)
         if cfg.mode == "frozen":
             load_jscc_into(self.system, cfg.jscc_encoder_path)
+        if cfg.init_from:  # before the EMA copy is made: it starts from these weights too
+            init_from_checkpoint(self.system, cfg.init_from)
         try:  # fused: one kernel for every parameter, the same AdamW update (bench train-step)
             self.optimizer = torch.optim.AdamW(self.system.trainable_parameters(), lr=cfg.lr,
                                                weight_decay=cfg.weight_decay, fused=cfg.fused_adamw or None)
