@@ -144,7 +144,10 @@ def test_shipped_models_match_their_manifest() -> None:
         assert sha256_of_file(path) == entry["sha256"], name
         payload = torch.load(path, weights_only=True)
         assert set(payload) == {"config", "model", "step", "provenance", "format_version"}, name  # EMA weights only
-        assert payload["step"] == entry["training"]["steps"] and payload["provenance"]["seed"] == 0, name
+        assert payload["provenance"] == entry["training"], name
+        stages = entry["training"].get("stages", [entry["training"]])  # a model trained in several stages
+        assert payload["step"] == stages[-1]["steps"] and stages[0]["seed"] == 0, name
+        assert sum(stage["steps"] for stage in stages) == entry["training"]["steps"], name
         assert payload["config"]["bf16"] != "true", name  # bf16 only where native: never emulated (slow)
         if entry["base"]:  # the diffusion receivers can be guided (--guidance)
             assert payload["config"]["condition_dropout"] > 0, name
