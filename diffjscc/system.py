@@ -26,8 +26,6 @@ its MSE beside the diffusion loss) and the diffusion receiver generates the resi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -42,7 +40,7 @@ from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
 from diffjscc.runtime.checkpoint import load_checkpoint
 from diffjscc.runtime.device import bf16_enabled
-from diffjscc.runtime.pretrained import model_names, verified_path
+from diffjscc.runtime.pretrained import path_or_model
 from diffjscc.runtime.seeding import AnyGenerator
 
 
@@ -362,7 +360,7 @@ def _state_from(payload: dict, prefer_ema: bool) -> dict:
 def load_jscc_into(system: TransmissionSystem, path: str) -> None:
     """Copy the (EMA) encoder and decoder of a ``mode: jscc`` checkpoint into ``system``; ``path``
     may name a shipped model instead (``diffjscc models``), loaded after its hash is checked."""
-    path = _resolve_model(path)
+    path = path_or_model(path)
     payload = load_checkpoint(path)
     saved = payload["config"]
     if saved.get("mode") != "jscc":
@@ -385,7 +383,7 @@ def init_from_checkpoint(system: TransmissionSystem, path: str) -> None:
     """Copy the trained weights of a checkpoint (its EMA weights) or of a shipped model into
     ``system``, whose architecture must be the one they were trained with: a further stage of
     training. In ``frozen`` mode the frozen Deep JSCC parts stay those of ``jscc_encoder_path``."""
-    path = _resolve_model(path)
+    path = path_or_model(path)
     payload = load_checkpoint(path)
     mismatch = first_mismatch(payload["config"], system.cfg, ARCHITECTURE_KEYS)
     if mismatch is not None:
@@ -405,11 +403,6 @@ def init_from_checkpoint(system: TransmissionSystem, path: str) -> None:
         system.load_state_dict({**target, **trained})
     except RuntimeError as err:
         raise UserError(f"init_from {path} does not fit this config: {str(err).splitlines()[0]}") from None
-
-
-def _resolve_model(path: str) -> str:
-    """``path`` itself, or the verified file of the shipped model of that name (``diffjscc models``)."""
-    return str(verified_path(path)) if not Path(path).exists() and path in model_names() else path
 
 
 def load_system(path: str, device: torch.device | str = "cpu", prefer_ema: bool = True) -> TransmissionSystem:

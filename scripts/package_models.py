@@ -8,8 +8,8 @@ weights of RUN_DIR/ckpt_N.pt, fp32, with the run's config and its provenance: se
 training time and FLOPs, summed over the stages of a run that started ``init_from`` another) and
 its manifest entry (SHA-256, size, what it is); ``scores`` copies the rows of an ``evaluate
 --model NAME`` results file into that entry, so that ``diffjscc models`` prints numbers measured
-on the shipped file. The manifest is rewritten under a lock: two
-train_models.sh runs side by side (one model each) may call this script at the same time.
+on the shipped file. The manifest is rewritten under a lock: two train_models.sh runs side by side
+(one model each) may call this script at the same time.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from bench.train_step import train_flops_per_image  # noqa: E402
 from diffjscc.channel import bandwidth_ratio  # noqa: E402
 from diffjscc.config import config_from_dict  # noqa: E402
 from diffjscc.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint  # noqa: E402
-from diffjscc.runtime.pretrained import MANIFEST_FORMAT, models_dir, sha256_of_file, verified_path  # noqa: E402
+from diffjscc.runtime.pretrained import MANIFEST_FORMAT, models_dir, path_or_model, sha256_of_file  # noqa: E402
 
 SCORE_KEYS = ("psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "kid_cls_std", "acc_cls")
 
@@ -77,7 +77,7 @@ def _earlier_stages(init_from: str) -> list[dict]:
     or a run checkpoint's own stage (from its run folder's log) after those it started from."""
     if not init_from:
         return []
-    path = Path(init_from) if Path(init_from).exists() else verified_path(init_from)
+    path = path_or_model(init_from)
     payload = load_checkpoint(path)
     if "provenance" in payload:  # a shipped model
         provenance = payload["provenance"]

@@ -87,6 +87,14 @@ def verified_path(name: str, folder: Path | None = None) -> Path:
     return path
 
 
+def path_or_model(value: str | os.PathLike) -> Path:
+    """``value`` as a path where that file exists or it names no shipped model; else the verified
+    file of the shipped model of that name (a key such as ``jscc_encoder_path`` takes either)."""
+    if not Path(value).exists() and str(value) in model_names():
+        return verified_path(str(value))
+    return Path(value)
+
+
 def checkpoint_for(checkpoint: str | os.PathLike | None, model: str | None) -> Path:
     """The checkpoint a command reads: ``--checkpoint PATH`` or ``--model NAME`` (verified), one of them."""
     if (checkpoint is None) == (model is None):
