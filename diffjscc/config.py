@@ -65,6 +65,8 @@ class Config:
     seed: int = 0
     num_workers: int = 0
     strict_data: bool = False  # a corrupt image in data_dir is an error, not a skipped file
+    crop_size: int = 0  # > 0: train on random crop_size x crop_size crops (and flips) of images of any size
+    # (photos) instead of whole images of exactly image_size; mode jscc only (fully convolutional)
 
     # --- image and JSCC encoder ------------------------------------------------------------
     image_size: int = 32
@@ -169,6 +171,15 @@ class Config:
         for key in ("num_workers", "sample_interval", "weight_decay", "grad_clip", "vlb_weight"):
             if not getattr(self, key) >= 0:  # also rejects NaN
                 raise UserError(f"config key '{key}' must be >= 0, got {getattr(self, key)}")
+        if self.crop_size < 0 or self.crop_size % 4:
+            raise UserError(f"config key 'crop_size' must be 0 (whole images) or a positive multiple of 4, "
+                            f"got {self.crop_size}")
+        if self.crop_size and self.mode != "jscc":
+            raise UserError("config key 'crop_size' trains Deep JSCC (mode 'jscc', fully convolutional) on photo "
+                            f"crops; mode '{self.mode}' trains a fixed-size UNet on whole image_size images")
+        if self.crop_size and self.crop_size < self.image_size:
+            raise UserError(f"config key 'crop_size' ({self.crop_size}) must be at least image_size "
+                            f"({self.image_size}), the block that latent_dim counts symbols for")
         if self.image_size % 4:
             raise UserError(f"config key 'image_size' must be divisible by 4, got {self.image_size}")
         expected = self.c_out * self.latent_size**2

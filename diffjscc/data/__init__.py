@@ -1,4 +1,5 @@
-"""Image data: safe CIFAR-10 extraction to PNG folders and the [-1, 1] image-folder dataset."""
+"""Image data: safe CIFAR-10 extraction to PNG folders, the [-1, 1] image-folder dataset, and
+random crops of photos of any size."""
 
 from diffjscc.data.cifar10 import (
     CIFAR10_MD5,
@@ -12,6 +13,7 @@ from diffjscc.data.cifar10 import (
     load_meta,
     read_cifar10,
 )
+from diffjscc.data.crops import RandomCropDataset
 from diffjscc.data.folder import (
     IMAGE_EXTENSIONS,
     NO_LABEL,
@@ -27,6 +29,7 @@ __all__ = [
     "CLASS_NAMES",
     "IMAGE_EXTENSIONS",
     "NO_LABEL",
+    "RandomCropDataset",
     "ImageFolderDataset",
     "RestrictedUnpickler",
     "check_tar_member",

@@ -38,13 +38,15 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+def rgb_array_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """uint8 HWC RGB → float (3, H, W) in [-1, 1] (copies a read-only or strided view)."""
     if not arr.flags.writeable or not arr.flags.c_contiguous:  # PIL buffers are read-only
         arr = np.array(arr, order="C")
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
-def _read_image(path: Path) -> torch.Tensor:
+def read_rgb_array(path: Path) -> np.ndarray:
+    """Decode one image file to uint8 HWC RGB, or raise a one-line UserError naming it."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -55,7 +57,11 @@ def _read_image(path: Path) -> torch.Tensor:
         raise UserError(f"not a readable image file: {path}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL reports truncation/corruption this way
         raise UserError(f"corrupt or unreadable image file {path}: {exc}") from None
-    return _array_to_tensor(arr)
+    return arr
+
+
+def _read_image(path: Path) -> torch.Tensor:
+    return rgb_array_to_tensor(read_rgb_array(path))
 
 
 def load_image_tensor(path: str | os.PathLike) -> torch.Tensor:
@@ -84,6 +90,18 @@ def save_image_tensor(x: torch.Tensor, path: str | os.PathLike) -> None:
         img.save(path, format="PNG")
     except OSError as exc:
         raise UserError(f"cannot write image {path}: {exc}") from None
+
+
+def image_files(root: Path) -> list[Path]:
+    """The image files of one folder (not recursive, no hidden files) in sorted name order;
+    a missing or image-less folder is a UserError."""
+    if not root.is_dir():
+        raise UserError(f"image folder not found: {root}")
+    files = sorted(p for p in root.iterdir()
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root}")
+    return files
 
 
 class _CorruptImage(UserError):
@@ -140,15 +158,7 @@ class ImageFolderDataset(Dataset):
             raise UserError(f"image folder not found: {self.root}")
         if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
             raise UserError(f"image_size must be a positive integer, got {image_size!r}")
-        candidates = sorted(
-            p
-            for p in self.root.iterdir()
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        )
-        if not candidates:
-            raise UserError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {self.root}"
-            )
+        candidates = image_files(self.root)
         self.image_size = image_size
         self.with_labels = with_labels
         self.strict = strict

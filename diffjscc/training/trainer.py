@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from diffjscc import __version__
 from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import ARCHITECTURE_KEYS, Config, config_from_dict, first_mismatch
-from diffjscc.data import ImageFolderDataset
+from diffjscc.data import ImageFolderDataset, RandomCropDataset
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem, init_from_checkpoint, load_jscc_into
 from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
@@ -116,6 +116,14 @@ def ema_with_warmup(rate: float):
                 a.copy_(c)  # integer buffers (BatchNorm counters) are copied, not averaged
 
     return update
+
+
+def training_images(cfg: Config, folder: str) -> ImageFolderDataset | RandomCropDataset:
+    """The images a run trains on: whole ``image_size`` images, or random ``crop_size`` crops of
+    photos of any size (seeded by ``cfg.seed``, so that a resumed run sees the same crops)."""
+    if cfg.crop_size:
+        return RandomCropDataset(folder, cfg.crop_size, seed=cfg.seed)
+    return ImageFolderDataset(folder, image_size=cfg.image_size, with_labels=cfg.class_cond, strict=cfg.strict_data)
 
 
 def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
@@ -317,8 +325,7 @@ class Trainer:
         try:
             if self.run_lock is not None and not resume:
                 prepare_fresh_run(self.log_dir, overwrite)
-            self.dataset = ImageFolderDataset(cfg.data_dir, image_size=cfg.image_size, with_labels=cfg.class_cond,
-                                              strict=cfg.strict_data)
+            self.dataset = training_images(cfg, cfg.data_dir)
             self.train_step = TrainStep(cfg, self.device, self.dist)
             self.step = 0
             self._stop_signal: int | None = None
@@ -452,7 +459,7 @@ class Trainer:
         batch = (f"batch {cfg.batch_size} = {self.dist.world_size} × {stop - start} "
                  f"on {self.dist.describe()}" if self.dist.enabled else f"batch {cfg.batch_size}")
         parts = [f"mode={cfg.mode}", f"{trainable / 1e6:.2f}M trainable parameters",
-                 f"{len(self.dataset)} images from {cfg.data_dir}", batch, f"device {self.device}"]
+                 self._describe_data(), batch, f"device {self.device}"]
         if cfg.has_encoder:
             snr = f"SNR {cfg.snr_range[0]:g}..{cfg.snr_range[1]:g} dB" if cfg.snr_range else f"SNR {cfg.snr_db:g} dB"
             ratio = bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size))
@@ -462,6 +469,12 @@ class Trainer:
         if cfg.mode in ("joint", "frozen"):
             parts.insert(1, f"conditioning={cfg.conditioning}")
         return ", ".join(parts)
+
+    def _describe_data(self) -> str:
+        if isinstance(self.dataset, RandomCropDataset):
+            return (f"random {self.cfg.crop_size}x{self.cfg.crop_size} crops of {len(self.dataset.files)} "
+                    f"images from {self.cfg.data_dir}")
+        return f"{len(self.dataset)} images from {self.cfg.data_dir}"
 
     # ---- loop -------------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame) -> None:
@@ -568,9 +581,7 @@ class Trainer:
         if self.sample_grid is None:
             return None
         source_dir = self.cfg.test_dir or self.cfg.data_dir
-        dataset = (self.dataset if source_dir == self.cfg.data_dir
-                   else ImageFolderDataset(source_dir, image_size=self.cfg.image_size,
-                                           with_labels=self.cfg.class_cond))
+        dataset = self.dataset if source_dir == self.cfg.data_dir else training_images(self.cfg, source_dir)
         images, labels = dataset.first(GRID_IMAGES, self.device)
         model = self.ema.module
         was_training = model.training

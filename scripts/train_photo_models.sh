@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Train the photo models on random crops of ../shared/data/photos (49 Wikimedia Commons photos;
+# their sources: ../shared/data/photos/README.md), to be scored on the 24 Kodak photos:
+#   Deep JSCC photo bases, SNR-adaptive over 0-20 dB, AWGN: deep_jscc_photo_512 (c_out 8: 512 real
+#   symbols per 32x32x3 block, k/n 1/6 real, 1/12 complex) and deep_jscc_photo_128 (c_out 2: 1/24
+#   real, 1/48 complex), each a further stage (init_from) of the CIFAR model with the same symbols,
+#   on CROP x CROP crops with flips, learning rate LR annealed linearly to 0 over STEPS steps.
+# Resumable: run it again after an interruption and each training continues from its last
+# checkpoint (--resume auto); finished runs are not retrained.
+#
+#   bash scripts/train_photo_models.sh [WORK_DIR]      # default WORK_DIR: runs/photo
+#
+# Environment: PHOTOS (default ../shared/data/photos), STEPS (default 16000), BATCH (default 8),
+# CROP (default 128), LR (default 5e-4), BANDWIDTHS (default "512 128"; two shells with one each and
+# OMP_NUM_THREADS=1 train both side by side).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORK=${1:-runs/photo}
+PHOTOS=${PHOTOS:-../shared/data/photos}
+STEPS=${STEPS:-16000}
+BATCH=${BATCH:-8}
+CROP=${CROP:-128}
+LR=${LR:-5.0e-4}
+BANDWIDTHS=${BANDWIDTHS:-512 128}
+DIFFJSCC=${DIFFJSCC:-.venv/bin/diffjscc}
+
+train() {  # train LOG_DIR OVERRIDES...: a new run, or the rest of an interrupted one
+    local run=$1
+    shift
+    if [ -f "$run/config.yaml" ]; then
+        "$DIFFJSCC" train configs/tiny.yaml --set "log_dir=$run" "$@" --resume auto --no-progress
+    else
+        "$DIFFJSCC" train configs/tiny.yaml --set "log_dir=$run" "$@" --no-progress
+    fi
+}
+
+mkdir -p "$WORK"
+for symbols in $BANDWIDTHS; do
+    c_out=$((symbols / 64))
+    train "$WORK/deep_jscc_photo_$symbols" --set "data_dir=$PHOTOS" --set "crop_size=$CROP" --set mode=jscc \
+        --set "c_out=$c_out" --set "latent_dim=$symbols" --set snr_adaptive=true --set "snr_range=[0,20]" \
+        --set device=cpu --set seed=0 --set "batch_size=$BATCH" --set "lr=$LR" --set "total_steps=$STEPS" \
+        --set "init_from=deep_jscc_$symbols" --set save_interval=250 --set log_interval=50
+done
