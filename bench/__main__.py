@@ -4,8 +4,9 @@ Sub-benchmarks: ``train-step`` (images/s, fast path over eager fp32, FLOP/s agai
 peak), ``sample`` (DDIM steps against PSNR), ``quality`` (Deep JSCC against the diffusion
 receivers at the same training budget), ``memory`` (peak memory of a training step),
 ``snr-adaptive`` (SNR-adaptive Deep JSCC against single-SNR models), ``knobs`` (guidance scale
-and η against PSNR and realism), ``kodak`` (the 24 Kodak photos sent whole: the field's table). Each prints a table and
-writes JSON under ``bench/results/``.
+and η against PSNR and realism), ``kodak`` (the 24 Kodak photos sent whole: the field's table),
+``data`` (photo crops against CIFAR-10 PNG files, items/s). Each prints a table and writes JSON
+under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import sys
 
 import torch
 
-from bench import knobs, kodak, memory, quality, sample, snr_adaptive, train_step
+from bench import data, knobs, kodak, memory, quality, sample, snr_adaptive, train_step
 from diffjscc.errors import EXIT_USAGE, UserError
 
 SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
-               "snr-adaptive": snr_adaptive, "knobs": knobs, "kodak": kodak}
+               "snr-adaptive": snr_adaptive, "knobs": knobs, "kodak": kodak, "data": data}
 
 
 def main(argv: list[str] | None = None) -> int:

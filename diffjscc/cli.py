@@ -516,11 +516,20 @@ def _model_line(name: str, entry: dict) -> str:
     columns = {key: "/".join(f"{scores['by_snr'][s][key]:.2f}" if scores["by_snr"][s].get(key) is not None
                              else "-" for s in snrs) for key in ("psnr", "fd_cls")}
     low, high = entry["snr_range"]
-    return (f"{name}  {entry['receiver']}; {entry['encoder']}; {entry['symbols']} real symbols (k/n "
-            f"{ratio(entry['k_over_n'])} real, {ratio(entry['k_over_n_complex'])} complex); {entry['channel']}, "
-            f"trained at {low:g}-{high:g} dB on {training['data']}, {training['steps']} steps; "
-            f"at {'/'.join(snrs)} dB: PSNR {columns['psnr']} dB, fd_cls {columns['fd_cls']} "
-            f"({scores['n_images']} test images{', ' + scores['how'] if scores.get('how') else ''})")
+    line = (f"{name}  {'[photo model] ' if entry.get('photo') else ''}{entry['receiver']}; {entry['encoder']}; "
+            f"{entry['symbols']} real symbols (k/n {ratio(entry['k_over_n'])} real, "
+            f"{ratio(entry['k_over_n_complex'])} complex); {entry['channel']}, "
+            f"trained at {low:g}-{high:g} dB on {training['data']}, {training['steps']} steps")
+    if scores["by_snr"]:
+        line += (f"; at {'/'.join(snrs)} dB: PSNR {columns['psnr']} dB, fd_cls {columns['fd_cls']} "
+                 f"({scores['n_images']} test images{', ' + scores['how'] if scores.get('how') else ''})")
+    kodak = entry.get("kodak")
+    if kodak:
+        kodak_snrs = [s for s in ("0", "10", "20") if s in kodak["by_snr"]]
+        kodak_psnr = "/".join(f"{kodak['by_snr'][s]['psnr']:.2f}" for s in kodak_snrs)
+        line += (f"; Kodak at {'/'.join(kodak_snrs)} dB: PSNR {kodak_psnr} dB "
+                 f"(mean of {kodak['n_images']} photos sent whole)")
+    return line
 
 
 def _cmd_transmit(args) -> int:

@@ -66,7 +66,8 @@ class Config:
     num_workers: int = 0
     strict_data: bool = False  # a corrupt image in data_dir is an error, not a skipped file
     crop_size: int = 0  # > 0: train on random crop_size x crop_size crops (and flips) of images of any size
-    # (photos) instead of whole images of exactly image_size; mode jscc only (fully convolutional)
+    # (photos) instead of whole images of exactly image_size; any multiple of 4 in mode jscc (fully
+    # convolutional), image_size in the diffusion modes (a fixed-size UNet)
 
     # --- image and JSCC encoder ------------------------------------------------------------
     image_size: int = 32
@@ -174,9 +175,9 @@ class Config:
         if self.crop_size < 0 or self.crop_size % 4:
             raise UserError(f"config key 'crop_size' must be 0 (whole images) or a positive multiple of 4, "
                             f"got {self.crop_size}")
-        if self.crop_size and self.mode != "jscc":
-            raise UserError("config key 'crop_size' trains Deep JSCC (mode 'jscc', fully convolutional) on photo "
-                            f"crops; mode '{self.mode}' trains a fixed-size UNet on whole image_size images")
+        if self.crop_size and self.mode != "jscc" and self.crop_size != self.image_size:
+            raise UserError(f"config key 'crop_size' ({self.crop_size}) must equal image_size ({self.image_size}) in "
+                            f"mode '{self.mode}': its UNet is fixed-size (only mode 'jscc' is fully convolutional)")
         if self.crop_size and self.crop_size < self.image_size:
             raise UserError(f"config key 'crop_size' ({self.crop_size}) must be at least image_size "
                             f"({self.image_size}), the block that latent_dim counts symbols for")

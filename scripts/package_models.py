@@ -2,14 +2,17 @@
 
     python scripts/package_models.py add NAME --run RUN_DIR --step N --description TEXT [--base NAME]
     python scripts/package_models.py scores NAME RESULTS_JSON --receiver deep_jscc|diffusion [--how TEXT]
+    python scripts/package_models.py kodak-scores NAME KODAK_JSON --command TEXT
 
 ``add`` writes ``diffjscc/assets/models/NAME.pt`` (an ordinary diffjscc checkpoint holding the EMA
 weights of RUN_DIR/ckpt_N.pt, fp32, with the run's config and its provenance: seed, steps, data,
 training time and FLOPs, summed over the stages of a run that started ``init_from`` another) and
 its manifest entry (SHA-256, size, what it is); ``scores`` copies the rows of an ``evaluate
 --model NAME`` results file into that entry, so that ``diffjscc models`` prints numbers measured
-on the shipped file. The manifest is rewritten under a lock: two train_models.sh runs side by side
-(one model each) may call this script at the same time.
+on the shipped file; ``kodak-scores`` copies a ``python -m bench kodak`` file's rows of NAME (mean
+of per-image PSNR over the 24 Kodak photos) into the entry's ``kodak`` scores. The manifest is
+rewritten under a lock: two training scripts side by side (one model each) may call this script at
+the same time.
 """
 
 from __future__ import annotations
@@ -97,7 +100,9 @@ def add(args: argparse.Namespace) -> None:
         config["bf16"] = "auto"
     state = payload.get("ema", payload["model"])
     stages = _earlier_stages(cfg.init_from) + [_stage(args.run, args.step, cfg)]
-    provenance = {**stages[-1], "data": args.data, "machine": args.machine, "command": "bash scripts/train_models.sh"}
+    provenance = {**stages[-1], "data": args.data, "machine": args.machine, "command": args.command}
+    if args.sources:
+        provenance["sources"] = args.sources
     for key in ("steps", "images_seen", "train_minutes", "train_tflop"):  # the totals over every stage
         provenance[key] = round(sum(stage[key] for stage in stages), 1)
     if len(stages) > 1:
@@ -117,6 +122,7 @@ def add(args: argparse.Namespace) -> None:
             "base": args.base or None, "symbols": symbols, "k_over_n": k_over_n, "k_over_n_complex": k_over_n / 2,
             "channel": cfg.channel, "snr_range": list(cfg.snr_range) or [cfg.snr_db, cfg.snr_db],
             "training": provenance, "scores": {"n_images": 0, "by_snr": {}},
+            "photo": bool(cfg.crop_size),  # trained on crops of photos, not on CIFAR-10's 32x32 images
         }
     print(f"{target}: {target.stat().st_size / 1e6:.2f} MB, {provenance['train_minutes']} min, "
           f"{provenance['train_tflop']} TFLOP")
@@ -139,6 +145,22 @@ def scores(args: argparse.Namespace) -> None:
     print(f"{args.name}: scores at {', '.join(entry['scores']['by_snr'])} dB on {document['n_images']} images")
 
 
+KODAK_KEYS = ("psnr", "ms_ssim", "colour_error_max", "colour_error_median", "seconds_per_image")
+
+
+def kodak_scores(args: argparse.Namespace) -> None:
+    document = json.loads(Path(args.results).read_text())
+    rows = [r for r in document["rows"] if r["model"] == args.name and r["power_normalised"] == "per photo"]
+    if not rows:
+        raise SystemExit(f"no rows of {args.name} in {args.results}")
+    with _manifest(models_dir()) as manifest:
+        entry = manifest["models"][args.name]
+        entry["kodak"] = {
+            "n_images": rows[0]["n_images"], "psnr_is": document["psnr_is"], "receiver": rows[0]["receiver"],
+            "command": args.command, "by_snr": {f"{r['snr_db']:g}": {key: r[key] for key in KODAK_KEYS} for r in rows}}
+    print(f"{args.name}: Kodak scores at {', '.join(entry['kodak']['by_snr'])} dB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +172,8 @@ def main() -> None:
     p.add_argument("--base", default="")
     p.add_argument("--data", default="CIFAR-10 data_batch_1 (10,000 training images)")
     p.add_argument("--machine", default="2-core CPU, no GPU")
+    p.add_argument("--command", default="bash scripts/train_models.sh", help="the command that trained it")
+    p.add_argument("--sources", default="", help="where the training data's sources are credited")
     p.set_defaults(func=add)
     p = sub.add_parser("scores")
     p.add_argument("name")
@@ -159,6 +183,11 @@ def main() -> None:
     p.add_argument("--how", default="")
     p.add_argument("--command", required=True)
     p.set_defaults(func=scores)
+    p = sub.add_parser("kodak-scores")
+    p.add_argument("name")
+    p.add_argument("results", type=Path)
+    p.add_argument("--command", required=True)
+    p.set_defaults(func=kodak_scores)
     args = parser.parse_args()
     args.func(args)
 

@@ -84,11 +84,12 @@ def test_a_photo_smaller_than_the_crop_is_named(tmp_path: Path) -> None:
     (["crop_size=30"], "multiple of 4"),
     (["crop_size=-4"], "multiple of 4"),
     (["crop_size=16"], "at least image_size"),
-    (["crop_size=64", "mode=joint"], "mode 'jscc'"),
+    (["crop_size=64", "mode=joint"], "must equal image_size"),
 ])
 def test_crop_size_is_validated(overrides: list[str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         load_config("tiny", ["mode=jscc", *overrides])
+    assert load_config("tiny", ["mode=joint", "crop_size=32"]).crop_size == 32  # a UNet's own size
 
 
 def test_deep_jscc_trains_on_crops_of_real_photos(two_photos: Path, tmp_path: Path) -> None:
