@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos (a quick check)")
     parser.add_argument("--power-per-block", action="store_true",
                         help="normalise power per 32x32-pixel block (as CIFAR training) instead of per photo")
+    parser.add_argument("--steps", type=int, default=8, help="diffusion receivers' sampling steps (default 8)")
+    parser.add_argument("--sheet", type=Path, default=None,
+                        help="write the by-eye contact sheets (one per SNR) into this folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/kodak.json"))
@@ -84,9 +87,22 @@ def _per_block_deep_jscc(system, image: torch.Tensor, snr_db: float, seed: int) 
     return system.decode(received, snr).clamp(-1, 1)[0, :, :h, :w]
 
 
-def _score_model(name: str, photos: list[Path], snrs: list[float], args) -> list[dict]:
+SHEET_CROPS = {  # 192x192 crops (left, top) of the by-eye sheet: faces, text and numbers, fine texture
+    "kodim04": (224, 288), "kodim15": (400, 96), "kodim09": (312, 352), "kodim10": (128, 0),
+    "kodim01": (96, 176), "kodim13": (256, 320)}
+SHEET_SIDE = 192
+
+
+def _receiver_of(system) -> str:
+    """A model's own receiver: its diffusion receiver where it has one, else its Deep JSCC decoder."""
+    return "diffusion" if system.unet is not None else "deep_jscc"
+
+
+def _score_model(name: str, photos: list[Path], snrs: list[float], args, sheet: dict) -> list[dict]:
+    """One row per SNR of ``name``'s own receiver over ``photos``; the sheet photos' outputs go into
+    ``sheet[(name, snr)]``."""
     system = load_system(str(path_or_model(name)))
-    cfg = system.cfg
+    cfg, receiver = system.cfg, _receiver_of(system)
     rows = []
     for snr in snrs:
         psnrs, ms_ssims, colours, seconds = [], [], [], []
@@ -94,11 +110,14 @@ def _score_model(name: str, photos: list[Path], snrs: list[float], args) -> list
             image = load_image_tensor(path)
             start = time.perf_counter()
             if args.power_per_block:
+                if receiver != "deep_jscc":
+                    raise UserError("--power-per-block measures Deep JSCC models only")
                 with torch.no_grad():
                     output = to_uint8(_per_block_deep_jscc(system, image, snr, args.seed + index))
                 symbols = cfg.c_out * (-(-image.shape[-2] // 32) * 8) * (-(-image.shape[-1] // 32) * 8)
             else:
-                result = transmit_image(system, image, snr, "awgn", receiver="deep_jscc", seed=args.seed + index)
+                result = transmit_image(system, image, snr, "awgn", receiver=receiver, steps=args.steps,
+                                        seed=args.seed + index)
                 output = torch.from_numpy(result.output).permute(2, 0, 1)
                 symbols = result.symbols
             seconds.append(time.perf_counter() - start)
@@ -107,9 +126,15 @@ def _score_model(name: str, photos: list[Path], snrs: list[float], args) -> list
             psnrs.append(float(psnr_per_image(x, y)[0]))
             ms_ssims.append(float(ms_ssim_per_image(x, y)[0]))
             colours.append(channel_mean_error(source, output))
+            if path.stem in SHEET_CROPS:
+                left, top = SHEET_CROPS[path.stem]
+                sheet.setdefault((name, snr), {})[path.stem] = output[:, top:top + SHEET_SIDE, left:left + SHEET_SIDE]
+                sheet.setdefault(("source", 0.0), {})[path.stem] = source[:, top:top + SHEET_SIDE, left:left + SHEET_SIDE]
         k_over_n = symbols / (3 * image.shape[-2] * image.shape[-1])
         rows.append({
-            "model": name, "receiver": "deep_jscc", "snr_db": snr, "channel": "awgn", "n_images": len(photos),
+            "model": name, "receiver": receiver, "snr_db": snr, "channel": "awgn", "n_images": len(photos),
+            "trained_on": "photo crops" if cfg.crop_size else "CIFAR-10 32x32",
+            "steps": args.steps if receiver == "diffusion" else None,
             "symbols_per_32x32": cfg.latent_dim, "k_over_n": k_over_n, "k_over_n_complex": k_over_n / 2,
             "power_normalised": "per 32x32 block" if args.power_per_block else "per photo",
             "psnr": statistics.fmean(psnrs), "ms_ssim": statistics.fmean(ms_ssims),
@@ -118,21 +143,41 @@ def _score_model(name: str, photos: list[Path], snrs: list[float], args) -> list
             "per_image": [{"file": p.name, "psnr": v, "ms_ssim": m, "colour_error": c}
                           for p, v, m, c in zip(photos, psnrs, ms_ssims, colours)],
         })
-        print(f"{name:>24}  {snr:5.1f} dB  PSNR {rows[-1]['psnr']:6.2f}  MS-SSIM {rows[-1]['ms_ssim']:.4f}  "
-              f"colour max {rows[-1]['colour_error_max']:5.1f} median {rows[-1]['colour_error_median']:4.1f}  "
-              f"{rows[-1]['seconds_per_image']:.2f} s/image", flush=True)
+        print(f"{name:>24}  {receiver:>9}  {snr:5.1f} dB  PSNR {rows[-1]['psnr']:6.2f}  "
+              f"MS-SSIM {rows[-1]['ms_ssim']:.4f}  colour max {rows[-1]['colour_error_max']:5.1f} "
+              f"median {rows[-1]['colour_error_median']:4.1f}  {rows[-1]['seconds_per_image']:.2f} s/image", flush=True)
     return rows
 
 
+def write_sheets(sheet: dict, rows: list[dict], folder: Path) -> list[Path]:
+    """One PNG per SNR: a column per crop (faces, sails' numbers, bricks, stream), a row per model."""
+    from diffjscc.evaluation.figures import save_image_grid
+
+    crops = [name for name in SHEET_CROPS if name in sheet.get(("source", 0.0), {})]
+    if not crops:
+        return []
+    source = torch.stack([sheet[("source", 0.0)][c] for c in crops]).float() / 127.5 - 1
+    written = []
+    for snr in sorted({r["snr_db"] for r in rows}):
+        grid, labels = [source], ["source (" + ", ".join(crops) + ")"]
+        for r in (r for r in rows if r["snr_db"] == snr and (r["model"], snr) in sheet):
+            grid.append(torch.stack([sheet[(r["model"], snr)][c] for c in crops]).float() / 127.5 - 1)
+            labels.append(f"{r['model']} [{r['receiver']}, {r['trained_on']}] "
+                          f"1/{1 / r['k_over_n_complex']:.0f} complex, {snr:g} dB")
+        written.append(save_image_grid(grid, folder / f"kodak_sheet_{snr:g}dB.png", row_labels=labels, scale=1))
+    return written
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| model | receiver | k/n real, complex | power normalised | SNR dB | PSNR | MS-SSIM | colour error max (median) | s/image |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | receiver | trained on | k/n real, complex | power normalised | SNR dB | PSNR | MS-SSIM | "
+             "colour error max (median) | s/image |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['receiver']} | 1/{1 / r['k_over_n']:.0f}, 1/{1 / r['k_over_n_complex']:.0f} | "
+        lines.append(f"| {r['model']} | {r['receiver']} | {r['trained_on']} | "
+                     f"1/{1 / r['k_over_n']:.0f}, 1/{1 / r['k_over_n_complex']:.0f} | "
                      f"{r['power_normalised']} | {r['snr_db']:g} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | "
                      f"{r['colour_error_max']:.1f} ({r['colour_error_median']:.1f}) | {r['seconds_per_image']:.2f} |")
     for a in ANCHORS:
-        lines.append(f"| {a['system']} ({a['source']}) | — | —, 1/{1 / a['k_over_n_complex']:.0f} | — | 10 | "
+        lines.append(f"| {a['system']} ({a['source']}) | — | DIV2K (GPU, days) | —, 1/{1 / a['k_over_n_complex']:.0f} | — | 10 | "
                      f"{a['psnr']:.2f} | — | — | — |")
     return "\n".join(lines)
 
@@ -143,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     if not names:
         raise UserError("--models names no model")
-    rows = [row for name in names for row in _score_model(name, photos, snrs, args)]
+    sheet: dict = {}
+    rows = [row for name in names for row in _score_model(name, photos, snrs, args, sheet)]
     text = table(rows)
     print(text)
     write_json(args.json, {"benchmark": "kodak", "kodak": str(args.kodak), "models": names, "snrs": snrs,
@@ -152,4 +198,7 @@ def run(args: argparse.Namespace) -> int:
                                "deep_jscc_10db_psnr_by_symbols": TARGETS_10DB, "colour_error_levels": COLOUR_TARGET},
                            "anchors": ANCHORS, "machine": machine_info(), "rows": rows})
     args.json.with_suffix(".md").write_text(text + "\n")
+    if args.sheet is not None:
+        for path in write_sheets(sheet, rows, args.sheet):
+            print(f"wrote {path}")
     return 0
