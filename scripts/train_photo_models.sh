@@ -43,3 +43,22 @@ for symbols in $BANDWIDTHS; do
         --set device=cpu --set seed=0 --set "batch_size=$BATCH" --set "lr=$LR" --set "total_steps=$STEPS" \
         --set "init_from=deep_jscc_$symbols" --set save_interval=250 --set log_interval=50
 done
+
+# The photo diffusion receivers: a further stage (init_from) of the CIFAR receiver with the same
+# symbols, around the photo Deep JSCC above (frozen), on 32x32 crops of the same photos (the
+# receiver works on 32x32 windows of a photo; its Deep JSCC base is read from the run above).
+# Environment: RX_STEPS (default 3000), RX_LR (default 2e-4), RX_BATCH (default 32).
+RX_STEPS=${RX_STEPS:-3000}
+RX_LR=${RX_LR:-2.0e-4}
+RX_BATCH=${RX_BATCH:-32}
+for symbols in $BANDWIDTHS; do
+    c_out=$((symbols / 64))
+    base=$(printf "%s/deep_jscc_photo_%s/ckpt_%07d.pt" "$WORK" "$symbols" "$STEPS")
+    train "$WORK/diffusion_photo_$symbols" --set "data_dir=$PHOTOS" --set crop_size=32 --set mode=frozen \
+        --set "jscc_encoder_path=$base" --set "c_out=$c_out" --set "latent_dim=$symbols" \
+        --set conditioning=residual --set prediction=v --set sample_spacing=trailing --set sample_steps=8 \
+        --set condition_dropout=0.1 --set bf16=auto --set snr_adaptive=true --set "snr_range=[0,20]" \
+        --set device=cpu --set seed=2 --set "batch_size=$RX_BATCH" --set "lr=$RX_LR" \
+        --set "total_steps=$RX_STEPS" --set "init_from=diffusion_$symbols" --set save_interval=250 \
+        --set log_interval=50
+done
