@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,10 +158,10 @@ def test_checkpoint_with_a_pickled_callable_is_refused(tmp_path: Path, capsys) -
 
 
 # ---- numerical guard ----------------------------------------------------------------------------
-def _micro_trainer(data: Path, log_dir: Path, total: int):
+def _micro_trainer(data: Path, log_dir: Path, total: int, save_interval: int = 100, resume: str | None = None):
     cfg = load_config(CONFIGS / "tiny.yaml", [f"data_dir={data}", f"log_dir={log_dir}", f"total_steps={total}",
-                                              "save_interval=100", "mode=joint", *MICRO])
-    return trainer_module.Trainer(cfg, progress=False)
+                                              f"save_interval={save_interval}", "mode=joint", *MICRO])
+    return trainer_module.Trainer(cfg, progress=False, resume=resume)
 
 
 def _patch_loss(monkeypatch, poison) -> list[int]:
@@ -200,12 +201,66 @@ def test_a_nan_gradient_with_finite_loss_is_skipped(cifar_root: Path, tmp_path: 
         return terms
 
     _patch_loss(monkeypatch, nan_gradient)
-    trainer = _micro_trainer(cifar_root / "cifar_train", tmp_path / "run", 3)
+    trainer = _micro_trainer(cifar_root / "cifar_train", tmp_path / "run", 12)
     before = {k: v.clone() for k, v in trainer.system.state_dict().items()}
     with pytest.raises(UserError, match="not finite for 10 steps in a row"):
         trainer.train()
     after = trainer.system.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was applied
+
+
+def _poison_steps(monkeypatch, poisoned) -> None:
+    """A NaN loss at every training step in ``poisoned`` (a set, or a predicate on the step),
+    in a fresh run and in a resumed one alike: the step is read from the step's generator."""
+    current = {"step": -1}
+    original = trainer_module.step_generator
+
+    def recording(seed, step, device):
+        current["step"] = step
+        return original(seed, step, device)
+
+    def nan_at_poisoned_steps(system, terms, call):
+        hit = poisoned(current["step"]) if callable(poisoned) else current["step"] in poisoned
+        if hit:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer_module, "step_generator", recording)
+    _patch_loss(monkeypatch, nan_at_poisoned_steps)
+
+
+def test_a_resumed_run_with_skipped_steps_equals_an_uninterrupted_one(cifar_root: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """A skipped step is a step: it uses up its batch and its draws, so the batches and draws
+    of later steps, and a resume from a checkpoint after the skip, are those of a run without
+    the kill. Skips at step 1 (before the step-3 checkpoint) and 4 (after the resume)."""
+    _poison_steps(monkeypatch, {1, 4})
+    data, whole, resumed = cifar_root / "cifar_train", tmp_path / "whole", tmp_path / "resumed"
+    _micro_trainer(data, whole, 6, save_interval=3).train()
+    shutil.copytree(whole, resumed)
+    (resumed / "ckpt_0000006.pt").unlink()  # as if killed after the step-3 checkpoint
+    trainer = _micro_trainer(data, resumed, 6, save_interval=3, resume="auto")
+    assert trainer.step == 3
+    trainer.train()
+    ours, theirs = load_checkpoint(resumed / "ckpt_0000006.pt"), load_checkpoint(whole / "ckpt_0000006.pt")
+    assert ours["step"] == theirs["step"] == 6 and ours["skipped_nonfinite"] == theirs["skipped_nonfinite"] == 2
+    for part in ("model", "ema"):
+        for name, tensor in theirs[part].items():
+            assert torch.equal(ours[part][name], tensor), f"{part}.{name}"
+    assert _logged_steps(whole) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((whole / "metrics.jsonl").read_text().splitlines()[-1])["skipped_nonfinite"] == 2
+
+
+def test_skipping_more_than_one_percent_of_the_steps_stops_the_run(cifar_root: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Every other step skipped is never 10 in a row, but is far more than 1 % of the steps:
+    the 11th skip (more than 1 % of the first 1000 steps) stops the run with one line."""
+    _poison_steps(monkeypatch, lambda step: step % 2 == 1)
+    trainer = _micro_trainer(cifar_root / "cifar_train", tmp_path / "run", 40)
+    with pytest.raises(UserError, match=r"11 of the 22 steps") as raised:
+        trainer.train()
+    assert "\n" not in str(raised.value) and "1 %" in str(raised.value)
+    assert trainer.step == 22
 
 
 # ---- bad input: one line, exit 2 ---------------------------------------------------------------

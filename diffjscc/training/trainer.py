@@ -59,6 +59,10 @@ from diffjscc.runtime.seeding import (BatchGenerator, global_rng_states, mixed_s
 from diffjscc.training.run_log import RunLog
 
 MAX_NONFINITE_IN_A_ROW = 10
+MAX_NONFINITE_FRACTION = 0.01
+NONFINITE_FRACTION_MIN_STEPS = 1000
+"""A run stops when more than 1 % of its steps so far were skipped, the fraction counted over at
+least the first 1000 steps (so 11 skips stop a run before step 1000, and a rare skip does not)."""
 GRID_IMAGES = 8
 
 
@@ -321,6 +325,8 @@ class Trainer:
                                               strict=cfg.strict_data)
             self.train_step = TrainStep(cfg, self.device, self.dist)
             self.step = 0
+            self.skipped_steps = 0  # steps whose loss or gradient was not finite, resumed runs included
+            self.skipped_in_a_row = 0
             self._stop_signal: int | None = None
             if resume:
                 self._resume(resume)
@@ -377,6 +383,8 @@ class Trainer:
             raise UserError(f"checkpoint {path} does not fit this config: {str(err).splitlines()[0]}") from None
         self.ema.n_averaged.fill_(int(payload.get("ema_updates", payload["step"])))
         self.step = int(payload["step"])
+        self.skipped_steps = int(payload.get("skipped_nonfinite", 0))
+        self.skipped_in_a_row = int(payload.get("skipped_in_a_row", 0))
         restore_global_rng_states(payload, self.device)
         if self.dist.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
@@ -434,6 +442,8 @@ class Trainer:
             "ema_updates": int(self.ema.n_averaged.item()),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "skipped_nonfinite": self.skipped_steps,
+            "skipped_in_a_row": self.skipped_in_a_row,
             "config": self.cfg.to_dict(),
             "run_id": self.run_id,
             **global_rng_states(self.device),
@@ -492,7 +502,6 @@ class Trainer:
         bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress,
                    desc=f"train[{cfg.mode}]", dynamic_ncols=True)
         last_path: Path | None = None
-        nonfinite_in_a_row, nonfinite_total = 0, 0
         window_images, window_start = 0, time.perf_counter()
         images_per_second, loss_value = 0.0, float("nan")
         self.system.train()
@@ -502,18 +511,15 @@ class Trainer:
                 images, labels = self._to_device(next(batches))
                 done = self.train_step(images, labels, self.step, stop_requested=self._stop_signal is not None)
                 terms, grad_norm, stopping = done.terms, done.grad_norm, done.stop
-                if done.skipped:
-                    nonfinite_in_a_row += 1
-                    nonfinite_total += 1
-                    if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                        raise UserError(f"training loss or gradient was not finite for {nonfinite_in_a_row} steps "
-                                        f"in a row at step {self.step}; lower lr or disable bf16")
-                    if main:
-                        tqdm.write(f"step {self.step}: non-finite loss or gradient, step skipped "
-                                   f"({nonfinite_total} so far)")
-                    continue
-                nonfinite_in_a_row = 0
+                # A skipped step is still a step: it has used up its batch and its (seed, step)
+                # draws, so later steps, and a run resumed after it, draw what one without it would.
+                self.skipped_in_a_row = self.skipped_in_a_row + 1 if done.skipped else 0
+                self.skipped_steps += done.skipped
+                if done.skipped and main:
+                    tqdm.write(f"step {self.step}: non-finite loss or gradient, step skipped "
+                               f"({self.skipped_steps} so far)")
                 self.step += 1
+                self._check_skips()
                 window_images += images.shape[0] * self.dist.world_size
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == cfg.total_steps:
@@ -525,7 +531,7 @@ class Trainer:
                     loss_value = means[list(terms).index("loss")]
                     record = {"step": self.step, "lr": self.train_step.lr_at(self.step - 1),
                               "grad_norm": float(grad_norm), "img_per_s": images_per_second,
-                              "skipped_nonfinite": nonfinite_total, **dict(zip(terms, means))}
+                              "skipped_nonfinite": self.skipped_steps, **dict(zip(terms, means))}
                     if run_log is not None:
                         run_log.write(record)
                     bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_per_second:.1f}")
@@ -555,6 +561,19 @@ class Trainer:
                 signal.signal(s, handler)
             self.release()
         return TrainResult(self.step, last_path, images_per_second, loss_value)
+
+    def _check_skips(self) -> None:
+        """Stop with one line when the skips say the run is broken: 10 in a row, or more than
+        1 % of the steps so far (:data:`MAX_NONFINITE_FRACTION`)."""
+        advice = "lower lr or disable bf16"
+        if self.skipped_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise UserError(f"training loss or gradient was not finite for {self.skipped_in_a_row} steps in a row "
+                            f"at step {self.step}; {advice}")
+        if self.skipped_steps > MAX_NONFINITE_FRACTION * max(self.step, NONFINITE_FRACTION_MIN_STEPS):
+            raise UserError(f"training loss or gradient was not finite in {self.skipped_steps} of the {self.step} "
+                            f"steps so far (more than {MAX_NONFINITE_FRACTION * 100:g} % of them, or over "
+                            f"{MAX_NONFINITE_FRACTION * NONFINITE_FRACTION_MIN_STEPS:g} in the first "
+                            f"{NONFINITE_FRACTION_MIN_STEPS}); {advice}")
 
     def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, labels = batch
