@@ -4,6 +4,7 @@ checkpoint write. The scenarios run through the CLI on real CIFAR-10 images."""
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from diffjscc.cli import main
 from diffjscc.errors import UserError
@@ -24,6 +26,7 @@ from diffjscc.runtime import checkpoint as checkpoint_module
 from diffjscc.runtime.checkpoint import (checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints,
                                          record_checkpoint, save_checkpoint)
 from diffjscc.runtime.rundir import LOCK_NAME, RunLock, prepare_fresh_run, read_manifest
+from diffjscc.training.run_log import RunLog
 from launch_helpers import LAUNCH_TIMEOUT_S, launch_env, train_argv
 
 MICRO = ["mode=jscc", "jscc_num_filters=16", "batch_size=8", "log_interval=10", "device=cpu"]
@@ -127,6 +130,57 @@ def test_resume_refuses_a_folder_whose_config_disagrees(train_data: Path, tmp_pa
     assert main(train_argv(train_data, log_dir, 20, 10, MICRO, "--resume", "auto")) == 2
     line = _one_line_error(capsys)
     assert "config.yaml" in line and "c_out" in line
+
+
+def test_resume_keeps_config_yaml_records_each_resume_and_logs_each_step_once(train_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """A 40-step run "killed" after its step-20 checkpoint (the step-40 one removed, its log rows
+    up to 40 left, as a kill leaves them), resumed twice with other log intervals: config.yaml
+    stays the first start's, byte for byte; resumes.yaml records each resume's step and what it
+    changed; metrics.jsonl and .csv hold every step once, in order."""
+    log_dir = tmp_path / "run"
+    assert main(train_argv(train_data, log_dir, 40, 20, MICRO)) == 0
+    original = (log_dir / "config.yaml").read_bytes()
+    (log_dir / "ckpt_0000040.pt").unlink()
+    assert main(train_argv(train_data, log_dir, 40, 20, [*MICRO, "log_interval=5"], "--resume", "auto")) == 0
+    (log_dir / "ckpt_0000040.pt").unlink()
+    assert main(train_argv(train_data, log_dir, 40, 20, [*MICRO, "log_interval=20"], "--resume", "auto")) == 0
+    assert (log_dir / "config.yaml").read_bytes() == original
+    resumes = yaml.safe_load((log_dir / "resumes.yaml").read_text())
+    assert [(r["step"], r["checkpoint"], r["changed"]) for r in resumes] == [
+        (20, "ckpt_0000020.pt", {"log_interval": 5}), (20, "ckpt_0000020.pt", {"log_interval": 20})]
+    steps = [json.loads(s)["step"] for s in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 40]
+    with (log_dir / "metrics.csv").open(newline="") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == steps
+
+
+def test_csv_log_keeps_columns_that_first_appear_later(tmp_path: Path) -> None:
+    """A column that first appears in a later record widens metrics.csv (earlier rows empty
+    there) instead of being dropped; a resumed log keeps the wider header."""
+    log = RunLog(tmp_path, use_tensorboard=False)
+    log.write({"step": 1, "loss": 0.5})
+    log.write({"step": 2, "loss": 0.25, "jscc_mse": 0.125})
+    log.write({"step": 3, "loss": 0.125})
+    log.close()
+    written = [["step", "loss", "jscc_mse"], ["1", "0.5", ""], ["2", "0.25", "0.125"], ["3", "0.125", ""]]
+    assert _csv_rows(tmp_path / "metrics.csv") == written
+    resumed = RunLog(tmp_path, start_step=3, use_tensorboard=False)
+    resumed.write({"step": 4, "loss": 0.0625, "jscc_mse": 0.03125})
+    resumed.close()
+    assert _csv_rows(tmp_path / "metrics.csv") == [*written, ["4", "0.0625", "0.03125"]]
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "lo')
+    RunLog(tmp_path, start_step=2, use_tensorboard=False).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n'
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,loss", "1,0.5", "2,0.25"]
 
 
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:

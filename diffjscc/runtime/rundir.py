@@ -23,13 +23,14 @@ from pathlib import Path
 
 from diffjscc.errors import UserError
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RunLock", "new_run_id", "prepare_fresh_run", "read_manifest", "run_files",
+__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RESUMES_NAME", "RunLock", "new_run_id", "prepare_fresh_run", "read_manifest", "run_files",
            "write_manifest", "write_text_atomic"]
 
 LOCK_NAME = ".diffjscc.lock"
 MANIFEST_NAME = "checkpoints.json"
-RUN_FILE_PATTERNS = ("ckpt_*.pt", ".ckpt_*.tmp", "metrics.jsonl", "metrics.csv", "config.yaml", "samples_*.png",
-                     "tensorboard", MANIFEST_NAME)
+RESUMES_NAME = "resumes.yaml"
+RUN_FILE_PATTERNS = ("ckpt_*.pt", ".ckpt_*.tmp", "metrics.jsonl", "metrics.csv", "config.yaml", RESUMES_NAME,
+                     "samples_*.png", "tensorboard", MANIFEST_NAME)
 """What a training run writes into its log_dir: a folder holding any of these holds a run."""
 
 

@@ -27,6 +27,7 @@ Dropout masks come from each process's global RNG and are not part of that equiv
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoin
 from diffjscc.runtime.device import bf16_enabled, resolve_device
 from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gather_tensors, all_reduce_sum,
                                           barrier, broadcast_buffers)
-from diffjscc.runtime.rundir import RunLock, new_run_id, prepare_fresh_run
+from diffjscc.runtime.rundir import RESUMES_NAME, RunLock, new_run_id, prepare_fresh_run, write_text_atomic
 from diffjscc.runtime.seeding import (BatchGenerator, global_rng_states, mixed_seed, restore_global_rng_states,
                                       step_generator)
 from diffjscc.training.run_log import RunLog
@@ -328,6 +329,7 @@ class Trainer:
             self.skipped_steps = 0  # steps whose loss or gradient was not finite, resumed runs included
             self.skipped_in_a_row = 0
             self._stop_signal: int | None = None
+            self._resumed: tuple[Path, dict] | None = None  # (checkpoint, its config) when resuming
             if resume:
                 self._resume(resume)
             if self.run_lock is not None:
@@ -386,6 +388,7 @@ class Trainer:
         self.skipped_steps = int(payload.get("skipped_nonfinite", 0))
         self.skipped_in_a_row = int(payload.get("skipped_in_a_row", 0))
         restore_global_rng_states(payload, self.device)
+        self._resumed = (path, payload["config"])
         if self.dist.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
@@ -404,6 +407,32 @@ class Trainer:
             key, value = mismatch
             raise UserError(f"{folder_config} says {key}={value!r} but checkpoint {path} was trained with "
                             f"{key}={trained.get(key)!r}: the folder holds another run's config")
+
+    def _record_config(self) -> None:
+        """``config.yaml`` is the config the run started with, written once (atomically) by a
+        start from step 0; each resume appends to ``resumes.yaml`` its step, checkpoint, time
+        and the keys whose values differ from ``config.yaml`` (with the values it runs with), so
+        the config of any part of the run is ``config.yaml`` updated by that entry's ``changed``.
+        A resume into a folder without ``config.yaml`` writes the checkpoint's config there."""
+        path = self.log_dir / "config.yaml"
+        current = yaml.safe_load(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        if self._resumed is None or not path.is_file():
+            original = current if self._resumed is None else self._resumed[1]
+            write_text_atomic(path, yaml.safe_dump(original, sort_keys=False))
+        if self._resumed is None:
+            return
+        saved = yaml.safe_load(path.read_text())  # a mapping: checked by _check_folder_config
+        changed = {key: value for key, value in current.items() if key not in saved or saved[key] != value}
+        resumes_path = self.log_dir / RESUMES_NAME
+        try:
+            resumes = yaml.safe_load(resumes_path.read_text()) if resumes_path.is_file() else []
+        except yaml.YAMLError:
+            raise UserError(f"{resumes_path} is not readable YAML: move it away to resume") from None
+        if not isinstance(resumes, list):
+            raise UserError(f"{resumes_path} is not a list of resumes: move it away to resume")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        resumes.append({"step": self.step, "checkpoint": self._resumed[0].name, "time": stamp, "changed": changed})
+        write_text_atomic(resumes_path, yaml.safe_dump(resumes, sort_keys=False))
 
     def _check_ranks_start_together(self) -> None:
         """Every rank must resume from the same step (``--resume auto`` reads log_dir on each)."""
@@ -482,7 +511,7 @@ class Trainer:
         main = self.dist.is_main  # only rank 0 writes logs, grids and checkpoints
         if main:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            (self.log_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self._record_config()
         sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
                                     rows=self.train_step.rows)
         # Its own generator: creating the iterator must not draw from the global RNG, whose
@@ -490,7 +519,7 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed))
-        run_log = RunLog(self.log_dir) if main else None
+        run_log = RunLog(self.log_dir, start_step=self.step) if main else None
         if main:
             tqdm.write(self.describe())
             if cfg.compile and self.dist.enabled and self.system.unet is not None:
