@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,9 +24,10 @@ import yaml
 from diffjscc.cli import main
 from diffjscc.errors import UserError
 from diffjscc.runtime import checkpoint as checkpoint_module
+from diffjscc.runtime import rundir
 from diffjscc.runtime.checkpoint import (checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints,
                                          record_checkpoint, save_checkpoint)
-from diffjscc.runtime.rundir import LOCK_NAME, RunLock, prepare_fresh_run, read_manifest
+from diffjscc.runtime.rundir import FALLBACK_LOCK_NAME, LOCK_NAME, RunLock, prepare_fresh_run, read_manifest
 from diffjscc.training.run_log import RunLog
 from launch_helpers import LAUNCH_TIMEOUT_S, launch_env, train_argv
 
@@ -189,6 +191,65 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=f"in use by another run \\(PID {os.getpid()}\\)"):
             RunLock(tmp_path / "run").acquire()
     RunLock(tmp_path / "run").acquire().release()  # free again once released
+
+
+def _flock_failing_with(monkeypatch, code: int) -> None:
+    def flock(_fd, _operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+
+
+def test_a_held_flock_is_in_use_and_leaves_no_lock_file(tmp_path: Path, monkeypatch) -> None:
+    _flock_failing_with(monkeypatch, errno.EWOULDBLOCK)
+    with pytest.raises(UserError, match="in use by another run"):
+        RunLock(tmp_path / "run").acquire()
+    assert not (tmp_path / "run" / FALLBACK_LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_without_flock_gets_a_lock_file(code: int, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Lustre or NFS without flock: not "in use", but an exclusive-create lock file naming the
+    host, PID and start time, a one-line notice, the same refusal of a second run, and the file
+    removed on release."""
+    _flock_failing_with(monkeypatch, code)
+    lock = RunLock(tmp_path / "run").acquire()
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and "flock" in notice[0] and errno.errorcode[code] in notice[0], notice
+    lock_file = tmp_path / "run" / FALLBACK_LOCK_NAME
+    fields = dict(item.split("=", 1) for item in lock_file.read_text().split())
+    assert fields["host"] == socket.gethostname() and fields["pid"] == str(os.getpid()) and fields["started"]
+    with pytest.raises(UserError, match="in use by another run") as refused:
+        RunLock(tmp_path / "run").acquire()
+    assert f"PID {os.getpid()}" in str(refused.value) and socket.gethostname() in str(refused.value)
+    lock.release()
+    assert not lock_file.exists()
+    RunLock(tmp_path / "run").acquire().release()  # free again once released
+
+
+def test_a_lock_file_whose_process_is_gone_is_taken_over(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Stale on this host when its PID is gone (a SIGKILLed run); another host's PID cannot be
+    checked from here, so its lock file is refused with a line naming the file to delete."""
+    _flock_failing_with(monkeypatch, errno.ENOLCK)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    lock_file = tmp_path / FALLBACK_LOCK_NAME
+    lock_file.write_text(f"host={socket.gethostname()} pid={ended.pid} started=2026-01-01T00:00:00Z\n")
+    lock = RunLock(tmp_path).acquire()
+    assert f"pid={os.getpid()} " in lock_file.read_text() and "stale" in capsys.readouterr().err
+    lock.release()
+    lock_file.write_text(f"host=another-node pid={ended.pid} started=2026-01-01T00:00:00Z\n")
+    with pytest.raises(UserError, match="another-node") as refused:
+        RunLock(tmp_path).acquire()
+    assert str(lock_file) in str(refused.value) and "\n" not in str(refused.value)
+    assert lock_file.read_text().startswith("host=another-node")
+
+
+def test_training_on_a_file_system_without_flock(train_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    _flock_failing_with(monkeypatch, errno.ENOLCK)
+    assert main(train_argv(train_data, tmp_path / "run", 10, 10, MICRO)) == 0
+    assert "does not support flock" in capsys.readouterr().err
+    assert list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / FALLBACK_LOCK_NAME).exists()
 
 
 def test_prepare_fresh_run(tmp_path: Path) -> None:
