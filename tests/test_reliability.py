@@ -7,6 +7,7 @@ and kill it (SIGKILL/SIGTERM) at chosen moments.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -329,6 +330,47 @@ def test_unparseable_snr_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", "--checkpoint", "x.pt", "--data", str(tmp_path), "--snr", "ten"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "snr" in err[0].lower()
+
+
+# ---- progress in a log file ----------------------------------------------------------------------
+def test_a_training_log_file_gets_plain_progress_lines_not_bar_frames(cifar_root: Path, tmp_path: Path) -> None:
+    """stdout and stderr to a file, as under SLURM or nohup: no tqdm \\r frames, but plain lines
+    with the step, the loss, img/s and the ETA."""
+    micro_jscc = ["mode=jscc", "jscc_num_filters=16", "batch_size=4", "log_interval=2", "device=cpu"]
+    argv = [a for a in _train_argv(cifar_root / "cifar_train", tmp_path / "run", 6, 100, micro_jscc)
+            if a != "--no-progress"]
+    log = tmp_path / "train.log"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "diffjscc", *argv], stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=PROCESS_TIMEOUT)
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("train[jscc]: step ")]
+    assert lines[0].startswith("train[jscc]: step 1/6 (17 %)") and len(lines) <= 3, lines
+    assert lines[-1].startswith("train[jscc]: step 6/6 (100 %) loss=") and "img_s=" in lines[-1], lines
+    assert lines[-1].endswith("ETA 0:00:00")
+
+
+def test_progress_lines_are_periodic(monkeypatch) -> None:
+    from diffjscc.runtime import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    lines = progress.ProgressLines(100, "evaluate", initial=20, unit="img", interval_s=30, stream=out)
+    for _ in range(8):  # 10 images every 10 s: a line at 30, 60 and the first
+        clock[0] += 10
+        lines.set_postfix(batch=lines.n // 10)
+        lines.update(10)
+    lines.close()
+    assert out.getvalue().splitlines() == [
+        "evaluate: img 30/100 (30 %) batch=2 ETA 0:01:10",
+        "evaluate: img 60/100 (60 %) batch=5 ETA 0:00:40",
+        "evaluate: img 90/100 (90 %) batch=8 ETA 0:00:10",
+        "evaluate: img 100/100 (100 %) batch=9 ETA 0:00:00"]
+    monkeypatch.setattr(progress, "is_terminal", lambda stream=None: True)
+    assert not isinstance(progress.progress_bar(5, "x"), progress.ProgressLines)  # a terminal: tqdm
 
 
 # ---- determinism ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -194,10 +196,12 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 
 
 def _flock_failing_with(monkeypatch, code: int) -> None:
+    """The run lock's flock fails with ``code`` (other users of fcntl, which retry on errors, keep theirs)."""
     def flock(_fd, _operation):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    fake = types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB)
+    monkeypatch.setattr(rundir, "fcntl", fake)
 
 
 def test_a_held_flock_is_in_use_and_leaves_no_lock_file(tmp_path: Path, monkeypatch) -> None:

@@ -54,6 +54,7 @@ from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoin
 from diffjscc.runtime.device import bf16_enabled, resolve_device
 from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gather_tensors, all_reduce_sum,
                                           barrier, broadcast_buffers)
+from diffjscc.runtime.progress import progress_bar
 from diffjscc.runtime.rundir import RESUMES_NAME, RunLock, new_run_id, prepare_fresh_run, write_text_atomic
 from diffjscc.runtime.seeding import (BatchGenerator, global_rng_states, mixed_seed, restore_global_rng_states,
                                       step_generator)
@@ -528,8 +529,9 @@ class Trainer:
                            f"that waits more than --dist-timeout={self.dist.timeout_s:g} s for the others "
                            f"ends the run, so raise --dist-timeout if compile times differ that much")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress,
-                   desc=f"train[{cfg.mode}]", dynamic_ncols=True)
+        # A tqdm bar on a terminal; plain lines (step, loss, img/s, ETA) in a log file.
+        bar = progress_bar(cfg.total_steps, f"train[{cfg.mode}]", enabled=self.progress, initial=self.step,
+                           unit="step", dynamic_ncols=True)
         last_path: Path | None = None
         window_images, window_start = 0, time.perf_counter()
         images_per_second, loss_value = 0.0, float("nan")
