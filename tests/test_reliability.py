@@ -7,8 +7,10 @@ and kill it (SIGKILL/SIGTERM) at chosen moments.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,10 +159,10 @@ def test_checkpoint_with_a_pickled_callable_is_refused(tmp_path: Path, capsys) -
 
 
 # ---- numerical guard ----------------------------------------------------------------------------
-def _micro_trainer(data: Path, log_dir: Path, total: int):
+def _micro_trainer(data: Path, log_dir: Path, total: int, save_interval: int = 100, resume: str | None = None):
     cfg = load_config(CONFIGS / "tiny.yaml", [f"data_dir={data}", f"log_dir={log_dir}", f"total_steps={total}",
-                                              "save_interval=100", "mode=joint", *MICRO])
-    return trainer_module.Trainer(cfg, progress=False)
+                                              f"save_interval={save_interval}", "mode=joint", *MICRO])
+    return trainer_module.Trainer(cfg, progress=False, resume=resume)
 
 
 def _patch_loss(monkeypatch, poison) -> list[int]:
@@ -200,12 +202,66 @@ def test_a_nan_gradient_with_finite_loss_is_skipped(cifar_root: Path, tmp_path: 
         return terms
 
     _patch_loss(monkeypatch, nan_gradient)
-    trainer = _micro_trainer(cifar_root / "cifar_train", tmp_path / "run", 3)
+    trainer = _micro_trainer(cifar_root / "cifar_train", tmp_path / "run", 12)
     before = {k: v.clone() for k, v in trainer.system.state_dict().items()}
     with pytest.raises(UserError, match="not finite for 10 steps in a row"):
         trainer.train()
     after = trainer.system.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing was applied
+
+
+def _poison_steps(monkeypatch, poisoned) -> None:
+    """A NaN loss at every training step in ``poisoned`` (a set, or a predicate on the step),
+    in a fresh run and in a resumed one alike: the step is read from the step's generator."""
+    current = {"step": -1}
+    original = trainer_module.step_generator
+
+    def recording(seed, step, device):
+        current["step"] = step
+        return original(seed, step, device)
+
+    def nan_at_poisoned_steps(system, terms, call):
+        hit = poisoned(current["step"]) if callable(poisoned) else current["step"] in poisoned
+        if hit:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer_module, "step_generator", recording)
+    _patch_loss(monkeypatch, nan_at_poisoned_steps)
+
+
+def test_a_resumed_run_with_skipped_steps_equals_an_uninterrupted_one(cifar_root: Path, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """A skipped step is a step: it uses up its batch and its draws, so the batches and draws
+    of later steps, and a resume from a checkpoint after the skip, are those of a run without
+    the kill. Skips at step 1 (before the step-3 checkpoint) and 4 (after the resume)."""
+    _poison_steps(monkeypatch, {1, 4})
+    data, whole, resumed = cifar_root / "cifar_train", tmp_path / "whole", tmp_path / "resumed"
+    _micro_trainer(data, whole, 6, save_interval=3).train()
+    shutil.copytree(whole, resumed)
+    (resumed / "ckpt_0000006.pt").unlink()  # as if killed after the step-3 checkpoint
+    trainer = _micro_trainer(data, resumed, 6, save_interval=3, resume="auto")
+    assert trainer.step == 3
+    trainer.train()
+    ours, theirs = load_checkpoint(resumed / "ckpt_0000006.pt"), load_checkpoint(whole / "ckpt_0000006.pt")
+    assert ours["step"] == theirs["step"] == 6 and ours["skipped_nonfinite"] == theirs["skipped_nonfinite"] == 2
+    for part in ("model", "ema"):
+        for name, tensor in theirs[part].items():
+            assert torch.equal(ours[part][name], tensor), f"{part}.{name}"
+    assert _logged_steps(whole) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((whole / "metrics.jsonl").read_text().splitlines()[-1])["skipped_nonfinite"] == 2
+
+
+def test_skipping_more_than_one_percent_of_the_steps_stops_the_run(cifar_root: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Every other step skipped is never 10 in a row, but is far more than 1 % of the steps:
+    the 11th skip (more than 1 % of the first 1000 steps) stops the run with one line."""
+    _poison_steps(monkeypatch, lambda step: step % 2 == 1)
+    trainer = _micro_trainer(cifar_root / "cifar_train", tmp_path / "run", 40)
+    with pytest.raises(UserError, match=r"11 of the 22 steps") as raised:
+        trainer.train()
+    assert "\n" not in str(raised.value) and "1 %" in str(raised.value)
+    assert trainer.step == 22
 
 
 # ---- bad input: one line, exit 2 ---------------------------------------------------------------
@@ -274,6 +330,47 @@ def test_unparseable_snr_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", "--checkpoint", "x.pt", "--data", str(tmp_path), "--snr", "ten"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "snr" in err[0].lower()
+
+
+# ---- progress in a log file ----------------------------------------------------------------------
+def test_a_training_log_file_gets_plain_progress_lines_not_bar_frames(cifar_root: Path, tmp_path: Path) -> None:
+    """stdout and stderr to a file, as under SLURM or nohup: no tqdm \\r frames, but plain lines
+    with the step, the loss, img/s and the ETA."""
+    micro_jscc = ["mode=jscc", "jscc_num_filters=16", "batch_size=4", "log_interval=2", "device=cpu"]
+    argv = [a for a in _train_argv(cifar_root / "cifar_train", tmp_path / "run", 6, 100, micro_jscc)
+            if a != "--no-progress"]
+    log = tmp_path / "train.log"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "diffjscc", *argv], stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=PROCESS_TIMEOUT)
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("train[jscc]: step ")]
+    assert lines[0].startswith("train[jscc]: step 1/6 (17 %)") and len(lines) <= 3, lines
+    assert lines[-1].startswith("train[jscc]: step 6/6 (100 %) loss=") and "img_s=" in lines[-1], lines
+    assert lines[-1].endswith("ETA 0:00:00")
+
+
+def test_progress_lines_are_periodic(monkeypatch) -> None:
+    from diffjscc.runtime import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    lines = progress.ProgressLines(100, "evaluate", initial=20, unit="img", interval_s=30, stream=out)
+    for _ in range(8):  # 10 images every 10 s: a line at 30, 60 and the first
+        clock[0] += 10
+        lines.set_postfix(batch=lines.n // 10)
+        lines.update(10)
+    lines.close()
+    assert out.getvalue().splitlines() == [
+        "evaluate: img 30/100 (30 %) batch=2 ETA 0:01:10",
+        "evaluate: img 60/100 (60 %) batch=5 ETA 0:00:40",
+        "evaluate: img 90/100 (90 %) batch=8 ETA 0:00:10",
+        "evaluate: img 100/100 (100 %) batch=9 ETA 0:00:00"]
+    monkeypatch.setattr(progress, "is_terminal", lambda stream=None: True)
+    assert not isinstance(progress.progress_bar(5, "x"), progress.ProgressLines)  # a terminal: tqdm
 
 
 # ---- determinism ------------------------------------------------------------------------------

@@ -4,26 +4,33 @@ checkpoint write. The scenarios run through the CLI on real CIFAR-10 images."""
 
 from __future__ import annotations
 
+import csv
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from diffjscc.cli import main
 from diffjscc.errors import UserError
 from diffjscc.runtime import checkpoint as checkpoint_module
+from diffjscc.runtime import rundir
 from diffjscc.runtime.checkpoint import (checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints,
                                          record_checkpoint, save_checkpoint)
-from diffjscc.runtime.rundir import LOCK_NAME, RunLock, prepare_fresh_run, read_manifest
+from diffjscc.runtime.rundir import FALLBACK_LOCK_NAME, LOCK_NAME, RunLock, prepare_fresh_run, read_manifest
+from diffjscc.training.run_log import RunLog
 from launch_helpers import LAUNCH_TIMEOUT_S, launch_env, train_argv
 
 MICRO = ["mode=jscc", "jscc_num_filters=16", "batch_size=8", "log_interval=10", "device=cpu"]
@@ -129,12 +136,124 @@ def test_resume_refuses_a_folder_whose_config_disagrees(train_data: Path, tmp_pa
     assert "config.yaml" in line and "c_out" in line
 
 
+def test_resume_keeps_config_yaml_records_each_resume_and_logs_each_step_once(train_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """A 40-step run "killed" after its step-20 checkpoint (the step-40 one removed, its log rows
+    up to 40 left, as a kill leaves them), resumed twice with other log intervals: config.yaml
+    stays the first start's, byte for byte; resumes.yaml records each resume's step and what it
+    changed; metrics.jsonl and .csv hold every step once, in order."""
+    log_dir = tmp_path / "run"
+    assert main(train_argv(train_data, log_dir, 40, 20, MICRO)) == 0
+    original = (log_dir / "config.yaml").read_bytes()
+    (log_dir / "ckpt_0000040.pt").unlink()
+    assert main(train_argv(train_data, log_dir, 40, 20, [*MICRO, "log_interval=5"], "--resume", "auto")) == 0
+    (log_dir / "ckpt_0000040.pt").unlink()
+    assert main(train_argv(train_data, log_dir, 40, 20, [*MICRO, "log_interval=20"], "--resume", "auto")) == 0
+    assert (log_dir / "config.yaml").read_bytes() == original
+    resumes = yaml.safe_load((log_dir / "resumes.yaml").read_text())
+    assert [(r["step"], r["checkpoint"], r["changed"]) for r in resumes] == [
+        (20, "ckpt_0000020.pt", {"log_interval": 5}), (20, "ckpt_0000020.pt", {"log_interval": 20})]
+    steps = [json.loads(s)["step"] for s in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 40]
+    with (log_dir / "metrics.csv").open(newline="") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == steps
+
+
+def test_csv_log_keeps_columns_that_first_appear_later(tmp_path: Path) -> None:
+    """A column that first appears in a later record widens metrics.csv (earlier rows empty
+    there) instead of being dropped; a resumed log keeps the wider header."""
+    log = RunLog(tmp_path, use_tensorboard=False)
+    log.write({"step": 1, "loss": 0.5})
+    log.write({"step": 2, "loss": 0.25, "jscc_mse": 0.125})
+    log.write({"step": 3, "loss": 0.125})
+    log.close()
+    written = [["step", "loss", "jscc_mse"], ["1", "0.5", ""], ["2", "0.25", "0.125"], ["3", "0.125", ""]]
+    assert _csv_rows(tmp_path / "metrics.csv") == written
+    resumed = RunLog(tmp_path, start_step=3, use_tensorboard=False)
+    resumed.write({"step": 4, "loss": 0.0625, "jscc_mse": 0.03125})
+    resumed.close()
+    assert _csv_rows(tmp_path / "metrics.csv") == [*written, ["4", "0.0625", "0.03125"]]
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "lo')
+    RunLog(tmp_path, start_step=2, use_tensorboard=False).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n'
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,loss", "1,0.5", "2,0.25"]
+
+
 def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     with RunLock(tmp_path / "run") as lock:
         lock.mark_holder()
         with pytest.raises(UserError, match=f"in use by another run \\(PID {os.getpid()}\\)"):
             RunLock(tmp_path / "run").acquire()
     RunLock(tmp_path / "run").acquire().release()  # free again once released
+
+
+def _flock_failing_with(monkeypatch, code: int) -> None:
+    """The run lock's flock fails with ``code`` (other users of fcntl, which retry on errors, keep theirs)."""
+    def flock(_fd, _operation):
+        raise OSError(code, os.strerror(code))
+
+    fake = types.SimpleNamespace(flock=flock, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB)
+    monkeypatch.setattr(rundir, "fcntl", fake)
+
+
+def test_a_held_flock_is_in_use_and_leaves_no_lock_file(tmp_path: Path, monkeypatch) -> None:
+    _flock_failing_with(monkeypatch, errno.EWOULDBLOCK)
+    with pytest.raises(UserError, match="in use by another run"):
+        RunLock(tmp_path / "run").acquire()
+    assert not (tmp_path / "run" / FALLBACK_LOCK_NAME).exists()
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_without_flock_gets_a_lock_file(code: int, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Lustre or NFS without flock: not "in use", but an exclusive-create lock file naming the
+    host, PID and start time, a one-line notice, the same refusal of a second run, and the file
+    removed on release."""
+    _flock_failing_with(monkeypatch, code)
+    lock = RunLock(tmp_path / "run").acquire()
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and "flock" in notice[0] and errno.errorcode[code] in notice[0], notice
+    lock_file = tmp_path / "run" / FALLBACK_LOCK_NAME
+    fields = dict(item.split("=", 1) for item in lock_file.read_text().split())
+    assert fields["host"] == socket.gethostname() and fields["pid"] == str(os.getpid()) and fields["started"]
+    with pytest.raises(UserError, match="in use by another run") as refused:
+        RunLock(tmp_path / "run").acquire()
+    assert f"PID {os.getpid()}" in str(refused.value) and socket.gethostname() in str(refused.value)
+    lock.release()
+    assert not lock_file.exists()
+    RunLock(tmp_path / "run").acquire().release()  # free again once released
+
+
+def test_a_lock_file_whose_process_is_gone_is_taken_over(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Stale on this host when its PID is gone (a SIGKILLed run); another host's PID cannot be
+    checked from here, so its lock file is refused with a line naming the file to delete."""
+    _flock_failing_with(monkeypatch, errno.ENOLCK)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    lock_file = tmp_path / FALLBACK_LOCK_NAME
+    lock_file.write_text(f"host={socket.gethostname()} pid={ended.pid} started=2026-01-01T00:00:00Z\n")
+    lock = RunLock(tmp_path).acquire()
+    assert f"pid={os.getpid()} " in lock_file.read_text() and "stale" in capsys.readouterr().err
+    lock.release()
+    lock_file.write_text(f"host=another-node pid={ended.pid} started=2026-01-01T00:00:00Z\n")
+    with pytest.raises(UserError, match="another-node") as refused:
+        RunLock(tmp_path).acquire()
+    assert str(lock_file) in str(refused.value) and "\n" not in str(refused.value)
+    assert lock_file.read_text().startswith("host=another-node")
+
+
+def test_training_on_a_file_system_without_flock(train_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    _flock_failing_with(monkeypatch, errno.ENOLCK)
+    assert main(train_argv(train_data, tmp_path / "run", 10, 10, MICRO)) == 0
+    assert "does not support flock" in capsys.readouterr().err
+    assert list_checkpoints(tmp_path / "run") and not (tmp_path / "run" / FALLBACK_LOCK_NAME).exists()
 
 
 def test_prepare_fresh_run(tmp_path: Path) -> None:

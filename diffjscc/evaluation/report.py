@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from tqdm.auto import tqdm
 
 from diffjscc.runtime.distributed import is_main_process
+from diffjscc.runtime.progress import ProgressLines, progress_bar
 
 __all__ = ["SweepConsole", "realism_verdicts", "row_line"]
 
@@ -72,7 +73,7 @@ class SweepConsole:
         main = is_main_process()
         self.progress = progress and main
         self.echo = echo if main else _silent
-        self._bar: tqdm | None = None
+        self._bar: tqdm | ProgressLines | None = None
 
     def say(self, text: str) -> None:
         if self._bar is not None and self.progress:
@@ -86,7 +87,7 @@ class SweepConsole:
     @contextmanager
     def bar(self, total: int) -> Iterator[None]:
         """Show a progress bar over ``total`` images (this rank's share) while the block runs."""
-        with tqdm(total=total, desc="evaluate", unit="img", disable=not self.progress, leave=False) as bar:
+        with progress_bar(total, "evaluate", enabled=self.progress, unit="img", leave=False) as bar:
             self._bar = bar
             try:
                 yield

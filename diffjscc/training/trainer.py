@@ -27,6 +27,7 @@ Dropout masks come from each process's global RNG and are not part of that equiv
 
 from __future__ import annotations
 
+import datetime
 import signal
 import time
 from dataclasses import dataclass
@@ -53,12 +54,17 @@ from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoin
 from diffjscc.runtime.device import bf16_enabled, resolve_device
 from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gather_tensors, all_reduce_sum,
                                           barrier, broadcast_buffers)
-from diffjscc.runtime.rundir import RunLock, new_run_id, prepare_fresh_run
+from diffjscc.runtime.progress import progress_bar
+from diffjscc.runtime.rundir import RESUMES_NAME, RunLock, new_run_id, prepare_fresh_run, write_text_atomic
 from diffjscc.runtime.seeding import (BatchGenerator, global_rng_states, mixed_seed, restore_global_rng_states,
                                       step_generator)
 from diffjscc.training.run_log import RunLog
 
 MAX_NONFINITE_IN_A_ROW = 10
+MAX_NONFINITE_FRACTION = 0.01
+NONFINITE_FRACTION_MIN_STEPS = 1000
+"""A run stops when more than 1 % of its steps so far were skipped, the fraction counted over at
+least the first 1000 steps (so 11 skips stop a run before step 1000, and a rare skip does not)."""
 GRID_IMAGES = 8
 
 
@@ -328,7 +334,10 @@ class Trainer:
             self.dataset = training_images(cfg, cfg.data_dir)
             self.train_step = TrainStep(cfg, self.device, self.dist)
             self.step = 0
+            self.skipped_steps = 0  # steps whose loss or gradient was not finite, resumed runs included
+            self.skipped_in_a_row = 0
             self._stop_signal: int | None = None
+            self._resumed: tuple[Path, dict] | None = None  # (checkpoint, its config) when resuming
             if resume:
                 self._resume(resume)
             if self.run_lock is not None:
@@ -384,7 +393,10 @@ class Trainer:
             raise UserError(f"checkpoint {path} does not fit this config: {str(err).splitlines()[0]}") from None
         self.ema.n_averaged.fill_(int(payload.get("ema_updates", payload["step"])))
         self.step = int(payload["step"])
+        self.skipped_steps = int(payload.get("skipped_nonfinite", 0))
+        self.skipped_in_a_row = int(payload.get("skipped_in_a_row", 0))
         restore_global_rng_states(payload, self.device)
+        self._resumed = (path, payload["config"])
         if self.dist.is_main:
             tqdm.write(f"resumed from {path} at step {self.step}")
 
@@ -403,6 +415,32 @@ class Trainer:
             key, value = mismatch
             raise UserError(f"{folder_config} says {key}={value!r} but checkpoint {path} was trained with "
                             f"{key}={trained.get(key)!r}: the folder holds another run's config")
+
+    def _record_config(self) -> None:
+        """``config.yaml`` is the config the run started with, written once (atomically) by a
+        start from step 0; each resume appends to ``resumes.yaml`` its step, checkpoint, time
+        and the keys whose values differ from ``config.yaml`` (with the values it runs with), so
+        the config of any part of the run is ``config.yaml`` updated by that entry's ``changed``.
+        A resume into a folder without ``config.yaml`` writes the checkpoint's config there."""
+        path = self.log_dir / "config.yaml"
+        current = yaml.safe_load(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        if self._resumed is None or not path.is_file():
+            original = current if self._resumed is None else self._resumed[1]
+            write_text_atomic(path, yaml.safe_dump(original, sort_keys=False))
+        if self._resumed is None:
+            return
+        saved = yaml.safe_load(path.read_text())  # a mapping: checked by _check_folder_config
+        changed = {key: value for key, value in current.items() if key not in saved or saved[key] != value}
+        resumes_path = self.log_dir / RESUMES_NAME
+        try:
+            resumes = yaml.safe_load(resumes_path.read_text()) if resumes_path.is_file() else []
+        except yaml.YAMLError:
+            raise UserError(f"{resumes_path} is not readable YAML: move it away to resume") from None
+        if not isinstance(resumes, list):
+            raise UserError(f"{resumes_path} is not a list of resumes: move it away to resume")
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        resumes.append({"step": self.step, "checkpoint": self._resumed[0].name, "time": stamp, "changed": changed})
+        write_text_atomic(resumes_path, yaml.safe_dump(resumes, sort_keys=False))
 
     def _check_ranks_start_together(self) -> None:
         """Every rank must resume from the same step (``--resume auto`` reads log_dir on each)."""
@@ -441,6 +479,8 @@ class Trainer:
             "ema_updates": int(self.ema.n_averaged.item()),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "skipped_nonfinite": self.skipped_steps,
+            "skipped_in_a_row": self.skipped_in_a_row,
             "config": self.cfg.to_dict(),
             "run_id": self.run_id,
             **global_rng_states(self.device),
@@ -485,7 +525,7 @@ class Trainer:
         main = self.dist.is_main  # only rank 0 writes logs, grids and checkpoints
         if main:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            (self.log_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            self._record_config()
         sampler = EpochBatchSampler(len(self.dataset), cfg.batch_size, cfg.seed, start_step=self.step,
                                     rows=self.train_step.rows)
         # Its own generator: creating the iterator must not draw from the global RNG, whose
@@ -493,7 +533,7 @@ class Trainer:
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(cfg.seed))
-        run_log = RunLog(self.log_dir) if main else None
+        run_log = RunLog(self.log_dir, start_step=self.step) if main else None
         if main:
             tqdm.write(self.describe())
             if cfg.compile and self.dist.enabled and self.system.unet is not None:
@@ -502,10 +542,10 @@ class Trainer:
                            f"that waits more than --dist-timeout={self.dist.timeout_s:g} s for the others "
                            f"ends the run, so raise --dist-timeout if compile times differ that much")
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not self.progress,
-                   desc=f"train[{cfg.mode}]", dynamic_ncols=True)
+        # A tqdm bar on a terminal; plain lines (step, loss, img/s, ETA) in a log file.
+        bar = progress_bar(cfg.total_steps, f"train[{cfg.mode}]", enabled=self.progress, initial=self.step,
+                           unit="step", dynamic_ncols=True)
         last_path: Path | None = None
-        nonfinite_in_a_row, nonfinite_total = 0, 0
         window_images, window_start = 0, time.perf_counter()
         images_per_second, loss_value = 0.0, float("nan")
         self.system.train()
@@ -515,18 +555,15 @@ class Trainer:
                 images, labels = self._to_device(next(batches))
                 done = self.train_step(images, labels, self.step, stop_requested=self._stop_signal is not None)
                 terms, grad_norm, stopping = done.terms, done.grad_norm, done.stop
-                if done.skipped:
-                    nonfinite_in_a_row += 1
-                    nonfinite_total += 1
-                    if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                        raise UserError(f"training loss or gradient was not finite for {nonfinite_in_a_row} steps "
-                                        f"in a row at step {self.step}; lower lr or disable bf16")
-                    if main:
-                        tqdm.write(f"step {self.step}: non-finite loss or gradient, step skipped "
-                                   f"({nonfinite_total} so far)")
-                    continue
-                nonfinite_in_a_row = 0
+                # A skipped step is still a step: it has used up its batch and its (seed, step)
+                # draws, so later steps, and a run resumed after it, draw what one without it would.
+                self.skipped_in_a_row = self.skipped_in_a_row + 1 if done.skipped else 0
+                self.skipped_steps += done.skipped
+                if done.skipped and main:
+                    tqdm.write(f"step {self.step}: non-finite loss or gradient, step skipped "
+                               f"({self.skipped_steps} so far)")
                 self.step += 1
+                self._check_skips()
                 window_images += images.shape[0] * self.dist.world_size
                 bar.update(1)
                 if self.step % cfg.log_interval == 0 or self.step == cfg.total_steps:
@@ -538,7 +575,7 @@ class Trainer:
                     loss_value = means[list(terms).index("loss")]
                     record = {"step": self.step, "lr": self.train_step.lr_at(self.step - 1),
                               "grad_norm": float(grad_norm), "img_per_s": images_per_second,
-                              "skipped_nonfinite": nonfinite_total, **dict(zip(terms, means))}
+                              "skipped_nonfinite": self.skipped_steps, **dict(zip(terms, means))}
                     if run_log is not None:
                         run_log.write(record)
                     bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{images_per_second:.1f}")
@@ -568,6 +605,19 @@ class Trainer:
                 signal.signal(s, handler)
             self.release()
         return TrainResult(self.step, last_path, images_per_second, loss_value)
+
+    def _check_skips(self) -> None:
+        """Stop with one line when the skips say the run is broken: 10 in a row, or more than
+        1 % of the steps so far (:data:`MAX_NONFINITE_FRACTION`)."""
+        advice = "lower lr or disable bf16"
+        if self.skipped_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+            raise UserError(f"training loss or gradient was not finite for {self.skipped_in_a_row} steps in a row "
+                            f"at step {self.step}; {advice}")
+        if self.skipped_steps > MAX_NONFINITE_FRACTION * max(self.step, NONFINITE_FRACTION_MIN_STEPS):
+            raise UserError(f"training loss or gradient was not finite in {self.skipped_steps} of the {self.step} "
+                            f"steps so far (more than {MAX_NONFINITE_FRACTION * 100:g} % of them, or over "
+                            f"{MAX_NONFINITE_FRACTION * NONFINITE_FRACTION_MIN_STEPS:g} in the first "
+                            f"{NONFINITE_FRACTION_MIN_STEPS}); {advice}")
 
     def _to_device(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, labels = batch
