@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.atomic import temp_file_beside
 from diffjscc.runtime.device import numerics_id
 from diffjscc.runtime.distributed import all_reduce_sum, is_main_process, shard_range
 
@@ -56,7 +56,7 @@ class ReferenceStats:
     def save(self, path: Path, key: str) -> None:
         """Write atomically (temp file + rename), so a crash never leaves half a cache."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fid_stats_tmp_", suffix=".npz")
+        fd, tmp = temp_file_beside(path, prefix=".fid_stats_tmp_", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.savez(handle, features_sum=self.features_sum.numpy(), cov_sum=self.cov_sum.numpy(),
