@@ -349,7 +349,7 @@ SAMPLE_OUTPUTS = ("grid.png", "received_*.png", "sources.txt")
 def _load_for_receiving(args):
     from diffjscc.evaluation.sweep import select_images
     from diffjscc.system import load_system
-    from diffjscc.runtime.device import resolve_device
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
     for name in ("batch_size",) + tuple(name for name in ("steps", "limit") if getattr(args, name) is not None):
         if getattr(args, name) <= 0:
@@ -358,7 +358,9 @@ def _load_for_receiving(args):
     if earlier and not args.overwrite:
         raise UserError(f"{earlier[0]} holds the outputs of another sample run; choose another --out or pass "
                         f"--overwrite to replace them")
-    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    configure_job_numerics(device)
+    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=device)
     selection = select_images(args.data, system.cfg.image_size, system.cfg.class_cond, args.limit, args.subset,
                               args.skip_bad, device=next(system.parameters()).device)
     for path, reason in selection.skipped:
@@ -443,7 +445,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.results import check_results_targets, results_table, write_results
     from diffjscc.evaluation.sweep import Protocol, check_receivers, load_models, protocol_images, run_protocol
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
-    from diffjscc.runtime.device import resolve_device
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
     try:
         snrs = parse_snr_list(args.snr)
@@ -471,6 +473,7 @@ def _cmd_evaluate(args) -> int:
 
         fid_reference = ImageFolderDataset(args.fid_ref).files
     device = resolve_device(args.device)
+    configure_job_numerics(device)  # the receivers' speed settings; the metrics run in full fp32
     try:  # one process, or one of the N that torchrun / mpiexec / srun started: sharded, rank 0 writes
         with process_group(args.dist_timeout, args.device) as context:
             device = context.place(device)
@@ -581,7 +584,7 @@ def _cmd_transmit(args) -> int:
     from diffjscc.diffusion.samplers import resolve_sampler
     from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
     from diffjscc.system import load_system
-    from diffjscc.runtime.device import resolve_device
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
     for name in ("steps", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
@@ -589,7 +592,9 @@ def _cmd_transmit(args) -> int:
     if not args.input.is_file():
         raise UserError(f"image file not found: {args.input}")
     _check_transmit_output(args.input, args.output, args.overwrite)
-    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    configure_job_numerics(device)
+    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=device)
     steps = system.cfg.sample_steps if args.steps is None else args.steps
     channel = {"rayleigh": "rayleigh_block"}.get(args.channel, args.channel) or system.cfg.channel
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,

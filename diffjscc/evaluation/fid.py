@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from diffjscc.errors import UserError
 from diffjscc.runtime.atomic import temp_file_beside
-from diffjscc.runtime.device import numerics_id
+from diffjscc.runtime.device import full_fp32, numerics_id
 from diffjscc.runtime.distributed import all_reduce_sum, is_main_process, shard_range
 
 __all__ = ["FIDScorer", "ReferenceStats", "reference_cache_path", "reference_key"]
@@ -117,11 +117,14 @@ class FIDScorer:
                                                sync_on_compute=False)
         self.metric.to(device)
         # the cache key names the numerics too: the same weights give slightly other features on a GPU
-        self.network_id = None if network_id is None else f"{network_id}|{numerics_id(device)}"
+        # (the features are always computed in full fp32, see _feed)
+        with full_fp32():
+            self.network_id = None if network_id is None else f"{network_id}|{numerics_id(device)}"
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.has_reference = False
 
+    @full_fp32()
     def _feed(self, images: Tensor, real: bool) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"FID takes uint8 (N, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")

@@ -3,7 +3,7 @@ them with what produced them, and its files — results.json (everything), resul
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
 The document's format is ``diffjscc-evaluation/6``: keys ``format, versions, seed, data,
-n_images, images, checkpoints, settings, metrics, notes, results``; every row has exactly the keys of
+n_images, images, checkpoints, settings, numerics, metrics, notes, results``; every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
 """
 
@@ -35,7 +35,7 @@ __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "
            "results_table", "write_results"]
 
 FORMAT = "diffjscc-evaluation/6"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
-# 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped)
+# 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped), numerics
 
 
 class ResultRow(TypedDict):
@@ -126,7 +126,8 @@ def _versions() -> dict:
 
 def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
                      fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow],
-                     realism_info: dict | None = None, images: dict | None = None) -> dict:
+                     realism_info: dict | None = None, images: dict | None = None,
+                     numerics: dict | None = None) -> dict:
     """The results document: the rows and everything needed to reproduce and read them."""
     return {
         "format": FORMAT,
@@ -137,6 +138,7 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
         "images": images,  # which files were scored, how they were chosen, which were skipped
         "checkpoints": checkpoints,
         "settings": settings,
+        "numerics": numerics,  # what the receivers ran under (TF32, bf16 autocast); the metrics: full fp32
         "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": lpips_note,
                     "realism": realism_info or {"note": "fd_cls/kid_cls/acc_cls not computed"}},
         "notes": notes,

@@ -48,6 +48,7 @@ from diffjscc.evaluation.report import SweepConsole, realism_verdicts
 from diffjscc.evaluation.results import finish_rows, results_document
 from diffjscc.evaluation.scoring import prepare_fid_reference, score_outputs
 from diffjscc.receivers import Receiver, ReceiveContext, available, receive
+from diffjscc.runtime.device import bf16_enabled, numerics
 from diffjscc.runtime.distributed import all_reduce_sum, get_world_size, shard_range
 from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import TransmissionSystem, build_channel, load_system
@@ -352,6 +353,15 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
     return rows
 
 
+def _numerics(models: Sequence[EvalModel]) -> dict:
+    """What the receivers ran under (the process's float32 settings on their device, each model's
+    bf16 autocast), and what the metrics ran under."""
+    device = next(models[0].system.parameters()).device
+    return {"receivers": {**numerics(device),
+                          "bf16_autocast": {m.label: bf16_enabled(m.system.cfg.bf16, device) for m in models}},
+            "metrics": "full fp32 (TF32 off, no autocast) on 8-bit outputs"}
+
+
 def protocol_images(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol) -> ImageSelection:
     """The images ``protocol`` scores ``models`` on (checked, chosen): callers may take them before
     loading anything else, so that a bad folder is refused first."""
@@ -472,5 +482,6 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                   "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
                   "subset": protocol.subset, "skip_bad": protocol.skip_bad, "controls": protocol.controls},
         images=selection.describe(protocol.subset, protocol.limit),
+        numerics=_numerics(models),
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
         realism_info=realism_info)
