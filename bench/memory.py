@@ -83,13 +83,14 @@ def measure_in_this_process(config: str, batch_size: int, path: str, device_name
 
     from bench.train_step import Variant, build_setup, run_step
     from diffjscc.config import load_config
-    from diffjscc.runtime.device import resolve_device
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
     reset = _reset_peak()
     baseline = _rss_bytes()
     cfg = load_config(config, [f"batch_size={batch_size}", *(["device=cpu"] if device_name == "cpu" else []),
                                *overrides])
     device = resolve_device(device_name if device_name != "auto" else cfg.device)
+    configure_job_numerics(device)  # what a training job runs under
     variant = Variant.trainer_default(cfg, device) if path == "fast" else Variant()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -36,7 +36,7 @@ from bench.common import config_stem, load_warning, machine_info, write_json
 from diffjscc.config import Config, config_from_dict, load_config
 from diffjscc.data import ImageFolderDataset
 from diffjscc.errors import UserError
-from diffjscc.runtime.device import bf16_enabled, native_bf16, resolve_device
+from diffjscc.runtime.device import bf16_enabled, configure_job_numerics, native_bf16, resolve_device
 from diffjscc.training.trainer import StepResult, TrainStep
 
 ADAMW = ("default", "foreach", "fused")
@@ -254,6 +254,7 @@ def measure_config(config: str, args) -> dict:
     overrides += [f"batch_size={size['batch_size']}"] if size["batch_size"] else []
     cfg = load_config(config, overrides + list(args.overrides))
     device = resolve_device(args.device if args.device != "auto" else cfg.device)
+    configure_job_numerics(device)  # what a training job runs under
     bf16_ok, bf16_how = native_bf16(device)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]

@@ -6,11 +6,13 @@ Every user mistake ends as one line ``diffjscc: error: …`` on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from diffjscc import __version__
 from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS
+from diffjscc.data.folder import SUBSETS
 from diffjscc.errors import EXIT_USAGE, UserError
 from diffjscc.runtime.pretrained import checkpoint_for, verified_path
 
@@ -62,9 +64,10 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _add_sampling_args(p: argparse.ArgumentParser, steps: int = 20) -> None:
-    p.add_argument("--steps", type=int, default=steps,
-                   help=f"sampling steps = network evaluations per image of the diffusion receiver (default {steps})")
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps = network evaluations per image of the diffusion receiver (default: the "
+                        "model's own sample_steps, what it was trained and scored at: 8 for the shipped receivers)")
     p.add_argument("--sampler", default="auto", choices=list(SAMPLERS),
                    help=f"auto (default): DPM-Solver++(2M) at <= {FEW_STEPS} steps, DDIM above (and whenever "
                         f"--eta > 0); or either one")
@@ -94,16 +97,31 @@ def _add_receiver_args(p: argparse.ArgumentParser, default_limit: int | None) ->
     p.add_argument("--start", choices=["gaussian", "inversion"], default="gaussian",
                    help="x_T from N(0, I) (a real receiver) or from DDIM inversion of the source "
                         "(oracle: needs the source at the receiver)")
-    p.add_argument("--limit", type=int, default=default_limit, help="at most N images")
+    _add_subset_args(p, default_limit)
     p.add_argument("--seed", type=int, default=0, help="seed of channel noise and sampling")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=64, help="images in the model at once (default 64)")
 
 
+def _add_subset_args(p: argparse.ArgumentParser, default_limit: int | None) -> None:
+    default = f"default {default_limit}" if default_limit is not None else "default: all"
+    p.add_argument("--limit", type=int, default=default_limit,
+                   help=f"at most N images ({default}), chosen by --subset; the files used are recorded")
+    p.add_argument("--subset", default="spread", choices=list(SUBSETS),
+                   help="which N files --limit takes: spread (default: evenly spaced over the sorted names, every "
+                        "k-th file, so a folder sorted by class is sampled across its classes) or first")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable or corrupt images out and go on, listing them (default: refuse, naming "
+                        "the file, so that N never changes silently)")
+
+
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="transmit images and save reconstructions and a comparison grid")
     _add_receiver_args(p, default_limit=8)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: grid.png, received_*.png and sources.txt (which file each one is)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier sample run in --out (default: refuse)")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -131,7 +149,7 @@ def _add_evaluate(sub) -> None:
     _add_sampling_args(p)
     p.add_argument("--samples-per-image", type=int, default=None, metavar="K",
                    help="posterior samples per image for gaussian/mean (default 1, or 4 with --start mean)")
-    p.add_argument("--limit", type=int, default=None, help="at most the first N images (sorted file names)")
+    _add_subset_args(p, None)
     p.add_argument("--seed", type=int, default=0, help="seed of channel noise and sampling (default 0)")
     p.add_argument("--channel", default=None, choices=list(CHANNELS),
                    help="channel for every model (default: each checkpoint's own)")
@@ -208,10 +226,12 @@ def _add_transmit(sub) -> None:
                    help="default: the checkpoint's; rayleigh = rayleigh_block (one fading gain per image)")
     p.add_argument("--receiver", default="auto", choices=["auto", "diffusion", "deep_jscc"],
                    help="auto: diffusion (Gaussian start) when the checkpoint has one, else Deep JSCC")
-    _add_sampling_args(p, steps=8)
+    _add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=64, help="windows of the diffusion receiver per network call")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (default: refuse; OUT may never be IN itself)")
     p.set_defaults(func=_cmd_transmit)
 
 
@@ -322,18 +342,31 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_for_receiving(args):
-    from diffjscc.data import ImageFolderDataset
-    from diffjscc.system import load_system
-    from diffjscc.runtime.device import resolve_device
+SAMPLE_OUTPUTS = ("grid.png", "received_*.png", "sources.txt")
+"""What ``sample`` writes into --out: a folder holding any of these holds an earlier run's outputs."""
 
-    for name in ("steps", "batch_size") + (("limit",) if args.limit is not None else ()):
+
+def _load_for_receiving(args):
+    from diffjscc.evaluation.sweep import select_images
+    from diffjscc.system import load_system
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
+
+    for name in ("batch_size",) + tuple(name for name in ("steps", "limit") if getattr(args, name) is not None):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
-    dataset = ImageFolderDataset(args.data, image_size=system.cfg.image_size, with_labels=system.cfg.class_cond)
+    earlier = sorted({p for pattern in SAMPLE_OUTPUTS for p in args.out.glob(pattern)}) if args.out.is_dir() else []
+    if earlier and not args.overwrite:
+        raise UserError(f"{earlier[0]} holds the outputs of another sample run; choose another --out or pass "
+                        f"--overwrite to replace them")
+    device = resolve_device(args.device)
+    configure_job_numerics(device)
+    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=device)
+    selection = select_images(args.data, system.cfg.image_size, system.cfg.class_cond, args.limit, args.subset,
+                              args.skip_bad, device=next(system.parameters()).device)
+    for path, reason in selection.skipped:
+        print(f"diffjscc: skipped unreadable image {path}: {reason}", file=sys.stderr)
     snr = system.cfg.snr_db if args.snr is None else args.snr
-    return system, dataset, snr
+    return system, selection, snr, earlier
 
 
 def _cmd_sample(args) -> int:
@@ -344,20 +377,21 @@ def _cmd_sample(args) -> int:
     from diffjscc.evaluation.grids import COMPARISON, reconstruct_rows
     from diffjscc.receivers import by_start, require
 
-    system, dataset, snr = _load_for_receiving(args)
+    system, selection, snr, earlier = _load_for_receiving(args)
+    steps = system.cfg.sample_steps if args.steps is None else args.steps
     receivers = COMPARISON
     if args.start != "gaussian":  # that receiver alone (inversion: its grid row says ORACLE)
         hint = f"--start {args.start} needs a diffusion checkpoint"
         receivers = (require(system, by_start(args.start).name, hint=hint).name,)
     device = next(system.parameters()).device
-    images, labels = dataset.first(args.limit, device)
+    images, labels = selection.images, selection.labels
     count = images.shape[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, batch after batch
     chunks = []
     for start in range(0, count, args.batch_size):  # at most --batch-size images in the model at once
         part = slice(start, start + args.batch_size)
         chunks.append(reconstruct_rows(system, images[part], None if labels is None else labels[part],
-                                       steps=args.steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
+                                       steps=steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
                                        spacing=args.spacing, generator=generator, snr_db=snr,
                                        receivers=receivers))
     names = chunks[0][1]
@@ -365,9 +399,16 @@ def _cmd_sample(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     grid = args.out / "grid.png"
     save_image_grid(rows, grid, row_labels=names)
-    for i in range(count):
-        save_image_tensor(rows[-1][i].cpu(), args.out / f"received_{i:04d}.png")
-    print(f"{count} images at {snr:g} dB: grid {grid}, reconstructions received_*.png in {args.out}")
+    written = [args.out / f"received_{i:04d}.png" for i in range(count)]
+    for i, path in enumerate(written):
+        save_image_tensor(rows[-1][i].cpu(), path)
+    (args.out / "sources.txt").write_text("".join(f"{out.name}\t{source.name}\n"
+                                                  for out, source in zip(written, selection.files)))
+    for stale in set(earlier) - set(written):  # --overwrite: an earlier run's extra outputs, no mix of two runs
+        if re.fullmatch(r"received_\d{4,}\.png", stale.name):
+            stale.unlink(missing_ok=True)
+    print(f"{count} images at {snr:g} dB: grid {grid}, reconstructions received_*.png in {args.out} "
+          f"(their sources: sources.txt)")
     return 0
 
 
@@ -402,9 +443,9 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.results import check_results_targets, results_table, write_results
-    from diffjscc.evaluation.sweep import Protocol, check_receivers, load_models, run_protocol
+    from diffjscc.evaluation.sweep import Protocol, check_receivers, load_models, protocol_images, run_protocol
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
-    from diffjscc.runtime.device import resolve_device
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
     try:
         snrs = parse_snr_list(args.snr)
@@ -420,7 +461,8 @@ def _cmd_evaluate(args) -> int:
     names = [None] * len(args.checkpoint) + list(args.model)
     protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                         eta=args.eta, spacing=args.spacing, samples_per_image=args.samples_per_image,
-                        limit=args.limit, seed=args.seed, batch_size=args.batch_size, channel=args.channel,
+                        limit=args.limit, subset=args.subset, skip_bad=args.skip_bad, seed=args.seed,
+                        batch_size=args.batch_size, channel=args.channel,
                         digital=digital, controls=args.controls)
     if not args.data.is_dir():
         raise UserError(f"image folder not found: {args.data}")
@@ -431,6 +473,7 @@ def _cmd_evaluate(args) -> int:
 
         fid_reference = ImageFolderDataset(args.fid_ref).files
     device = resolve_device(args.device)
+    configure_job_numerics(device)  # the receivers' speed settings; the metrics run in full fp32
     try:  # one process, or one of the N that torchrun / mpiexec / srun started: sharded, rank 0 writes
         with process_group(args.dist_timeout, args.device) as context:
             device = context.place(device)
@@ -439,6 +482,7 @@ def _cmd_evaluate(args) -> int:
                 say(f"evaluate: {context.describe()}")
             models = load_models(checkpoints, device=device, names=names)
             check_receivers(models, protocol)  # before the FID and LPIPS notes
+            selection = protocol_images(models, args.data, protocol)  # a bad image too
             fid, fid_info = _fid_scorer(args, device)
             if fid is None:
                 say(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)
@@ -453,7 +497,7 @@ def _cmd_evaluate(args) -> int:
                 realism = RealismScorer(load_classifier(args.classifier, device=device), seed=args.seed)
             document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
                                     fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
-                                    realism=realism, progress=not args.no_progress)
+                                    realism=realism, progress=not args.no_progress, selection=selection)
             written = write_results(document, args.out, args.json, args.overwrite) if context.is_main else []
             barrier()  # the files exist when any rank returns
     except DistributedError as err:  # a peer died or hung: not a usage error
@@ -532,27 +576,44 @@ def _model_line(name: str, entry: dict) -> str:
     return line
 
 
+def _check_transmit_output(source: Path, target: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an OUT that is IN (by inode: a link or another spelling of the
+    same path too), and an OUT that exists unless ``overwrite``."""
+    import os
+
+    if target.exists():
+        if os.path.samefile(source, target):
+            raise UserError(f"the output {target} is the input image itself; choose another OUT (the input is "
+                            f"never overwritten)")
+        if not overwrite:
+            raise UserError(f"{target} exists; choose another OUT or pass --overwrite to replace it")
+
+
 def _cmd_transmit(args) -> int:
     from diffjscc.diffusion.samplers import resolve_sampler
     from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
     from diffjscc.system import load_system
-    from diffjscc.runtime.device import resolve_device
+    from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
     for name in ("steps", "batch_size"):
-        if getattr(args, name) <= 0:
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if not args.input.is_file():
         raise UserError(f"image file not found: {args.input}")
-    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
+    _check_transmit_output(args.input, args.output, args.overwrite)
+    device = resolve_device(args.device)
+    configure_job_numerics(device)
+    system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=device)
+    steps = system.cfg.sample_steps if args.steps is None else args.steps
     channel = {"rayleigh": "rayleigh_block"}.get(args.channel, args.channel) or system.cfg.channel
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
-                           receiver=args.receiver, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
+                           receiver=args.receiver, steps=steps, sampler=args.sampler, guidance=args.guidance,
                            eta=args.eta, spacing=args.spacing, seed=args.seed,
                            batch_size=args.batch_size)
     guided = f", guidance {args.guidance:g}" if args.guidance != 1 else ""
     stochastic = f", eta {args.eta:g}" if args.eta else ""
     spacing = f", {args.spacing} spacing" if args.spacing else ""
-    how = (f"diffusion receiver ({args.steps} steps of {resolve_sampler(args.sampler, args.steps, eta=args.eta)}"
+    how = (f"diffusion receiver ({steps} steps of {resolve_sampler(args.sampler, steps, eta=args.eta)}"
            f"{guided}{stochastic}{spacing}, Gaussian start)"
            if result.receiver == "diffusion" else "Deep JSCC decoder")
     height, width = result.output.shape[:2]

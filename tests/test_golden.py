@@ -40,7 +40,7 @@ RUNS = {  # name → overrides; trained in this order (frozen needs the jscc run
 }
 TRAIN_STEPS = 6
 EVAL_ARGS = ["--snr", "0,10", "--start", "gaussian,mean,inversion", "--samples-per-image", "2", "--steps", "4", "--sampler", "ddim",
-             "--limit", "16", "--batch-size", "8", "--seed", "3", "--no-fid", "--no-progress", "--digital", "jpeg",
+             "--limit", "16", "--subset", "first", "--batch-size", "8", "--seed", "3", "--no-fid", "--no-progress", "--digital", "jpeg",
              "--device", "cpu"]
 ROW_KEYS = ["system", "receiver", "model", "snr_db", "start", "oracle", "samples_per_image", "n", "psnr", "ssim",
             "ms_ssim", "budget_bytes", "lost_fraction"]

@@ -15,7 +15,6 @@ import pickle
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.atomic import temp_dir_beside, temp_file_beside
 
 CLASS_NAMES: list[str] = [
     "airplane",
@@ -349,7 +349,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 
 def _write_split(images: np.ndarray, labels: list[int], names: list[str], target: Path) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = temp_dir_beside(target)  # the umask's mode, not mkdtemp's 0700
     try:
         for index, (image, label) in enumerate(zip(images, labels)):
             Image.fromarray(image).save(tmp / f"{names[label]}_{index:05d}.png", compress_level=1)
@@ -413,7 +413,7 @@ def download_cifar10(dest_dir: Path) -> Path:
     dest = dest_dir / ARCHIVE_NAME
     if dest.is_file() and _md5(dest) == CIFAR10_MD5:
         return dest
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{ARCHIVE_NAME}.", suffix=".part", dir=dest_dir)
+    fd, tmp_name = temp_file_beside(dest_dir / ARCHIVE_NAME, suffix=".part")
     tmp = Path(tmp_name)
     digest = hashlib.md5()
     try:

@@ -18,6 +18,8 @@ from torch.utils.data import Dataset
 from diffjscc.errors import UserError
 
 NO_LABEL = -1  # the label of every item of a dataset that reads no labels
+SUBSETS = ("spread", "first")
+"""How ``--limit N`` picks N of a folder's files: evenly spaced over the sorted names, or the first N."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Images up to this many pixels are fully decoded at construction (cheap, catches truncation
 # that ``verify`` misses); larger ones only get the header/``verify`` check.
@@ -129,6 +131,18 @@ def _check_file(path: Path, image_size: int | None) -> None:
         raise _CorruptImage(f"corrupt or unreadable image file {path}: {exc}") from None
 
 
+def subset_indices(total: int, limit: int | None, how: str = "spread") -> list[int]:
+    """Which ``limit`` of ``total`` files (in sorted name order) to use: ``spread`` takes file
+    ``i * total // limit`` for i = 0 … limit−1 (every k-th file when limit divides total), so a
+    folder sorted by class (``cifar_test``: {class}_{index}.png) is sampled across its classes;
+    ``first`` takes files 0 … limit−1. All files when ``limit`` is None or not below ``total``."""
+    if how not in SUBSETS:
+        raise UserError(f"unknown subset {how!r}; expected {', '.join(SUBSETS)}")
+    if limit is None or limit >= total:
+        return list(range(total))
+    return [i * total // limit for i in range(limit)] if how == "spread" else list(range(limit))
+
+
 def label_prefix(path: Path) -> str | None:
     """The class prefix of ``{class}_{index}.png``: the file name before its first underscore."""
     stem = path.stem
@@ -218,8 +232,11 @@ class ImageFolderDataset(Dataset):
               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
         """The first ``count`` images (all when None) as one (N, 3, H, W) batch, and their labels
         as a tensor when the dataset reads labels (else None)."""
-        count = len(self) if count is None else min(count, len(self))
-        items = [self[i] for i in range(count)]
+        return self.take(range(len(self) if count is None else min(count, len(self))), device)
+
+    def take(self, indices, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images at ``indices`` (e.g. :func:`subset_indices`) as one batch, as :meth:`first`."""
+        items = [self[i] for i in indices]
         images = torch.stack([image for image, _ in items]).to(device)
         labels = torch.tensor([label for _, label in items], device=device) if self.with_labels else None
         return images, labels

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
-from diffjscc.runtime.device import numerics_id
+from diffjscc.runtime.atomic import temp_file_beside
+from diffjscc.runtime.device import full_fp32, numerics_id
 from diffjscc.runtime.distributed import all_reduce_sum, is_main_process, shard_range
 
 __all__ = ["FIDScorer", "ReferenceStats", "reference_cache_path", "reference_key"]
@@ -56,7 +56,7 @@ class ReferenceStats:
     def save(self, path: Path, key: str) -> None:
         """Write atomically (temp file + rename), so a crash never leaves half a cache."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fid_stats_tmp_", suffix=".npz")
+        fd, tmp = temp_file_beside(path, prefix=".fid_stats_tmp_", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as handle:
                 np.savez(handle, features_sum=self.features_sum.numpy(), cov_sum=self.cov_sum.numpy(),
@@ -117,11 +117,14 @@ class FIDScorer:
                                                sync_on_compute=False)
         self.metric.to(device)
         # the cache key names the numerics too: the same weights give slightly other features on a GPU
-        self.network_id = None if network_id is None else f"{network_id}|{numerics_id(device)}"
+        # (the features are always computed in full fp32, see _feed)
+        with full_fp32():
+            self.network_id = None if network_id is None else f"{network_id}|{numerics_id(device)}"
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.has_reference = False
 
+    @full_fp32()
     def _feed(self, images: Tensor, real: bool) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"FID takes uint8 (N, 3, H, W) images, got {images.dtype} {tuple(images.shape)}")

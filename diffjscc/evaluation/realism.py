@@ -27,6 +27,7 @@ from torch import Tensor
 
 from diffjscc.data.folder import label_prefix
 from diffjscc.evaluation.classifier import CLASSIFIER_NOTE, LoadedClassifier, classifier_features
+from diffjscc.runtime.device import full_fp32
 from diffjscc.runtime.distributed import all_gather_cat, all_reduce_sum
 
 __all__ = ["KID_SUBSETS", "KID_SUBSET_SIZE", "RealismScorer", "frechet_distance", "kernel_distance",
@@ -122,6 +123,7 @@ class RealismScorer:
             scores["acc_cls"] = self._accuracy(predicted, labels.cpu().repeat(repeats), sharded)
         return scores
 
+    @full_fp32()
     def accuracy(self, images: Tensor, labels: Tensor, sharded: bool = False) -> float:
         """``acc_cls`` alone, e.g. of the source images themselves (its ceiling)."""
         return self._accuracy(classifier_features(self.classifier.network, images)[1], labels.cpu(), sharded)

@@ -2,8 +2,8 @@
 them with what produced them, and its files — results.json (everything), results.csv (the rows)
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
-The document's format is ``diffjscc-evaluation/5``: keys ``format, versions, seed, data,
-n_images, checkpoints, settings, metrics, notes, results``; every row has exactly the keys of
+The document's format is ``diffjscc-evaluation/6``: keys ``format, versions, seed, data,
+n_images, images, checkpoints, settings, numerics, metrics, notes, results``; every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
 """
 
@@ -34,8 +34,8 @@ from diffjscc.evaluation.metrics import (
 __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "results_document",
            "results_table", "write_results"]
 
-FORMAT = "diffjscc-evaluation/5"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
-# 4: guidance, eta; 5: spacing
+FORMAT = "diffjscc-evaluation/6"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
+# 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped), numerics
 
 
 class ResultRow(TypedDict):
@@ -126,7 +126,8 @@ def _versions() -> dict:
 
 def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
                      fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow],
-                     realism_info: dict | None = None) -> dict:
+                     realism_info: dict | None = None, images: dict | None = None,
+                     numerics: dict | None = None) -> dict:
     """The results document: the rows and everything needed to reproduce and read them."""
     return {
         "format": FORMAT,
@@ -134,8 +135,10 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
         "seed": seed,
         "data": str(data),
         "n_images": n_images,
+        "images": images,  # which files were scored, how they were chosen, which were skipped
         "checkpoints": checkpoints,
         "settings": settings,
+        "numerics": numerics,  # what the receivers ran under (TF32, bf16 autocast); the metrics: full fp32
         "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": lpips_note,
                     "realism": realism_info or {"note": "fd_cls/kid_cls/acc_cls not computed"}},
         "notes": notes,

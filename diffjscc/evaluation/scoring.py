@@ -10,6 +10,9 @@ on float values a file could not keep. Sharded (``sharded=True``), each rank pas
 the images and gets the scores of the union: sums of per-image PSNR/SSIM/MS-SSIM and the pair
 count are summed over ranks, FID's feature statistics likewise
 (:class:`~diffjscc.evaluation.fid.FIDScorer`), LPIPS (a mean per rank) is weighted by count.
+
+Every score is computed in full fp32 (TF32 off, :func:`~diffjscc.runtime.device.full_fp32`),
+even where the receivers ran with TF32 on a GPU.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
 from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.evaluation.realism import RealismScorer
+from diffjscc.runtime.device import full_fp32
 from diffjscc.runtime.distributed import all_reduce_sum
 
 __all__ = ["prepare_fid_reference", "score_outputs"]
@@ -33,6 +37,7 @@ def _images_float(u8: torch.Tensor) -> torch.Tensor:
     return u8.float() / 255.0
 
 
+@full_fp32()  # every score in full fp32, whatever the receiver ran under
 def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | None = None,
                   lpips: LPIPSScorer | None = None, batch: int = 256, sharded: bool = False,
                   realism: RealismScorer | None = None, labels: torch.Tensor | None = None,
@@ -82,6 +87,7 @@ def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | 
     return scores
 
 
+@full_fp32()
 def prepare_fid_reference(fid: FIDScorer, files: Sequence[Path], source_u8: torch.Tensor, data_dir: Path,
                   reference: Sequence[Path] | None = None, sharded: bool = False) -> dict:
     """Give ``fid`` its reference statistics; returns what the results document records about them.

@@ -27,6 +27,7 @@ every rank returns the same document, and callers write it on rank 0 only.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ import torch
 
 from diffjscc.channel import bandwidth_ratio
 from diffjscc.config import CHANNELS, START_MODES
+from diffjscc.data.folder import subset_indices
 from diffjscc.diffusion.samplers import check_guidance_scale, check_spacing, resolve_sampler, sampling_eta
 from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
@@ -46,11 +48,12 @@ from diffjscc.evaluation.report import SweepConsole, realism_verdicts
 from diffjscc.evaluation.results import finish_rows, results_document
 from diffjscc.evaluation.scoring import prepare_fid_reference, score_outputs
 from diffjscc.receivers import Receiver, ReceiveContext, available, receive
+from diffjscc.runtime.device import bf16_enabled, numerics
 from diffjscc.runtime.distributed import all_reduce_sum, get_world_size, shard_range
 from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import TransmissionSystem, build_channel, load_system
 
-__all__ = ["EvalModel", "Protocol", "load_models", "run_protocol"]
+__all__ = ["EvalModel", "ImageSelection", "Protocol", "load_models", "run_protocol", "select_images"]
 
 DEFAULT_MEAN_SAMPLES = 4
 
@@ -89,11 +92,11 @@ def load_models(paths: Sequence[Path], device: torch.device | str = "cpu",
     return models
 
 
-def _sampler_column(receiver: Receiver, protocol: "Protocol") -> str:
+def _sampler_column(receiver: Receiver, protocol: "Protocol", steps: int) -> str:
     """The sampler a row's outputs came from; "-" without diffusion."""
     if not receiver.uses_unet:
         return "-"
-    return resolve_sampler(protocol.sampler, protocol.steps, receiver.start, protocol.eta)
+    return resolve_sampler(protocol.sampler, steps, receiver.start, protocol.eta)
 
 
 @dataclass
@@ -102,7 +105,7 @@ class Protocol:
 
     snrs: list[float]
     starts: tuple[str, ...] = ("gaussian",)
-    steps: int = 20
+    steps: int | None = None  # sampling steps; None: each model's own sample_steps
     sampler: str = "auto"
     guidance: float = 1.0
     eta: float = 0.0
@@ -114,6 +117,8 @@ class Protocol:
     channel: str | None = None
     digital: tuple[str, ...] = ()
     controls: bool = False
+    subset: str = "spread"  # which ``limit`` files: evenly spaced over the folder, or the first (SUBSETS)
+    skip_bad: bool = False  # leave unreadable images out (recorded) instead of refusing
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,14 +129,15 @@ class Protocol:
                 raise UserError(f"unknown start mode {start!r}; expected {', '.join(START_MODES)}")
         if not self.starts:
             raise UserError("give at least one start mode")
-        for name, value in (("steps", self.steps), ("batch-size", self.batch_size),
+        for name, value in (("steps", self.steps if self.steps is not None else 1), ("batch-size", self.batch_size),
                             ("limit", self.limit if self.limit is not None else 1),
                             ("samples-per-image", self.samples_per_image if self.samples_per_image is not None else 1)):
             if value <= 0:
                 raise UserError(f"--{name} must be positive")
         if "mean" in self.starts and self.samples_per_image == 1:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
-        resolve_sampler(self.sampler, self.steps, eta=self.eta)  # a one-line error for a bad sampler or eta
+        resolve_sampler(self.sampler, self.steps or 1, eta=self.eta)  # a one-line error for a bad sampler or eta
+        subset_indices(1, None, self.subset)  # and for an unknown subset
         check_guidance_scale(self.guidance)
         if self.spacing is not None:
             check_spacing(self.spacing)
@@ -140,6 +146,11 @@ class Protocol:
         for codec in self.digital:
             if codec not in CODECS:
                 raise UserError(f"unknown codec {codec!r}; expected {', '.join(CODECS)}")
+
+    def steps_for(self, model: "EvalModel") -> int:
+        """The sampling steps of ``model``'s diffusion rows: ``steps``, else its own ``sample_steps``
+        (what a shipped receiver was trained and scored at)."""
+        return self.steps if self.steps is not None else model.system.cfg.sample_steps
 
     @property
     def samples(self) -> int:
@@ -167,12 +178,52 @@ def _my_batches(n: int, size: int) -> tuple[list[tuple[int, slice]], slice]:
     return mine, covered
 
 
-def _load_images(data_dir: Path, image_size: int, with_labels: bool, limit: int | None):
-    from diffjscc.data import ImageFolderDataset
+@dataclass
+class ImageSelection:
+    """The images scored, which files they are, and the unreadable files left out (with why)."""
 
-    dataset = ImageFolderDataset(data_dir, image_size=image_size, with_labels=with_labels)
-    images, labels = dataset.first(limit)
-    return images, labels, dataset.files[:images.shape[0]]
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    files: list[Path]
+    total: int  # readable images in the folder
+    skipped: list[tuple[Path, str]]
+
+    def describe(self, subset: str, limit: int | None) -> dict:
+        """The results' record of the images: how they were chosen, their names, what was skipped."""
+        how = ("all" if len(self.files) == self.total else
+               f"{len(self.files)} of {self.total}: " + ("evenly spaced, file i*N//n in name order" if subset == "spread"
+                                                         else "the first in name order"))
+        return {"chosen": how, "subset": subset, "limit": limit, "readable": self.total,
+                "files": [p.name for p in self.files],
+                "skipped": [{"file": p.name, "reason": reason} for p, reason in self.skipped]}
+
+
+def select_images(data_dir: Path, image_size: int | None, with_labels: bool, limit: int | None,
+                  subset: str = "spread", skip_bad: bool = False, device: torch.device | str = "cpu") -> ImageSelection:
+    """The ``limit`` images of ``data_dir`` to score (:func:`~diffjscc.data.folder.subset_indices`).
+    An unreadable image is refused in one line naming it, so that N never changes silently between
+    runs that are compared; with ``skip_bad`` it is left out and listed."""
+    from diffjscc.data import ImageFolderDataset, load_image_tensor
+
+    with warnings.catch_warnings():  # the dataset's warning about skipped files: reported here instead
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = ImageFolderDataset(data_dir, image_size=image_size, with_labels=with_labels)
+    skipped = []
+    for path in dataset.skipped:
+        try:
+            load_image_tensor(path)
+            reason = "corrupt or truncated"  # passed a full decode, failed the folder's check
+        except UserError as err:
+            reason = str(err).removeprefix(f"corrupt or unreadable image file {path}: ")
+        skipped.append((path, reason))
+    if skipped and not skip_bad:
+        path, reason = skipped[0]
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        raise UserError(f"unreadable image {path}: {reason}{more}; fix or remove it, or pass --skip-bad to go on "
+                        f"without it (the skipped files are recorded in the results)")
+    indices = subset_indices(len(dataset), limit, subset)
+    images, labels = dataset.take(indices, device)
+    return ImageSelection(images, labels, [dataset.files[i] for i in indices], len(dataset), skipped)
 
 
 def _model_receivers(model: EvalModel, protocol: Protocol, deep_jscc_seen: dict[str, str],
@@ -214,6 +265,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     kind = protocol.channel or cfg.channel
     channel = build_channel(cfg, kind).eval()
     K = protocol.samples
+    steps = protocol.steps_for(model)
     use_labels = labels is not None and cfg.class_cond
     mine, covered = _my_batches(images.shape[0], protocol.batch_size)
     my_source = source_u8[covered]
@@ -227,7 +279,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             g_channel = torch.Generator(device=device).manual_seed(channel_seed)
             x = images[part].to(device)
             received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
-            context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
+            context = ReceiveContext(snr_db=snr, steps=steps, sampler=protocol.sampler, samples=K, source=x,
                                      guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed),
                                      class_labels=labels[part].to(device) if use_labels else None)
@@ -241,8 +293,8 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             chunks = outputs[receiver.name]
             scored = torch.cat(chunks, dim=1).flatten(0, 1) if chunks else my_source[:0]  # sample-major
             row = dict(base, system=receiver.describe(receiver.label, samples=K), receiver=receiver.family,
-                       steps=protocol.steps if receiver.uses_unet else 0, start=receiver.start or "-",
-                       sampler=_sampler_column(receiver, protocol),
+                       steps=steps if receiver.uses_unet else 0, start=receiver.start or "-",
+                       sampler=_sampler_column(receiver, protocol, steps),
                        guidance=protocol.guidance if receiver.uses_unet else None,
                        eta=sampling_eta(protocol.eta, receiver.start) if receiver.uses_unet else None,
                        spacing=(protocol.spacing or cfg.sample_spacing) if receiver.uses_unet else None,
@@ -301,6 +353,22 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
     return rows
 
 
+def _numerics(models: Sequence[EvalModel]) -> dict:
+    """What the receivers ran under (the process's float32 settings on their device, each model's
+    bf16 autocast), and what the metrics ran under."""
+    device = next(models[0].system.parameters()).device
+    return {"receivers": {**numerics(device),
+                          "bf16_autocast": {m.label: bf16_enabled(m.system.cfg.bf16, device) for m in models}},
+            "metrics": "full fp32 (TF32 off, no autocast) on 8-bit outputs"}
+
+
+def protocol_images(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol) -> ImageSelection:
+    """The images ``protocol`` scores ``models`` on (checked, chosen): callers may take them before
+    loading anything else, so that a bad folder is refused first."""
+    return select_images(Path(data_dir), models[0].system.cfg.image_size, any(m.system.cfg.class_cond for m in models),
+                         protocol.limit, protocol.subset, protocol.skip_bad)
+
+
 def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
     """Before any work, a receiver the protocol cannot run (guidance without ``condition_dropout``
     training) is refused in one line."""
@@ -314,20 +382,25 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                  fid_reference: Sequence[Path] | None = None,
                  lpips: LPIPSScorer | None = None, lpips_note: str = "",
                  realism: RealismScorer | None = None,
-                 progress: bool = True, echo: Callable[..., None] = print) -> dict:
+                 progress: bool = True, echo: Callable[..., None] = print,
+                 selection: ImageSelection | None = None) -> dict:
     """Run the whole protocol; returns the results document (:mod:`~diffjscc.evaluation.results`).
 
     ``fid_reference``: files whose statistics FID compares against (cached); None means the
     evaluated source images themselves. ``realism``: the classifier scores (``fd_cls``,
     ``kid_cls``, ``acc_cls``) of every row; None leaves them empty.
 
+    ``selection``: the images from :func:`protocol_images`, when the caller took them already.
+
     Inside a process group of several ranks (every rank calls this with the same arguments) the
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
     """
     check_receivers(models, protocol)
     console = SweepConsole(progress, echo)
-    with_labels = any(m.system.cfg.class_cond for m in models)
-    images, labels, files = _load_images(Path(data_dir), models[0].system.cfg.image_size, with_labels, protocol.limit)
+    selection = selection if selection is not None else protocol_images(models, data_dir, protocol)
+    images, labels, files = selection.images, selection.labels, selection.files
+    for path, reason in selection.skipped:
+        console.say(f"skipped unreadable image {path}: {reason}")
     source_u8 = to_uint8(images)
     fid_info = dict(fid_info or {})
     if fid is not None:
@@ -339,6 +412,10 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     kinds_and_n = sorted({(protocol.channel or m.system.cfg.channel, m.system.cfg.latent_dim, m.system.cfg.image_size)
                           for m in models})
     notes = list(protocol.notes)
+    if selection.skipped:
+        notes.append(f"{len(selection.skipped)} unreadable image(s) of {data_dir} left out (--skip-bad): "
+                     f"{', '.join(p.name for p, _ in selection.skipped[:5])}{' …' if len(selection.skipped) > 5 else ''} "
+                     f"(all in images.skipped)")
     realism_labels, realism_info = None, None
     if realism is not None and realism.classifier.image_size != images.shape[-1]:
         notes.append(f"fd_cls/kid_cls/acc_cls not computed: the classifier was trained on "
@@ -351,8 +428,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
         classes = len(set(realism_labels.tolist())) if realism_labels is not None else None
         if classes is not None and classes < len(realism.classifier.class_names):
             notes.append(f"the evaluated images cover {classes} of the classifier's "
-                         f"{len(realism.classifier.class_names)} classes (--limit takes the first files in name "
-                         f"order): fd_cls/kid_cls against the all-class reference are inflated")
+                         f"{len(realism.classifier.class_names)} classes: fd_cls/kid_cls against the all-class "
+                         f"reference are inflated")
         if realism_labels is not None:  # the ceiling of acc_cls: the classifier on the sources themselves
             share = shard_range(images.shape[0])
             mine = slice(share.start, share.stop)
@@ -403,6 +480,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                   "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
                   "batch_size": protocol.batch_size,
                   "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
-                  "controls": protocol.controls},
+                  "subset": protocol.subset, "skip_bad": protocol.skip_bad, "controls": protocol.controls},
+        images=selection.describe(protocol.subset, protocol.limit),
+        numerics=_numerics(models),
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
         realism_info=realism_info)

@@ -64,11 +64,13 @@ TRANSMIT_RECEIVERS = ("diffusion", "deep_jscc")
 
 @torch.no_grad()
 def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: float, channel: str,
-                   receiver: str = "auto", steps: int = 8, sampler: str = "auto", seed: int = 0,
+                   receiver: str = "auto", steps: int | None = None, sampler: str = "auto", seed: int = 0,
                    batch_size: int = 64, gray: bool = False, guidance: float = 1.0, eta: float = 0.0,
                    spacing: str | None = None) -> TransmitResult:
-    """Transmit a (3, H, W) image in [-1, 1] as one image; reconstruction at the input's size."""
+    """Transmit a (3, H, W) image in [-1, 1] as one image; reconstruction at the input's size.
+    ``steps`` None: the model's own ``sample_steps``."""
     cfg = system.cfg
+    steps = cfg.sample_steps if steps is None else steps
     if receiver == "auto":
         has = {r.name for r in available(system)}
         receiver = next((name for name in TRANSMIT_RECEIVERS if name in has), TRANSMIT_RECEIVERS[0])
@@ -110,7 +112,7 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
 
 
 def transmit_file(system: TransmissionSystem, source: Path, target: Path, snr_db: float, channel: str,
-                  receiver: str = "auto", steps: int = 8, sampler: str = "auto", seed: int = 0,
+                  receiver: str = "auto", steps: int | None = None, sampler: str = "auto", seed: int = 0,
                   batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0,
                   spacing: str | None = None) -> TransmitResult:
     """Read ``source`` (any size and mode Pillow reads), transmit, write ``target`` at the same size."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.atomic import temp_file_beside
 from diffjscc.runtime.rundir import read_manifest, write_manifest
 
 FORMAT_VERSION = 1
@@ -40,7 +40,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file_beside(path)  # the umask's mode, not mkstemp's 0600
     except OSError as err:
         raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
     try:

@@ -25,11 +25,11 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.atomic import temp_file_beside
 
 __all__ = ["FALLBACK_LOCK_NAME", "LOCK_NAME", "MANIFEST_NAME", "RESUMES_NAME", "RunLock", "new_run_id",
            "prepare_fresh_run", "read_manifest", "run_files", "write_manifest", "write_text_atomic"]
@@ -240,7 +240,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``path`` through a temporary file in its folder and a rename: a reader (or a killed
     writer) leaves the old file or the new one, never half of one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # readable as a plain open would leave it, not mkstemp's 0600
     try:
         with os.fdopen(fd, "w", newline="") as handle:
             handle.write(text)

@@ -51,7 +51,7 @@ from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem, init_from_checkpoint, load_jscc_into
 from diffjscc.runtime.checkpoint import (checkpoint_path, latest_valid_checkpoint, load_checkpoint,
                                           prune_checkpoints, record_checkpoint, save_checkpoint)
-from diffjscc.runtime.device import bf16_enabled, resolve_device
+from diffjscc.runtime.device import bf16_enabled, configure_job_numerics, resolve_device
 from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gather_tensors, all_reduce_sum,
                                           barrier, broadcast_buffers)
 from diffjscc.runtime.progress import progress_bar
@@ -324,6 +324,7 @@ class Trainer:
         self.dist = dist or DistContext()
         self.progress = progress and self.dist.is_main
         self.device = self.dist.place(resolve_device(cfg.device))
+        configure_job_numerics(self.device)  # a training job's speed settings (TF32, cudnn.benchmark on CUDA)
         self.log_dir = Path(cfg.log_dir)
         self.run_id = new_run_id()  # a resumed run keeps its checkpoint's
         # log_dir belongs to this run until train() ends (rank 0 holds it): see runtime.rundir.
