@@ -43,8 +43,8 @@ RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error 
 }
 ARCHITECTURE_KEYS = (  # what a checkpoint's weights depend on: resuming or loading under others is refused
     "mode", "encoder", "image_size", "c_out", "latent_dim", "num_channels", "channel_mult", "num_res_blocks",
-    "attention_resolutions", "learn_sigma", "prediction", "diffusion_steps", "noise_schedule", "class_cond",
-    "jscc_num_filters", "jscc_norm", "conditioning", "residual_scale", "snr_adaptive")
+    "attention_resolutions", "num_heads", "learn_sigma", "prediction", "diffusion_steps", "noise_schedule",
+    "class_cond", "jscc_num_filters", "jscc_norm", "conditioning", "residual_scale", "snr_adaptive")
 
 
 @dataclass
@@ -95,7 +95,9 @@ class Config:
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
     num_res_blocks: int = 3
     attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
-    num_heads: int = 4
+    num_heads: int = 4  # attention heads at the first (highest-resolution) attention level; diffusers keeps that
+    # level's head width (its width / num_heads) in every attention layer, so a level k times wider has k·num_heads
+    # heads, the middle block too (diffusion/unet.py). Every shipped model and config: num_heads at every level
     dropout: float = 0.3
     use_scale_shift_norm: bool = True
     class_cond: bool = False

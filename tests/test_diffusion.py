@@ -475,3 +475,46 @@ def test_a_single_step_process_samples() -> None:
     assert torch.isfinite(out).all()
     out = ddpm_sample(diffusion, lambda x, t: torch.zeros(x.shape[0], 6, 4, 4), x_T)
     assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- attention heads
+def _attention_heads(unet: ConditionalUNet) -> dict[str, int]:
+    from diffusers.models.attention_processor import Attention
+
+    return {name: module.heads for name, module in unet.unet.named_modules() if isinstance(module, Attention)}
+
+
+def test_num_heads_are_those_of_the_first_attention_level() -> None:
+    """As documented (config.py, diffusion/unet.py): num_heads at the first attention level; a level
+    twice as wide, and the middle block, have twice the heads (diffusers keeps one head width)."""
+    unet = ConditionalUNet(image_size=16, num_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                           attention_resolutions=(16, 8), num_heads=2)
+    heads = _attention_heads(unet)
+    assert heads and {name: n for name, n in heads.items() if name.startswith("down_blocks.0")} == {
+        "down_blocks.0.attentions.0": 2}
+    assert heads["down_blocks.1.attentions.0"] == heads["mid_block.attentions.0"] == 4
+    shipped = ConditionalUNet(image_size=32, num_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                              attention_resolutions=(8,), num_heads=4)  # the shipped receivers' layout
+    assert set(_attention_heads(shipped).values()) == {4}
+
+
+def test_num_heads_is_part_of_the_architecture(tmp_path: Path) -> None:
+    """Same-shaped weights, other attention: init_from (and resume) under another num_heads is refused;
+    a checkpoint saved without the key counts as the default."""
+    from diffjscc.config import ARCHITECTURE_KEYS, Config, first_mismatch
+    from diffjscc.runtime.checkpoint import save_checkpoint
+    from diffjscc.system import TransmissionSystem, init_from_checkpoint
+
+    tiny = dict(mode="unconditional", num_channels=16, channel_mult=[1, 2], num_res_blocks=1,
+                attention_resolutions=[16], diffusion_steps=10)
+    trained = TransmissionSystem(Config(**tiny, num_heads=4).validate())
+    path = save_checkpoint({"config": trained.cfg.to_dict(), "model": trained.state_dict(), "step": 0},
+                           tmp_path / "heads4.pt")
+    other = TransmissionSystem(Config(**tiny, num_heads=2).validate())
+    assert other.state_dict().keys() == trained.state_dict().keys()  # the weights alone would load
+    with pytest.raises(UserError, match="num_heads=4"):
+        init_from_checkpoint(other, str(path))
+    init_from_checkpoint(TransmissionSystem(Config(**tiny, num_heads=4).validate()), str(path))
+    old = {key: value for key, value in trained.cfg.to_dict().items() if key != "num_heads"}
+    assert first_mismatch(old, Config(**tiny), ARCHITECTURE_KEYS) is None
+    assert first_mismatch(old, Config(**tiny, num_heads=2), ARCHITECTURE_KEYS) == ("num_heads", 4)
