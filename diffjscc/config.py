@@ -35,6 +35,8 @@ START_MODES = ("gaussian", "mean", "inversion")  # diffusion receivers: x_T ~ N(
 BF16_SETTINGS = ("false", "true", "auto")  # auto: on where the device computes bf16 natively
 SPACINGS = ("leading", "trailing", "quadratic")  # sampling timesteps: strided from t = 0 (DDIM's, never T−1);
 # strided down from t = T−1; or from T−1 to 0, dense near t = 0 (see diffusion/respace.py)
+FROM_PURE_NOISE_SPACINGS = ("trailing", "quadratic")  # start at t = T−1 (ᾱ ≈ 0): not for epsilon models,
+# whose x̂_0 = (x − √(1−ᾱ)·ε̂)/√ᾱ divides by √ᾱ (5e-5 on the cosine schedule) and saturates at ±1 there
 SAMPLERS = ("auto", "ddim", "dpm++2m")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM
 FEW_STEPS = 8
 
@@ -161,6 +163,10 @@ class Config:
         _choice("conditioning", self.conditioning, CONDITIONINGS)
         _choice("tdl_model", self.tdl_model, TDL_MODELS)
         _choice("sample_spacing", self.sample_spacing, SPACINGS)
+        if self.has_diffusion and self.prediction == "epsilon" and self.sample_spacing in FROM_PURE_NOISE_SPACINGS:
+            raise UserError(f"config key 'sample_spacing' is '{self.sample_spacing}', which starts at t = T-1 where "
+                            f"an epsilon model's x0 estimate divides by sqrt(alpha_bar) ~ 0: use leading, or "
+                            f"prediction v or x0")
         _choice("bf16", self.bf16, BF16_SETTINGS)
         for key in ("image_size", "c_out", "latent_dim", "jscc_num_filters", "num_channels",
                     "num_res_blocks", "num_heads", "num_classes", "diffusion_steps",

@@ -147,7 +147,7 @@ class TransmissionSystem(nn.Module):
         assert self.diffusion is not None
         total = self.diffusion.num_timesteps
         spacing = spacing or self.cfg.sample_spacing
-        check_spacing(spacing)
+        check_spacing(spacing, self.cfg.prediction)
         spec = f"ddim{min(steps, max(total - 1, 1))}" if spacing == "leading" else f"{spacing}{min(steps, total)}"
         return respace(self.diffusion, parse_respacing(spec, total))
 

@@ -46,7 +46,7 @@ def test_quadratic_spacing_runs_from_pure_noise_to_the_data() -> None:
 
 def test_trailing_sampler_starts_from_pure_noise() -> None:
     """The first step of a trailing process sits where x_T ~ N(0, I) is the forward marginal."""
-    cfg = Config(mode="unconditional", diffusion_steps=T, sample_spacing="trailing", num_channels=8,
+    cfg = Config(mode="unconditional", diffusion_steps=T, sample_spacing="trailing", prediction="v", num_channels=8,
                  channel_mult=[1], num_res_blocks=1, attention_resolutions=[])
     process = TransmissionSystem(cfg).sampling_process(8)
     assert int(process.timestep_map[-1]) == T - 1
@@ -125,3 +125,45 @@ def test_auto_sampler_is_the_few_step_solver_up_to_eight_steps() -> None:
     assert resolve_sampler("ddim", 4) == "ddim"
     with pytest.raises(UserError, match="unknown sampler"):
         resolve_sampler("euler", 4)
+
+
+def test_epsilon_models_refuse_the_spacings_that_start_from_pure_noise(cifar_root, tmp_path, capsys) -> None:
+    """At t = T−1 (trailing, quadratic) an ε model's x̂_0 = (x − √(1−ᾱ)ε̂)/√ᾱ divides by √ᾱ ≈ 5e-5:
+    one line from the config, the system and the CLI; v and x0 models, and the leading spacing, run."""
+    from diffjscc.cli import main
+    from diffjscc.runtime.checkpoint import save_checkpoint
+
+    tiny = dict(mode="unconditional", diffusion_steps=T, num_channels=8, channel_mult=[1], num_res_blocks=1,
+                attention_resolutions=[])
+    epsilon = Config(**tiny, prediction="epsilon")
+    first_step = respace(GaussianDiffusion.from_schedule("cosine", T), parse_respacing("trailing8", T))
+    assert 1 / first_step.sqrt_alphas_cumprod[-1].item() > 2e4  # an ε̂ error of 1e-4 is a 2 in x̂_0
+    for spacing in ("trailing", "quadratic"):
+        with pytest.raises(UserError, match="sample_spacing"):
+            Config(**tiny, prediction="epsilon", sample_spacing=spacing).validate()
+        with pytest.raises(UserError, match=f"--spacing {spacing} starts at t = T-1"):
+            TransmissionSystem(epsilon).sampling_process(8, spacing)
+        for prediction in ("v", "x0"):
+            process = TransmissionSystem(Config(**tiny, prediction=prediction, sample_spacing=spacing).validate()
+                                         ).sampling_process(8)
+            assert int(process.timestep_map[-1]) == T - 1
+    Config(mode="jscc", sample_spacing="trailing").validate()  # mode jscc ignores the diffusion keys
+
+    receiver = Config(mode="joint", conditioning="spatial", prediction="epsilon", learn_sigma=False, num_channels=16,
+                      channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], jscc_num_filters=16,
+                      diffusion_steps=100).validate()
+    system = TransmissionSystem(receiver)
+    checkpoint = save_checkpoint({"config": receiver.to_dict(), "model": system.state_dict(), "step": 0},
+                                 tmp_path / "epsilon.pt")
+    image = str(sorted((cifar_root / "cifar_test").iterdir())[0])
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(cifar_root / "cifar_test"), "--snr", "10",
+                 "--limit", "2", "--steps", "2", "--spacing", "trailing", "--no-fid", "--no-realism", "--no-progress",
+                 "--out", str(tmp_path / "eval")]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert "--spacing trailing starts at t = T-1" in error
+    assert main(["transmit", "--checkpoint", str(checkpoint), "--snr", "10", "--steps", "2", "--spacing",
+                 "quadratic", image, str(tmp_path / "rx.png")]) == 2
+    assert "--spacing quadratic starts at t = T-1" in capsys.readouterr().err
+    assert main(["transmit", "--checkpoint", str(checkpoint), "--snr", "10", "--steps", "2", "--spacing", "leading",
+                 image, str(tmp_path / "rx.png")]) == 0

@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from diffjscc.config import FEW_STEPS, SAMPLERS, SPACINGS
+from diffjscc.config import FEW_STEPS, FROM_PURE_NOISE_SPACINGS, SAMPLERS, SPACINGS
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.errors import UserError
 
@@ -80,10 +80,15 @@ def check_guidance_scale(guidance: float) -> None:
         raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {guidance}")
 
 
-def check_spacing(spacing: str) -> None:
-    """A timestep spacing is one of :data:`diffjscc.config.SPACINGS`."""
+def check_spacing(spacing: str, prediction: str | None = None) -> None:
+    """A timestep spacing is one of :data:`diffjscc.config.SPACINGS`, and for a model that predicts
+    ``prediction`` one that it can start from: an ε model's first step at t = T−1 (trailing,
+    quadratic) would turn x̂_0 = (x − √(1−ᾱ)·ε̂)/√ᾱ, with √ᾱ ≈ 5e-5, into a ±1 pattern after clipping."""
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; expected {', '.join(SPACINGS)}")
+    if prediction == "epsilon" and spacing in FROM_PURE_NOISE_SPACINGS:
+        raise UserError(f"--spacing {spacing} starts at t = T-1, where an epsilon model's x0 estimate divides by "
+                        f"sqrt(alpha_bar) ~ 0: use --spacing leading with this model (v or x0 models can)")
 
 
 def _full(batch: int, index: int, device: torch.device) -> torch.Tensor:
