@@ -37,7 +37,8 @@ SPACINGS = ("leading", "trailing", "quadratic")  # sampling timesteps: strided f
 # strided down from t = T−1; or from T−1 to 0, dense near t = 0 (see diffusion/respace.py)
 FROM_PURE_NOISE_SPACINGS = ("trailing", "quadratic")  # start at t = T−1 (ᾱ ≈ 0): not for epsilon models,
 # whose x̂_0 = (x − √(1−ᾱ)·ε̂)/√ᾱ divides by √ᾱ (5e-5 on the cosine schedule) and saturates at ±1 there
-SAMPLERS = ("auto", "ddim", "dpm++2m")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM
+SAMPLERS = ("auto", "ddim", "dpm++2m", "ddpm")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM;
+# ddpm: ancestral sampling with the learned variance (learn_sigma; else β_t)
 FEW_STEPS = 8
 
 RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error otherwise

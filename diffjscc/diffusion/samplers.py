@@ -1,6 +1,10 @@
 """Samplers as small functions of (diffusion, denoiser, x): DDPM, DDIM, DPM-Solver++(2M) and DDIM
 inversion.
 
+DDPM (Ho et al. 2020) draws x_{i−1} ~ p(x_{i−1} | x_i) = N(μ_θ, Σ_θ) at every index: the only
+sampler that uses the learned variance Σ_θ (``learn_sigma``; β_i without it), which Nichol &
+Dhariwal (2021, §4) train so that ancestral sampling works with few respaced steps.
+
 ``denoiser(x, timesteps)`` returns the network output for a batch at the network's timestep
 values; conditioning (received latent, class) is closed over by the caller. All loops run over
 the indices of ``diffusion`` — pass a respaced process (:func:`.respace.respace`) for fewer steps.
@@ -47,8 +51,9 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float = 0.0) -> str:
     """The sampler that ``name`` means at ``steps`` network evaluations: ``auto`` is
     DPM-Solver++(2M) at ≤ FEW_STEPS, DDIM above (where the two agree and DDIM is the reference),
-    and DDIM whenever ``eta`` > 0 (DDIM's stochastic steps; DPM-Solver++(2M) is deterministic).
-    A run from an inverted source (``start="inversion"``) is always deterministic DDIM, the inversion's mirror."""
+    and DDIM whenever ``eta`` > 0 (DDIM's stochastic steps; DPM-Solver++(2M) is deterministic,
+    DDPM stochastic with the model's own variance). A run from an inverted source
+    (``start="inversion"``) is always deterministic DDIM, the inversion's mirror."""
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; expected {', '.join(SAMPLERS)}")
     if not 0.0 <= eta <= 1.0:  # also rejects NaN
@@ -58,6 +63,8 @@ def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float 
     if eta > 0:
         if name == "dpm++2m":
             raise UserError("--eta > 0 needs DDIM (--sampler ddim or auto): DPM-Solver++(2M) is deterministic")
+        if name == "ddpm":
+            raise UserError("--eta > 0 needs DDIM (--sampler ddim or auto): DDPM draws with the model's own variance")
         return "ddim"
     if name == "auto":
         return "dpm++2m" if steps <= FEW_STEPS else "ddim"
@@ -153,9 +160,12 @@ def dpm_solver_2m_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: 
 
 
 @torch.no_grad()
-def ddpm_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor, clip: bool = True,
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """x_T → x_0 by ancestral sampling from p(x_{t−1}|x_t) (learned or fixed variance)."""
+def ddpm_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor,
+                clip: bool | tuple[torch.Tensor, torch.Tensor] = True, generator: torch.Generator | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """x_T → x_0 by ancestral sampling from p(x_{t−1}|x_t) (learned or fixed variance; on a
+    respaced process the learned one interpolates its β'_i and β̃'_i, as improved-diffusion);
+    ``clip`` as in ``p_mean_variance``. The last step returns the mean, x̂_0."""
     x = x_T
     batch = x.shape[0]
     for i in _steps(reversed(range(diffusion.num_timesteps)), progress, "DDPM"):
