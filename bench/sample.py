@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samplers", default="ddim,dpm++2m", help="comma-separated samplers (ddim, dpm++2m)")
     parser.add_argument("--spacings", default="",
                         help=f"comma-separated timestep spacings ({', '.join(SPACINGS)}; default: the model's "
-                             "sample_spacing, then quadratic); the reference is DDIM on the first")
+                             "sample_spacing, then quadratic but for epsilon models); the reference is DDIM "
+                             "on the first")
     parser.add_argument("--snr", type=float, default=10.0, help="AWGN SNR in dB")
     parser.add_argument("--test-images", type=int, default=500,
                         help="test images scored per row, spread over the classes (fd_cls needs a few hundred)")
@@ -129,7 +130,8 @@ def run(args) -> int:
         raise UserError(f"{checkpoint} has no diffusion receiver (mode {system.cfg.mode})")
     realism = RealismScorer(load_classifier(), seed=0)
 
-    spacings = spacings or list(dict.fromkeys([system.cfg.sample_spacing, "quadratic"]))
+    quadratic = [] if system.cfg.prediction == "epsilon" else ["quadratic"]  # ε models cannot start at T−1
+    spacings = spacings or list(dict.fromkeys([system.cfg.sample_spacing, *quadratic]))
     grid = [(sampler, spacing, steps) for spacing in spacings for sampler in samplers for steps in steps_list]
     rows: dict[tuple[str, str, int], dict] = {}
     deep = None

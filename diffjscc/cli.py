@@ -70,7 +70,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
                         "model's own sample_steps, what it was trained and scored at: 8 for the shipped receivers)")
     p.add_argument("--sampler", default="auto", choices=list(SAMPLERS),
                    help=f"auto (default): DPM-Solver++(2M) at <= {FEW_STEPS} steps, DDIM above (and whenever "
-                        f"--eta > 0); or either one")
+                        f"--eta > 0); or one of them; or ddpm: ancestral sampling with the model's learned variance")
     p.add_argument("--guidance", type=float, default=1.0, metavar="W",
                    help="classifier-free guidance scale on the received symbols (default 1: none; > 1: sharper, "
                         "further from the MMSE estimate; 2 network evaluations per step); needs a receiver "

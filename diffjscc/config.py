@@ -35,7 +35,10 @@ START_MODES = ("gaussian", "mean", "inversion")  # diffusion receivers: x_T ~ N(
 BF16_SETTINGS = ("false", "true", "auto")  # auto: on where the device computes bf16 natively
 SPACINGS = ("leading", "trailing", "quadratic")  # sampling timesteps: strided from t = 0 (DDIM's, never T−1);
 # strided down from t = T−1; or from T−1 to 0, dense near t = 0 (see diffusion/respace.py)
-SAMPLERS = ("auto", "ddim", "dpm++2m")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM
+FROM_PURE_NOISE_SPACINGS = ("trailing", "quadratic")  # start at t = T−1 (ᾱ ≈ 0): not for epsilon models,
+# whose x̂_0 = (x − √(1−ᾱ)·ε̂)/√ᾱ divides by √ᾱ (5e-5 on the cosine schedule) and saturates at ±1 there
+SAMPLERS = ("auto", "ddim", "dpm++2m", "ddpm")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM;
+# ddpm: ancestral sampling with the learned variance (learn_sigma; else β_t)
 FEW_STEPS = 8
 
 RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error otherwise
@@ -43,8 +46,8 @@ RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error 
 }
 ARCHITECTURE_KEYS = (  # what a checkpoint's weights depend on: resuming or loading under others is refused
     "mode", "encoder", "image_size", "c_out", "latent_dim", "num_channels", "channel_mult", "num_res_blocks",
-    "attention_resolutions", "learn_sigma", "prediction", "diffusion_steps", "noise_schedule", "class_cond",
-    "jscc_num_filters", "jscc_norm", "conditioning", "residual_scale", "snr_adaptive")
+    "attention_resolutions", "num_heads", "learn_sigma", "prediction", "diffusion_steps", "noise_schedule",
+    "class_cond", "jscc_num_filters", "jscc_norm", "conditioning", "residual_scale", "snr_adaptive")
 
 
 @dataclass
@@ -98,7 +101,9 @@ class Config:
     channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
     num_res_blocks: int = 3
     attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
-    num_heads: int = 4
+    num_heads: int = 4  # attention heads at the first (highest-resolution) attention level; diffusers keeps that
+    # level's head width (its width / num_heads) in every attention layer, so a level k times wider has k·num_heads
+    # heads, the middle block too (diffusion/unet.py). Every shipped model and config: num_heads at every level
     dropout: float = 0.3
     use_scale_shift_norm: bool = True
     class_cond: bool = False
@@ -162,6 +167,10 @@ class Config:
         _choice("conditioning", self.conditioning, CONDITIONINGS)
         _choice("tdl_model", self.tdl_model, TDL_MODELS)
         _choice("sample_spacing", self.sample_spacing, SPACINGS)
+        if self.has_diffusion and self.prediction == "epsilon" and self.sample_spacing in FROM_PURE_NOISE_SPACINGS:
+            raise UserError(f"config key 'sample_spacing' is '{self.sample_spacing}', which starts at t = T-1 where "
+                            f"an epsilon model's x0 estimate divides by sqrt(alpha_bar) ~ 0: use leading, or "
+                            f"prediction v or x0")
         _choice("bf16", self.bf16, BF16_SETTINGS)
         for key in ("image_size", "c_out", "latent_dim", "jscc_num_filters", "num_channels",
                     "num_res_blocks", "num_heads", "num_classes", "diffusion_steps",

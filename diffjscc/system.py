@@ -34,7 +34,7 @@ from diffjscc.config import ARCHITECTURE_KEYS, Config, config_from_dict, first_m
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
 from diffjscc.diffusion.samplers import (check_guidance_scale, check_spacing, ddim_invert, ddim_sample,
-                                         dpm_solver_2m_sample, resolve_sampler, sampling_eta)
+                                         ddpm_sample, dpm_solver_2m_sample, resolve_sampler, sampling_eta)
 from diffjscc.diffusion.unet import Condition, ConditionalUNet
 from diffjscc.encoders import HalfUNetEncoder, JSCCDecoder, JSCCEncoder
 from diffjscc.errors import UserError
@@ -147,7 +147,7 @@ class TransmissionSystem(nn.Module):
         assert self.diffusion is not None
         total = self.diffusion.num_timesteps
         spacing = spacing or self.cfg.sample_spacing
-        check_spacing(spacing)
+        check_spacing(spacing, self.cfg.prediction)
         spec = f"ddim{min(steps, max(total - 1, 1))}" if spacing == "leading" else f"{spacing}{min(steps, total)}"
         return respace(self.diffusion, parse_respacing(spec, total))
 
@@ -350,6 +350,8 @@ def _sample(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sample
     """x_T → x_0 over ``process`` (one network evaluation per index) with the resolved ``sampler``."""
     if sampler == "dpm++2m":
         return dpm_solver_2m_sample(process, denoise, x_T, clip=clip, progress=progress)
+    if sampler == "ddpm":
+        return ddpm_sample(process, denoise, x_T, clip=clip, generator=generator, progress=progress)
     return ddim_sample(process, denoise, x_T, eta=eta, clip=clip, generator=generator, progress=progress)
 
 

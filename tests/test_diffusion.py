@@ -197,8 +197,9 @@ def test_unknown_prediction_is_rejected():
 
 
 # ---------------------------------------------------------------- hybrid loss
-def _reference_vlb_bits(d: GaussianDiffusion, x0, x_t, t, eps_hat, v):
-    """L_t in bits/dim computed independently (float64, exact normal CDF)."""
+def _reference_vlb_bits(d: GaussianDiffusion, x0, x_t, t, eps_hat, v, continuous: bool = False):
+    """L_t in bits/dim computed independently (float64, exact normal CDF; ``continuous``: the
+    t = 0 term is the Gaussian density of torch.distributions, for targets off the 8-bit grid)."""
     betas = d.betas
     ab = torch.cumprod(1 - betas, 0)
     ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
@@ -219,6 +220,8 @@ def _reference_vlb_bits(d: GaussianDiffusion, x0, x_t, t, eps_hat, v):
             mu_true = c1 * x0[b] + c2 * x_t[b]
             kl = kl_divergence(Normal(mu_true, post_var[i].sqrt()), Normal(mu_theta, sd_theta))
             out.append(kl.mean() / math.log(2))
+        elif continuous:
+            out.append(-Normal(mu_theta, sd_theta).log_prob(x0[b]).mean() / math.log(2))
         else:
             std = Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
             xb = x0[b]
@@ -258,6 +261,73 @@ def test_hybrid_loss_matches_independent_vlb():
     # the reference the exact normal CDF, so agreement is ≈1e-3 relative, not float precision.
     torch.testing.assert_close(terms["vlb"][t == 0].double(), ref_vlb[t == 0], rtol=1e-3, atol=0)
     torch.testing.assert_close(terms["loss"].double(), ref_mse + lam * T * ref_vlb, rtol=1e-3, atol=1e-6)
+
+
+def test_vlb_decoder_of_a_residual_target_is_the_continuous_gaussian():
+    """A residual (x − x̂)/scale is off the 8-bit grid and beyond ±1: its t = 0 term is −log N(x_0; μ_θ, Σ_θ),
+    not the discretised decoder (whose ±1/255 bins and edge bins at ±0.999 assume 8-bit pixels)."""
+    T = 50
+    d = GaussianDiffusion.from_schedule("cosine", T, learn_sigma=True)
+    gen = torch.Generator().manual_seed(11)
+    shape = (5, 3, 4, 4)
+    x0 = (0.8 * torch.randn(shape, generator=gen, dtype=torch.float64)).float().double()  # |r| > 1 in places
+    t = torch.tensor([0, 0, 0, 3, 49])
+    noise = torch.randn(shape, generator=gen, dtype=torch.float64).float().double()
+    x_t = d.q_sample(x0, t, noise).float().double()
+    eps_hat = (noise + 0.3 * torch.randn(shape, generator=gen, dtype=torch.float64)).float().double()
+    v = (torch.rand(shape, generator=gen, dtype=torch.float64) * 1.8 - 0.9).float().double()
+    out = torch.cat([eps_hat, v], dim=1).float()
+
+    residual = d.training_losses(out, x0.float(), x_t.float(), t, noise.float(), target_is_8bit=False)["vlb"]
+    reference = _reference_vlb_bits(d, x0, x_t, t, eps_hat, v, continuous=True)
+    torch.testing.assert_close(residual.double(), reference, rtol=1e-4, atol=1e-5)
+    image = d.training_losses(out, x0.float(), x_t.float(), t, noise.float())["vlb"]  # the 8-bit decoder
+    assert torch.equal(image[t > 0], residual[t > 0])
+    assert ((image[t == 0].double() - reference[t == 0]).abs() > 0.1).all()  # what residual targets had before
+
+
+def test_trainer_uses_the_continuous_decoder_for_residual_targets(monkeypatch):
+    """training_loss tells the diffusion whether its target is the 8-bit image or a residual."""
+    from diffjscc.config import Config
+    from diffjscc.system import TransmissionSystem
+    from diffjscc.training.trainer import training_loss
+
+    seen = []
+    original = GaussianDiffusion.training_losses
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs.get("target_is_8bit", True))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianDiffusion, "training_losses", recording)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(12)) * 2 - 1
+    for conditioning in ("residual", "spatial"):
+        cfg = Config(mode="joint", conditioning=conditioning, learn_sigma=True, image_size=16, c_out=4,
+                     latent_dim=64, num_channels=16, channel_mult=[1], num_res_blocks=1, attention_resolutions=[],
+                     jscc_num_filters=8, diffusion_steps=10).validate()
+        training_loss(TransmissionSystem(cfg), images, None, torch.Generator().manual_seed(13))
+    assert seen == [False, True]
+
+
+def test_vlb_trains_the_variance_outside_minus_one_to_one():
+    """No clamp of v before the interpolation (improved-diffusion has none): at v = ±1.5 the VLB still
+    has a gradient in v, and its log-variance extrapolates linearly beyond [log β̃_t, log β_t]."""
+    T = 50
+    d = GaussianDiffusion.from_schedule("cosine", T, learn_sigma=True)
+    gen = torch.Generator().manual_seed(14)
+    shape = (4, 3, 4, 4)
+    x0 = torch.rand(shape, generator=gen) * 2 - 1
+    t = torch.tensor([0, 5, 20, 49])
+    noise = torch.randn(shape, generator=gen)
+    x_t = d.q_sample(x0, t, noise)
+    for outside in (1.5, -1.5):
+        v = torch.full(shape, outside, requires_grad=True)
+        terms = d.training_losses(torch.cat([noise, v], dim=1), x0, x_t, t, noise)
+        (grad,) = torch.autograd.grad(terms["vlb"].sum(), v)
+        assert (grad.abs() > 0).all()
+    pred = d.p_mean_variance(torch.cat([noise, torch.full(shape, 3.0)], dim=1), x_t, t, clip=False)
+    low, high = d.posterior_log_variance_clipped[t], torch.log(d.betas[t])
+    torch.testing.assert_close(pred.log_variance[:, 0, 0, 0].double(), 2 * high - low, rtol=1e-5, atol=1e-6)
 
 
 def test_vlb_term_is_stop_gradient_on_eps():
@@ -475,3 +545,46 @@ def test_a_single_step_process_samples() -> None:
     assert torch.isfinite(out).all()
     out = ddpm_sample(diffusion, lambda x, t: torch.zeros(x.shape[0], 6, 4, 4), x_T)
     assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- attention heads
+def _attention_heads(unet: ConditionalUNet) -> dict[str, int]:
+    from diffusers.models.attention_processor import Attention
+
+    return {name: module.heads for name, module in unet.unet.named_modules() if isinstance(module, Attention)}
+
+
+def test_num_heads_are_those_of_the_first_attention_level() -> None:
+    """As documented (config.py, diffusion/unet.py): num_heads at the first attention level; a level
+    twice as wide, and the middle block, have twice the heads (diffusers keeps one head width)."""
+    unet = ConditionalUNet(image_size=16, num_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                           attention_resolutions=(16, 8), num_heads=2)
+    heads = _attention_heads(unet)
+    assert heads and {name: n for name, n in heads.items() if name.startswith("down_blocks.0")} == {
+        "down_blocks.0.attentions.0": 2}
+    assert heads["down_blocks.1.attentions.0"] == heads["mid_block.attentions.0"] == 4
+    shipped = ConditionalUNet(image_size=32, num_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                              attention_resolutions=(8,), num_heads=4)  # the shipped receivers' layout
+    assert set(_attention_heads(shipped).values()) == {4}
+
+
+def test_num_heads_is_part_of_the_architecture(tmp_path: Path) -> None:
+    """Same-shaped weights, other attention: init_from (and resume) under another num_heads is refused;
+    a checkpoint saved without the key counts as the default."""
+    from diffjscc.config import ARCHITECTURE_KEYS, Config, first_mismatch
+    from diffjscc.runtime.checkpoint import save_checkpoint
+    from diffjscc.system import TransmissionSystem, init_from_checkpoint
+
+    tiny = dict(mode="unconditional", num_channels=16, channel_mult=[1, 2], num_res_blocks=1,
+                attention_resolutions=[16], diffusion_steps=10)
+    trained = TransmissionSystem(Config(**tiny, num_heads=4).validate())
+    path = save_checkpoint({"config": trained.cfg.to_dict(), "model": trained.state_dict(), "step": 0},
+                           tmp_path / "heads4.pt")
+    other = TransmissionSystem(Config(**tiny, num_heads=2).validate())
+    assert other.state_dict().keys() == trained.state_dict().keys()  # the weights alone would load
+    with pytest.raises(UserError, match="num_heads=4"):
+        init_from_checkpoint(other, str(path))
+    init_from_checkpoint(TransmissionSystem(Config(**tiny, num_heads=4).validate()), str(path))
+    old = {key: value for key, value in trained.cfg.to_dict().items() if key != "num_heads"}
+    assert first_mismatch(old, Config(**tiny), ARCHITECTURE_KEYS) is None
+    assert first_mismatch(old, Config(**tiny, num_heads=2), ARCHITECTURE_KEYS) == ("num_heads", 4)

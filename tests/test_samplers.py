@@ -12,7 +12,7 @@ import torch
 from diffjscc.config import Config
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.diffusion.respace import parse_respacing, respace
-from diffjscc.diffusion.samplers import ddim_sample, dpm_solver_2m_sample, resolve_sampler
+from diffjscc.diffusion.samplers import ddim_sample, ddpm_sample, dpm_solver_2m_sample, resolve_sampler
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
 
@@ -46,7 +46,7 @@ def test_quadratic_spacing_runs_from_pure_noise_to_the_data() -> None:
 
 def test_trailing_sampler_starts_from_pure_noise() -> None:
     """The first step of a trailing process sits where x_T ~ N(0, I) is the forward marginal."""
-    cfg = Config(mode="unconditional", diffusion_steps=T, sample_spacing="trailing", num_channels=8,
+    cfg = Config(mode="unconditional", diffusion_steps=T, sample_spacing="trailing", prediction="v", num_channels=8,
                  channel_mult=[1], num_res_blocks=1, attention_resolutions=[])
     process = TransmissionSystem(cfg).sampling_process(8)
     assert int(process.timestep_map[-1]) == T - 1
@@ -125,3 +125,96 @@ def test_auto_sampler_is_the_few_step_solver_up_to_eight_steps() -> None:
     assert resolve_sampler("ddim", 4) == "ddim"
     with pytest.raises(UserError, match="unknown sampler"):
         resolve_sampler("euler", 4)
+
+
+def test_epsilon_models_refuse_the_spacings_that_start_from_pure_noise(cifar_root, tmp_path, capsys) -> None:
+    """At t = T−1 (trailing, quadratic) an ε model's x̂_0 = (x − √(1−ᾱ)ε̂)/√ᾱ divides by √ᾱ ≈ 5e-5:
+    one line from the config, the system and the CLI; v and x0 models, and the leading spacing, run."""
+    from diffjscc.cli import main
+    from diffjscc.runtime.checkpoint import save_checkpoint
+
+    tiny = dict(mode="unconditional", diffusion_steps=T, num_channels=8, channel_mult=[1], num_res_blocks=1,
+                attention_resolutions=[])
+    epsilon = Config(**tiny, prediction="epsilon")
+    first_step = respace(GaussianDiffusion.from_schedule("cosine", T), parse_respacing("trailing8", T))
+    assert 1 / first_step.sqrt_alphas_cumprod[-1].item() > 2e4  # an ε̂ error of 1e-4 is a 2 in x̂_0
+    for spacing in ("trailing", "quadratic"):
+        with pytest.raises(UserError, match="sample_spacing"):
+            Config(**tiny, prediction="epsilon", sample_spacing=spacing).validate()
+        with pytest.raises(UserError, match=f"--spacing {spacing} starts at t = T-1"):
+            TransmissionSystem(epsilon).sampling_process(8, spacing)
+        for prediction in ("v", "x0"):
+            process = TransmissionSystem(Config(**tiny, prediction=prediction, sample_spacing=spacing).validate()
+                                         ).sampling_process(8)
+            assert int(process.timestep_map[-1]) == T - 1
+    Config(mode="jscc", sample_spacing="trailing").validate()  # mode jscc ignores the diffusion keys
+
+    receiver = Config(mode="joint", conditioning="spatial", prediction="epsilon", learn_sigma=False, num_channels=16,
+                      channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], jscc_num_filters=16,
+                      diffusion_steps=100).validate()
+    system = TransmissionSystem(receiver)
+    checkpoint = save_checkpoint({"config": receiver.to_dict(), "model": system.state_dict(), "step": 0},
+                                 tmp_path / "epsilon.pt")
+    image = str(sorted((cifar_root / "cifar_test").iterdir())[0])
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(cifar_root / "cifar_test"), "--snr", "10",
+                 "--limit", "2", "--steps", "2", "--spacing", "trailing", "--no-fid", "--no-realism", "--no-progress",
+                 "--out", str(tmp_path / "eval")]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert "--spacing trailing starts at t = T-1" in error
+    assert main(["transmit", "--checkpoint", str(checkpoint), "--snr", "10", "--steps", "2", "--spacing",
+                 "quadratic", image, str(tmp_path / "rx.png")]) == 2
+    assert "--spacing quadratic starts at t = T-1" in capsys.readouterr().err
+    assert main(["transmit", "--checkpoint", str(checkpoint), "--snr", "10", "--steps", "2", "--spacing", "leading",
+                 image, str(tmp_path / "rx.png")]) == 0
+
+
+def test_ddpm_sampler_draws_with_the_learned_variance(cifar_root, tmp_path, capsys) -> None:
+    """``--sampler ddpm``: ancestral sampling whose noise is the model's learned σ, through the system
+    (the residual clamp included) and the CLI; DDIM's --eta does not apply to it."""
+    from diffjscc.cli import main
+    from diffjscc.runtime.checkpoint import save_checkpoint
+
+    assert resolve_sampler("ddpm", 8) == resolve_sampler("ddpm", 50) == "ddpm"
+    assert resolve_sampler("ddpm", 8, start="inversion") == "ddim"  # inversion's mirror is deterministic
+    with pytest.raises(UserError, match="DDPM draws with the model's own variance"):
+        resolve_sampler("ddpm", 8, eta=0.5)
+    cfg = Config(mode="joint", conditioning="residual", prediction="v", learn_sigma=True, num_channels=16,
+                 channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[], jscc_num_filters=16,
+                 diffusion_steps=100, sample_spacing="trailing").validate()
+    torch.manual_seed(0)
+    system = TransmissionSystem(cfg).eval()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    received = system.transmit(images, snr_db=5.0, generator=torch.Generator().manual_seed(2))
+
+    def receive(seed: int) -> torch.Tensor:
+        return system.receive(received, steps=4, sampler="ddpm", generator=torch.Generator().manual_seed(seed))
+
+    base = system.residual_base(received)
+    process = system.sampling_process(4)
+    generator = torch.Generator().manual_seed(3)
+    x_T = torch.randn((2, 3, 32, 32), generator=generator)
+    direct = ddpm_sample(process, system.denoiser(received, base=base), x_T, clip=system.clip_range(base),
+                         generator=generator)
+    assert torch.equal(receive(3), system.from_residual(direct, base).clamp(-1, 1))
+    assert not torch.equal(receive(3), receive(4))
+    # the learned σ is what it draws with (DDIM ignores it): other v channels, other samples from the same noise
+    network = system.denoiser(received, base=base)
+
+    def with_variance(v: float):
+        return lambda x, t: torch.cat([network(x, t)[:, :3], torch.full_like(x, v)], dim=1)
+
+    def run(sampler, v: float) -> torch.Tensor:
+        return sampler(process, with_variance(v), x_T, clip=system.clip_range(base),
+                       generator=torch.Generator().manual_seed(5))
+
+    assert torch.equal(run(ddim_sample, -1.0), run(ddim_sample, 1.0))
+    spread = [(run(ddpm_sample, v) - run(ddim_sample, v)).std().item() for v in (-1.0, 1.0)]
+    assert spread[0] < spread[1]  # v = 1: σ² = β_t, the larger of the two ends
+    checkpoint = save_checkpoint({"config": cfg.to_dict(), "model": system.state_dict(), "step": 0},
+                                 tmp_path / "receiver.pt")
+    image = str(sorted((cifar_root / "cifar_test").iterdir())[0])
+    capsys.readouterr()
+    assert main(["transmit", "--checkpoint", str(checkpoint), "--snr", "5", "--steps", "4", "--sampler", "ddpm",
+                 image, str(tmp_path / "rx.png")]) == 0
+    assert "4 steps of ddpm" in capsys.readouterr().out

@@ -6,8 +6,9 @@ Notation (Ho et al. 2020; Nichol & Dhariwal 2021), index t = 0 … T-1:
     q(x_{t-1} | x_t,x_0) = N(μ̃_t, β̃_t I),  μ̃_t = c1_t·x_0 + c2_t·x_t,
                            β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
     p(x_{t-1} | x_t)     = N(μ_θ, Σ_θ),  μ_θ = μ̃_t with the predicted x̂_0,
-                           Σ_θ = exp(v_σ·log β_t + (1 − v_σ)·log β̃_t) when the variance is learned
-                           (the network outputs v_σ ∈ [−1, 1] → (v_σ+1)/2), else β_t ("large").
+                           Σ_θ = exp(f·log β_t + (1 − f)·log β̃_t), f = (v_σ + 1)/2, when the variance
+                           is learned (the network outputs v_σ, trained towards [−1, 1] but not
+                           clamped to it, as improved-diffusion), else β_t ("large").
 
 The network predicts ε (``prediction="epsilon"``, the original), x_0 (``"x0"``) or
 v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (``"v"``, Salimans & Ho 2022), plus the variance interpolation
@@ -17,8 +18,13 @@ that the posterior and the samplers use. The timesteps given to the network are
 original timesteps, so one trained network serves every number of sampling steps.
 
 The hybrid loss is L_simple + λ·T·L_t^{vlb} with the VLB term computed on a stop-gradient mean,
-so that it trains only the variance (Nichol & Dhariwal, §3.1). The diffusers library has the
-UNet and DDPM/DDIM schedulers but not this VLB term, hence this module.
+so that it trains only the variance (Nichol & Dhariwal, §3.1). Its t = 0 term is the decoder
+−log p(x_0 | x_1): for 8-bit images Ho et al.'s discretised Gaussian (each pixel value a bin of
+width 2/255); for a target off that grid — the residual (x − x̂)/scale around a continuous Deep
+JSCC estimate x̂ — the continuous Gaussian density (its bits/dim are then a differential entropy,
+not comparable with 8-bit ones). The learned variance is what ancestral sampling
+(:func:`~diffjscc.diffusion.samplers.ddpm_sample`, ``--sampler ddpm``) draws with. The diffusers
+library has the UNet and DDPM/DDIM schedulers but not this VLB term, hence this module.
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, l
 
 def _approx_standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, e^{2·log_scale}), the continuous density, elementwise, in nats."""
+    return -0.5 * (math.log(2.0 * math.pi) + 2.0 * log_scale + (x - mean) ** 2 * torch.exp(-2.0 * log_scale))
 
 
 def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -195,7 +206,7 @@ class GaussianDiffusion:
         if v is None:
             log_variance = _extract(self.log_betas_large, t, x_t).expand_as(x_t)
         else:
-            frac = (v.float().clamp(-1, 1) + 1) / 2
+            frac = (v.float() + 1) / 2  # no clamp (as improved-diffusion): the VLB's gradient stays alive outside
             min_log = _extract(self.posterior_log_variance_clipped, t, x_t)
             max_log = _extract(torch.log(self.betas), t, x_t)
             log_variance = frac * max_log + (1 - frac) * min_log
@@ -208,31 +219,36 @@ class GaussianDiffusion:
         return ModelPrediction(mean=mean, log_variance=log_variance, pred_x0=pred_x0, eps=eps.to(x_t.dtype))
 
     # ---- training ---------------------------------------------------------------------------
-    def vlb_terms(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def vlb_terms(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                  target_is_8bit: bool = True) -> torch.Tensor:
         """L_t of the variational bound in bits per dimension, shape (B,).
 
         t > 0: KL(q(x_{t−1}|x_t,x_0) || p(x_{t−1}|x_t)); t = 0: −log p(x_0|x_1) of the
-        discretised Gaussian decoder.
+        discretised Gaussian decoder when ``x0`` is an 8-bit image in [−1, 1], else (a residual
+        target, off that grid) of the continuous Gaussian.
         """
         true_mean, true_log_var = self.q_posterior(x0, x_t, t)
         pred = self.p_mean_variance(out, x_t, t, clip=False)
         kl = mean_flat(normal_kl(true_mean, true_log_var, pred.mean, pred.log_variance)) / math.log(2.0)
-        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, pred.mean, 0.5 * pred.log_variance)) / math.log(2.0)
+        decoder = discretized_gaussian_log_likelihood if target_is_8bit else gaussian_log_likelihood
+        nll = -mean_flat(decoder(x0, pred.mean, 0.5 * pred.log_variance)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
     def training_losses(self, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                        noise: torch.Tensor, vlb_weight: float = 0.001) -> dict[str, torch.Tensor]:
+                        noise: torch.Tensor, vlb_weight: float = 0.001,
+                        target_is_8bit: bool = True) -> dict[str, torch.Tensor]:
         """Per-sample losses: ``mse`` = mean squared error of the prediction (ε, x_0 or v) against
         its target; with a learned variance also ``vlb`` and ``loss`` = mse + λ·T·vlb (the VLB
         estimate of one uniformly drawn term, scaled to the sum over T terms, on a detached
-        prediction so that it trains only the variance)."""
+        prediction so that it trains only the variance). ``target_is_8bit``: ``x0`` is an 8-bit
+        image (the discretised decoder at t = 0), not a residual (the continuous one)."""
         out = out.float()
         prediction, v = self.split_output(out)
         mse = mean_flat((self.training_target(x0.float(), t, noise.float()) - prediction) ** 2)
         terms = {"mse": mse, "loss": mse}
         if v is not None:
             frozen = torch.cat([prediction.detach(), v], dim=1)
-            vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t)
+            vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t, target_is_8bit)
             terms["vlb"] = vlb
             terms["loss"] = mse + vlb_weight * self.num_timesteps * vlb
         return terms

@@ -1,6 +1,10 @@
 """Samplers as small functions of (diffusion, denoiser, x): DDPM, DDIM, DPM-Solver++(2M) and DDIM
 inversion.
 
+DDPM (Ho et al. 2020) draws x_{i−1} ~ p(x_{i−1} | x_i) = N(μ_θ, Σ_θ) at every index: the only
+sampler that uses the learned variance Σ_θ (``learn_sigma``; β_i without it), which Nichol &
+Dhariwal (2021, §4) train so that ancestral sampling works with few respaced steps.
+
 ``denoiser(x, timesteps)`` returns the network output for a batch at the network's timestep
 values; conditioning (received latent, class) is closed over by the caller. All loops run over
 the indices of ``diffusion`` — pass a respaced process (:func:`.respace.respace`) for fewer steps.
@@ -37,7 +41,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from diffjscc.config import FEW_STEPS, SAMPLERS, SPACINGS
+from diffjscc.config import FEW_STEPS, FROM_PURE_NOISE_SPACINGS, SAMPLERS, SPACINGS
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.errors import UserError
 
@@ -47,8 +51,9 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float = 0.0) -> str:
     """The sampler that ``name`` means at ``steps`` network evaluations: ``auto`` is
     DPM-Solver++(2M) at ≤ FEW_STEPS, DDIM above (where the two agree and DDIM is the reference),
-    and DDIM whenever ``eta`` > 0 (DDIM's stochastic steps; DPM-Solver++(2M) is deterministic).
-    A run from an inverted source (``start="inversion"``) is always deterministic DDIM, the inversion's mirror."""
+    and DDIM whenever ``eta`` > 0 (DDIM's stochastic steps; DPM-Solver++(2M) is deterministic,
+    DDPM stochastic with the model's own variance). A run from an inverted source
+    (``start="inversion"``) is always deterministic DDIM, the inversion's mirror."""
     if name not in SAMPLERS:
         raise UserError(f"unknown sampler {name!r}; expected {', '.join(SAMPLERS)}")
     if not 0.0 <= eta <= 1.0:  # also rejects NaN
@@ -58,6 +63,8 @@ def resolve_sampler(name: str, steps: int, start: str | None = None, eta: float 
     if eta > 0:
         if name == "dpm++2m":
             raise UserError("--eta > 0 needs DDIM (--sampler ddim or auto): DPM-Solver++(2M) is deterministic")
+        if name == "ddpm":
+            raise UserError("--eta > 0 needs DDIM (--sampler ddim or auto): DDPM draws with the model's own variance")
         return "ddim"
     if name == "auto":
         return "dpm++2m" if steps <= FEW_STEPS else "ddim"
@@ -80,10 +87,15 @@ def check_guidance_scale(guidance: float) -> None:
         raise UserError(f"--guidance must be a finite number >= 0 (1: no guidance), got {guidance}")
 
 
-def check_spacing(spacing: str) -> None:
-    """A timestep spacing is one of :data:`diffjscc.config.SPACINGS`."""
+def check_spacing(spacing: str, prediction: str | None = None) -> None:
+    """A timestep spacing is one of :data:`diffjscc.config.SPACINGS`, and for a model that predicts
+    ``prediction`` one that it can start from: an ε model's first step at t = T−1 (trailing,
+    quadratic) would turn x̂_0 = (x − √(1−ᾱ)·ε̂)/√ᾱ, with √ᾱ ≈ 5e-5, into a ±1 pattern after clipping."""
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; expected {', '.join(SPACINGS)}")
+    if prediction == "epsilon" and spacing in FROM_PURE_NOISE_SPACINGS:
+        raise UserError(f"--spacing {spacing} starts at t = T-1, where an epsilon model's x0 estimate divides by "
+                        f"sqrt(alpha_bar) ~ 0: use --spacing leading with this model (v or x0 models can)")
 
 
 def _full(batch: int, index: int, device: torch.device) -> torch.Tensor:
@@ -148,9 +160,12 @@ def dpm_solver_2m_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: 
 
 
 @torch.no_grad()
-def ddpm_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor, clip: bool = True,
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """x_T → x_0 by ancestral sampling from p(x_{t−1}|x_t) (learned or fixed variance)."""
+def ddpm_sample(diffusion: GaussianDiffusion, denoiser: Denoiser, x_T: torch.Tensor,
+                clip: bool | tuple[torch.Tensor, torch.Tensor] = True, generator: torch.Generator | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """x_T → x_0 by ancestral sampling from p(x_{t−1}|x_t) (learned or fixed variance; on a
+    respaced process the learned one interpolates its β'_i and β̃'_i, as improved-diffusion);
+    ``clip`` as in ``p_mean_variance``. The last step returns the mean, x̂_0."""
     x = x_T
     batch = x.shape[0]
     for i in _steps(reversed(range(diffusion.num_timesteps)), progress, "DDPM"):

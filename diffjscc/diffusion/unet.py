@@ -20,7 +20,12 @@ the conditioning once per received batch (samplers reuse it at every step).
 
 Layout mirrors improved-diffusion's 32×32 UNet: widths ``num_channels·channel_mult``,
 ``num_res_blocks`` residual blocks per level, self-attention at the listed resolutions,
-scale-shift (FiLM) timestep conditioning. The output is the config's ``prediction`` target
+scale-shift (FiLM) timestep conditioning. ``num_heads`` is the number of attention heads at
+the first attention level: diffusers' UNet2DModel takes one per-head width for all its attention
+layers (``attention_head_dim``), which we set to that level's width / ``num_heads``, so a level
+k times wider, and the middle block if it is, has k·``num_heads`` heads (improved-diffusion has
+``num_heads`` everywhere; the two agree when every attention level and the middle block have one
+width, as in every shipped model and config). The output is the config's ``prediction`` target
 (ε, x₀ or v; see :mod:`diffjscc.diffusion.gaussian`), 3 channels, plus 3 for the variance
 interpolation when the variance is learned (6 in all).
 """
@@ -89,6 +94,7 @@ class ConditionalUNet(nn.Module):
         use_attention = [res in attention_resolutions for res in resolutions]
         down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in use_attention)
         up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(use_attention))
+        # one per-head width for every attention layer (see the module docstring): num_heads at the first
         attn_widths = [w for w, a in zip(widths, use_attention) if a] or [widths[-1]]
         self.emb_dim = 4 * num_channels
         self.latent_dim = latent_dim

@@ -371,10 +371,11 @@ def protocol_images(models: Sequence[EvalModel], data_dir: Path, protocol: Proto
 
 def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
     """Before any work, a receiver the protocol cannot run (guidance without ``condition_dropout``
-    training) is refused in one line."""
+    training, a spacing from t = T−1 for an ε model) is refused in one line."""
     for model in models:
         if model.system.unet is not None:
             model.system.check_guidance(protocol.guidance)
+            check_spacing(protocol.spacing or model.system.cfg.sample_spacing, model.system.cfg.prediction)
 
 
 def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol,

@@ -168,7 +168,8 @@ def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torc
     out = system.unet(x_t, diffusion.model_timesteps(t), latent=received,
                       class_labels=labels if cfg.class_cond else None,
                       snr_db=snr if cfg.snr_adaptive else None, estimate=base, keep=keep)
-    terms = diffusion.training_losses(out, target, x_t, t, noise, vlb_weight=cfg.vlb_weight)
+    terms = diffusion.training_losses(out, target, x_t, t, noise, vlb_weight=cfg.vlb_weight,
+                                      target_is_8bit=base is None)  # a residual is off the 8-bit grid
     losses = {key: value.mean() for key, value in terms.items()}
     if parts:
         losses["loss"] = losses["loss"] + parts["jscc_mse"]
