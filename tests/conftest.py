@@ -55,6 +55,30 @@ def cifar_root(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def cifar_test_split(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding cifar_test/: all 10,000 CIFAR-10 test images as PNGs, written once per session.
+
+    Only the test batch (and the class names) is taken from the archive, so the 50,000 training
+    images are not written: extract_cifar10 writes the splits whose batch files it finds.
+    """
+    import tarfile
+
+    from diffjscc.data import extract_cifar10
+
+    root = tmp_path_factory.mktemp("cifar_full_test")
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir()
+    wanted = {"batches.meta", "test_batch"}
+    with tarfile.open(shared_archive, "r:gz") as archive:
+        for member in archive:
+            name = Path(member.name).name
+            if member.isfile() and name in wanted:
+                (batches / name).write_bytes(archive.extractfile(member).read())
+    assert extract_cifar10(batches, root) == {"cifar_train": 0, "cifar_test": 10_000}
+    return root
+
+
+@pytest.fixture(scope="session")
 def cifar_images(cifar_root: Path) -> np.ndarray:
     """uint8 (64, 32, 32, 3) array of the first 64 PNGs of cifar_root/cifar_test in sorted file-name order."""
     files = sorted((cifar_root / "cifar_test").glob("*.png"))[:64]

@@ -226,12 +226,10 @@ def test_diffusion_receiver_blends_windows_without_seams(cifar_root: Path, tmp_p
 
 
 @pytest.fixture(scope="module")
-def full_test_split(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def full_test_split(cifar_test_split: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All 10,000 CIFAR-10 test images, and every 10th of them (the receivers' scoring set)."""
-    from diffjscc.data.cifar10 import extract_cifar10
-
     root = tmp_path_factory.mktemp("cifar_full")
-    extract_cifar10(shared_archive, root)
+    (root / "cifar_test").symlink_to(cifar_test_split / "cifar_test", target_is_directory=True)
     every10 = root / "cifar_test_every10"
     every10.mkdir()
     for path in sorted((root / "cifar_test").glob("*.png"))[::10]:

@@ -16,7 +16,6 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from diffjscc.cli import main
-from diffjscc.data import extract_cifar10
 from diffjscc.evaluation.classifier import (classifier_features, load_classifier, shipped_classifier_path)
 from diffjscc.evaluation.realism import RealismScorer, frechet_distance, kernel_distance
 from diffjscc.receivers import matched_noise
@@ -82,14 +81,13 @@ def test_matched_noise_gives_each_image_its_target_psnr() -> None:
 
 # ---- the shipped classifier on real images ----------------------------------------------------
 @pytest.fixture(scope="module")
-def test_split(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, torch.Tensor]:
+def test_split(cifar_test_split: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All test images of the shared archive as uint8 (N, 3, 32, 32) and their labels in the
     classifier's class order."""
     from diffjscc.data import ImageFolderDataset
     from diffjscc.evaluation.metrics import to_uint8
 
-    root = tmp_path_factory.mktemp("cifar_full_test")
-    extract_cifar10(shared_archive, root)
+    root = cifar_test_split
     classifier = load_classifier()
     dataset = ImageFolderDataset(root / "cifar_test", with_labels=True, class_names=classifier.class_names)
     images = torch.stack([to_uint8(dataset[i][0]) for i in range(len(dataset))])
