@@ -1,12 +1,11 @@
 """Send one of the user's own images through a trained system (``diffjscc transmit``).
 
-The whole image is transmitted at once: the Deep JSCC encoder and decoder are fully
-convolutional, so an H × W image (edge-padded so that each side is at least the model's
-``image_size`` S and S plus a multiple of the windows' stride, 3S/4) becomes one received latent of
-``c_out · (H'/4) · (W'/4)`` real symbols, the same k/n as the model's own images, power-normalised
-over the whole image. The Deep JSCC decoder reconstructs the whole image; the diffusion receiver
-samples the whole image too, its network seeing overlapping S × S windows blended at every step
-(:meth:`~diffjscc.system.TransmissionSystem.receive_windowed`). Nothing is stitched, so no seams.
+The whole image is transmitted at once (:mod:`diffjscc.whole_image`): edge-padded so that each
+side is at least the model's ``image_size`` S and S plus a multiple of the windows' stride, 3S/4,
+it becomes one received latent of ``c_out · (H'/4) · (W'/4)`` real symbols, the same k/n as the
+model's own images, power-normalised over the whole image. The Deep JSCC decoder reconstructs
+the whole image; the diffusion receiver samples the whole image too, its network seeing
+overlapping S × S windows blended at every step. Nothing is stitched, so no seams.
 
 Grayscale inputs are converted to RGB for the model and the output is written back as
 grayscale (luma, ITU-R 601); an alpha channel is dropped. PSNR and SSIM compare the 8-bit
@@ -20,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from diffjscc.errors import UserError
 from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.receivers import available, require
 from diffjscc.system import TransmissionSystem, build_channel
+from diffjscc.whole_image import pad_for_windows, receive_windowed
 
-__all__ = ["TransmitResult", "GRAY_MODES", "TRANSMIT_RECEIVERS", "padded_size", "transmit_file", "transmit_image"]
+__all__ = ["TransmitResult", "GRAY_MODES", "TRANSMIT_RECEIVERS", "transmit_file", "transmit_image"]
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp", ".avif", ".jp2", ".j2k")
@@ -50,12 +49,6 @@ class TransmitResult:
     def k_over_n_complex(self) -> float:
         """Complex channel uses per source dimension (the Deep JSCC literature's convention)."""
         return self.k_over_n / 2
-
-
-def padded_size(side: int, window: int, stride: int) -> int:
-    """The transmitted length of a side: at least ``window``, and ``window`` plus a multiple of
-    ``stride`` (where the diffusion receiver's windows sit)."""
-    return window + max(0, -(-(side - window) // stride)) * stride
 
 
 TRANSMIT_RECEIVERS = ("diffusion", "deep_jscc")
@@ -83,8 +76,8 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
         raise UserError(f"transmit needs a fully convolutional Deep JSCC encoder; this checkpoint's is {cfg.encoder!r}")
     device = next(system.parameters()).device
     h, w = image.shape[-2:]
-    size = tuple(padded_size(side, cfg.image_size, system.window_stride) for side in (h, w))
-    padded = F.pad(image[None], (0, size[1] - w, 0, size[0] - h), mode="replicate").to(device)
+    padded = pad_for_windows(image[None], cfg.image_size).to(device)
+    size = tuple(padded.shape[-2:])
     link = build_channel(cfg, channel).eval()
     g_channel = torch.Generator(device=device).manual_seed(seed)
     g_sample = torch.Generator(device=device).manual_seed(seed + 1)
@@ -92,8 +85,8 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
     if receiver == "deep_jscc":
         recon = system.decode(received, snr_db).clamp(-1, 1)
     else:
-        recon = system.receive_windowed(received, steps, snr_db=snr_db, sampler=sampler, generator=g_sample,
-                                        batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing)
+        recon = receive_windowed(system, received, steps, snr_db=snr_db, sampler=sampler, generator=g_sample,
+                                 batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing)
     recon = recon[0, :, :h, :w].cpu()
     source_u8, recon_u8 = to_uint8(image), to_uint8(recon)
     if gray:
