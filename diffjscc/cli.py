@@ -88,7 +88,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_receiver_args(p: argparse.ArgumentParser, default_limit: int | None) -> None:
     _add_model_args(p)
-    p.add_argument("--data", type=Path, required=True, help="folder of images (e.g. cifar_test/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder of images (e.g. cifar_test/); images of other sizes than the model's are sent whole, "
+                        "as transmit sends them, one grid each")
     p.add_argument("--snr", type=float, default=None, help="channel SNR in dB (default: the config's snr_db)")
     _add_sampling_args(p)
     p.add_argument("--start", choices=["gaussian", "inversion"], default="gaussian",
@@ -121,7 +123,9 @@ def _add_evaluate(sub) -> None:
                         "(a 'frozen' checkpoint also carries its Deep JSCC encoder and decoder)")
     p.add_argument("--model", action="append", default=[], metavar="NAME",
                    help="a model shipped with diffjscc (list: diffjscc models); repeatable, beside --checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="folder of images at the models' size (e.g. cifar_test/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder of images at the models' size (e.g. cifar_test/), or of any sizes (e.g. Kodak): "
+                        "each then sent whole as transmit sends it, scored at its own size")
     p.add_argument("--snr", default="0,5,10,15,20", help="comma-separated channel SNRs in dB (default 0,5,10,15,20)")
     p.add_argument("--start", "--starts", dest="start", default="gaussian",
                    help="comma-separated diffusion start modes: gaussian (x_T ~ N(0, I), a real receiver), "
@@ -331,7 +335,7 @@ def _load_for_receiving(args):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     system = load_system(str(checkpoint_for(args.checkpoint, args.model)), device=resolve_device(args.device))
-    dataset = ImageFolderDataset(args.data, image_size=system.cfg.image_size, with_labels=system.cfg.class_cond)
+    dataset = ImageFolderDataset(args.data, with_labels=system.cfg.class_cond)  # any size: photos are sent whole
     snr = system.cfg.snr_db if args.snr is None else args.snr
     return system, dataset, snr
 
@@ -350,6 +354,9 @@ def _cmd_sample(args) -> int:
         hint = f"--start {args.start} needs a diffusion checkpoint"
         receivers = (require(system, by_start(args.start).name, hint=hint).name,)
     device = next(system.parameters()).device
+    shown = range(len(dataset) if args.limit is None else min(args.limit, len(dataset)))
+    if any(tuple(dataset[i][0].shape[-2:]) != (system.cfg.image_size,) * 2 for i in shown):
+        return _sample_whole(system, dataset, shown, receivers, snr, args)
     images, labels = dataset.first(args.limit, device)
     count = images.shape[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, batch after batch
@@ -368,6 +375,28 @@ def _cmd_sample(args) -> int:
     for i in range(count):
         save_image_tensor(rows[-1][i].cpu(), args.out / f"received_{i:04d}.png")
     print(f"{count} images at {snr:g} dB: grid {grid}, reconstructions received_*.png in {args.out}")
+    return 0
+
+
+def _sample_whole(system, dataset, shown: range, receivers, snr: float, args) -> int:
+    """``sample`` on images not all of the model's size: each sent whole, one grid per image."""
+    import torch
+
+    from diffjscc.data import save_image_tensor
+    from diffjscc.evaluation.figures import save_image_grid
+    from diffjscc.evaluation.grids import reconstruct_whole
+
+    device = next(system.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, image after image
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i in shown:
+        rows, names = reconstruct_whole(system, dataset[i][0].to(device), steps=args.steps, sampler=args.sampler,
+                                        guidance=args.guidance, eta=args.eta, spacing=args.spacing,
+                                        generator=generator, snr_db=snr, receivers=receivers)
+        save_image_grid(rows, args.out / f"grid_{i:04d}.png", row_labels=names, scale=1)
+        save_image_tensor(rows[-1][0].cpu(), args.out / f"received_{i:04d}.png")
+    print(f"{len(shown)} images at {snr:g} dB, each sent whole at its own size: grids grid_*.png, reconstructions "
+          f"received_*.png in {args.out}")
     return 0
 
 

@@ -8,6 +8,10 @@ real symbols, power-normalised over the whole image. The Deep JSCC decoder recon
 whole; the diffusion receiver (:func:`receive_windowed`) samples it whole too, its network
 seeing S × S windows whose outputs are blended (MultiDiffusion): nothing is stitched, so no
 seams. Callers crop the reconstruction back to H × W.
+
+Where the receiver guessed: K posterior samples of one image differ where y did not decide
+the pixels; :func:`pixel_spread` is their per-pixel standard deviation, a map of that doubt
+(zero where every sample agrees), :func:`spread_image` that map as an 8-bit picture.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from diffjscc.diffusion.samplers import resolve_sampler
 from diffjscc.diffusion.unet import Condition
 from diffjscc.system import TransmissionSystem, sample_from
 
-__all__ = ["pad_for_windows", "padded_size", "receive_windowed", "window_stride"]
+__all__ = ["SPREAD_SCALE", "larger_than_network", "pad_for_windows", "padded_size", "pixel_spread", "receive_windowed",
+           "spread_image", "window_stride"]
 
 
 def window_stride(image_size: int) -> int:
@@ -41,6 +46,13 @@ def pad_for_windows(images: torch.Tensor, image_size: int) -> torch.Tensor:
     stride = window_stride(image_size)
     size = tuple(padded_size(side, image_size, stride) for side in (h, w))
     return F.pad(images, (0, size[1] - w, 0, size[0] - h), mode="replicate")
+
+
+def larger_than_network(system: TransmissionSystem, received: torch.Tensor) -> bool:
+    """Whether ``received`` is the latent of an image other than the network's S × S (a whole
+    photo), which the diffusion receiver samples through windows."""
+    size = system.cfg.image_size
+    return tuple(received.shape[-2:]) != (size // 4, size // 4)
 
 
 @torch.no_grad()
@@ -103,3 +115,23 @@ def receive_windowed(system: TransmissionSystem, received: torch.Tensor, steps: 
     generated = sample_from(system.sampling_process(steps, spacing), denoise, x_T, system.clip_range(base),
                             resolve_sampler(sampler, steps, eta=eta), generator, eta=eta)
     return system.from_residual(generated, base).clamp(-1, 1)
+
+
+SPREAD_SCALE = 4
+"""Levels of the spread picture per 8-bit level of standard deviation: black is 0, white
+(255) is a standard deviation of 255 / SPREAD_SCALE = 63.75 levels or more."""
+
+
+def pixel_spread(samples: torch.Tensor) -> torch.Tensor:
+    """Per-pixel spread of K ≥ 2 samples (K, C, H, W) of 8-bit levels (uint8 or float): the
+    standard deviation over the samples (unbiased, K − 1), root-mean-square over the C
+    channels, in 8-bit levels, (H, W). Zero exactly where all K samples agree."""
+    if samples.shape[0] < 2:
+        raise ValueError(f"the spread of samples needs K >= 2 samples, got {samples.shape[0]}")
+    return samples.double().var(dim=0, unbiased=True).mean(dim=0).sqrt()
+
+
+def spread_image(spread: torch.Tensor) -> torch.Tensor:
+    """The (H, W) spread in 8-bit levels as a uint8 picture: ``SPREAD_SCALE`` × spread, rounded,
+    saturating at 255."""
+    return (spread * SPREAD_SCALE).round().clamp(0, 255).to(torch.uint8)

@@ -3,7 +3,8 @@ them with what produced them, and its files — results.json (everything), resul
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
 The document's format is ``diffjscc-evaluation/5``: keys ``format, versions, seed, data,
-n_images, checkpoints, settings, metrics, notes, results``; every row has exactly the keys of
+n_images, checkpoints, settings, metrics, notes, results`` (and ``per_image``, each image's
+scores, when whole images of mixed sizes were evaluated); every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
 """
 
@@ -62,6 +63,7 @@ class ResultRow(TypedDict):
     psnr: float  # dB, mean over images x samples
     ssim: float
     ms_ssim: float
+    spread: float | None  # K >= 2 outputs per image: mean over pixels and images of their per-pixel std, 8-bit levels
     fid: float | None
     fid_note: str | None
     lpips: float | None
@@ -109,6 +111,10 @@ def _metric_definitions() -> dict:
     """How the per-image metrics are computed, as the document records it."""
     return {
         "psnr": "10 log10(1 / MSE) dB per image on 8-bit outputs, mean over images (x samples)",
+        "averaging": "every per-image metric (PSNR too) is the mean of per-image values, not the value of the pooled "
+                     "MSE: the convention of the Kodak results in the literature",
+        "spread": "with K >= 2 outputs per image: the per-pixel standard deviation over the K outputs (unbiased, "
+                  "root-mean-square over RGB) in 8-bit levels, mean over pixels, then over images",
         "ssim": f"Wang et al. 2004, Gaussian window {SSIM_KERNEL_SIZE} taps sigma {SSIM_SIGMA}, valid region "
                 "(= scikit-image)",
         "ms_ssim": {"scales": len(MS_SSIM_BETAS), "betas": list(MS_SSIM_BETAS),
@@ -126,9 +132,10 @@ def _versions() -> dict:
 
 def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
                      fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow],
-                     realism_info: dict | None = None) -> dict:
-    """The results document: the rows and everything needed to reproduce and read them."""
-    return {
+                     realism_info: dict | None = None, per_image: list[dict] | None = None) -> dict:
+    """The results document: the rows and everything needed to reproduce and read them;
+    ``per_image``: each image's scores row by row (whole images of mixed sizes)."""
+    document = {
         "format": FORMAT,
         "versions": _versions(),
         "seed": seed,
@@ -141,11 +148,14 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
         "notes": notes,
         "results": rows,
     }
+    if per_image is not None:
+        document["per_image"] = per_image
+    return document
 
 
 TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
-                 "psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "acc_cls", "fid", "lpips", "lost_fraction", "n"]
-TABLE_FORMATS = {"k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
+                 "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "fid", "lpips", "lost_fraction", "n"]
+TABLE_FORMATS = {"spread": ".2f", "k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
                  "lost_fraction": ".2f", "snr_db": "g", "fd_cls": ".3f", "kid_cls": ".4f", "acc_cls": ".3f"}
 
 

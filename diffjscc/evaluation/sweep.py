@@ -27,6 +27,7 @@ every rank returns the same document, and callers write it on rank 0 only.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,15 +41,16 @@ from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
-from diffjscc.evaluation.metrics import to_uint8
+from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.evaluation.realism import RealismScorer, labels_from_file_names
 from diffjscc.evaluation.report import SweepConsole, realism_verdicts
 from diffjscc.evaluation.results import finish_rows, results_document
 from diffjscc.evaluation.scoring import prepare_fid_reference, score_outputs
 from diffjscc.receivers import Receiver, ReceiveContext, available, receive
-from diffjscc.runtime.distributed import all_reduce_sum, get_world_size, shard_range
+from diffjscc.runtime.distributed import all_gather_cat, all_reduce_sum, get_world_size, shard_range
 from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import TransmissionSystem, build_channel, load_system
+from diffjscc.whole_image import pad_for_windows, pixel_spread
 
 __all__ = ["EvalModel", "Protocol", "load_models", "run_protocol"]
 
@@ -168,11 +170,18 @@ def _my_batches(n: int, size: int) -> tuple[list[tuple[int, slice]], slice]:
 
 
 def _load_images(data_dir: Path, image_size: int, with_labels: bool, limit: int | None):
+    """The first ``limit`` images: one (N, 3, S, S) batch when all are the models' size S, else
+    the list of (3, H, W) images of their own sizes (whole images); their labels and files."""
     from diffjscc.data import ImageFolderDataset
 
-    dataset = ImageFolderDataset(data_dir, image_size=image_size, with_labels=with_labels)
-    images, labels = dataset.first(limit)
-    return images, labels, dataset.files[:images.shape[0]]
+    dataset = ImageFolderDataset(data_dir, with_labels=with_labels)
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    labels = torch.tensor([label for _, label in items]) if with_labels else None
+    tensors = [image for image, _ in items]
+    if all(tuple(t.shape[-2:]) == (image_size, image_size) for t in tensors):
+        return torch.stack(tensors), labels, dataset.files[:count]
+    return tensors, labels, dataset.files[:count]
 
 
 def _model_receivers(model: EvalModel, protocol: Protocol, deep_jscc_seen: dict[str, str],
@@ -255,6 +264,111 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     return rows
 
 
+PER_IMAGE_SCORES = ("psnr", "ssim", "ms_ssim", "lpips", "spread")
+"""What the per-image records of a whole-image evaluation hold for each image, row by row."""
+
+
+def _check_whole_images(models: Sequence[EvalModel]) -> None:
+    """Whole images need a fully convolutional encoder, and a diffusion receiver without classes."""
+    for model in models:
+        cfg = model.system.cfg
+        if cfg.encoder != "jscc":
+            raise UserError(f"{model.label}: images not of the model's {cfg.image_size}x{cfg.image_size} are sent "
+                            f"whole, which needs a fully convolutional Deep JSCC encoder; this one's is {cfg.encoder!r}")
+        if cfg.class_cond and model.system.unet is not None:
+            raise UserError(f"{model.label}: a class-conditional diffusion receiver cannot take whole images of "
+                            f"other sizes than {cfg.image_size}x{cfg.image_size}")
+
+
+def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIPSScorer | None) -> list[float]:
+    """:data:`PER_IMAGE_SCORES` of one image's S outputs (S, 3, H, W) against its source (3, H, W):
+    means over the S outputs; NaN where a score does not apply (MS-SSIM under 32 px, LPIPS
+    unavailable, the spread of one output)."""
+    x = source_u8[None].float().div(255).expand_as(outputs_u8)
+    y = outputs_u8.float() / 255
+    small = min(source_u8.shape[-2:]) < 32
+    return [float(psnr_per_image(x, y).double().mean()),
+            float(ssim_per_image(x, y).double().mean()) if min(source_u8.shape[-2:]) >= SSIM_KERNEL_SIZE else math.nan,
+            math.nan if small else float(ms_ssim_per_image(x, y).double().mean()),
+            lpips.score(x, y) if lpips is not None else math.nan,
+            float(pixel_spread(outputs_u8).mean()) if outputs_u8.shape[0] > 1 else math.nan]
+
+
+@torch.no_grad()
+def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[torch.Tensor], files: list[Path],
+                      protocol: Protocol, lpips: LPIPSScorer | None,
+                      console: SweepConsole) -> tuple[list[dict], list[dict]]:
+    """Rows of images of any size, each sent whole as ``transmit`` sends it
+    (:mod:`diffjscc.whole_image`: edges repeated to the windows' grid, one received latent,
+    the diffusion receiver through blended windows) and scored at its own size; and one
+    record per image and row (:data:`PER_IMAGE_SCORES`). A row's PSNR (SSIM, MS-SSIM, LPIPS,
+    spread) is the mean of the per-image values, as the literature reports Kodak; its k/n is
+    the symbols of all images over their RGB values. Image ``i`` draws its noise from
+    :func:`~diffjscc.runtime.seeding.batch_seeds` (seed, i): a batch of one."""
+    system, cfg = model.system, model.system.cfg
+    device = next(system.parameters()).device
+    kind = protocol.channel or cfg.channel
+    channel = build_channel(cfg, kind).eval()
+    K = protocol.samples
+    share = shard_range(len(images))
+    sharded = get_world_size() > 1
+    rows, records = [], []
+    for snr in protocol.snrs:
+        scores: dict[str, list[list[float]]] = {r.name: [] for r in receivers}  # per image of this rank
+        symbols = []
+        for index in share:
+            channel_seed, sample_seed = batch_seeds(protocol.seed, index)
+            image = images[index]
+            height, width = image.shape[-2:]
+            x = pad_for_windows(image[None].to(device), cfg.image_size)
+            received = system.transmit(x, snr_db=snr, generator=torch.Generator(device=device).manual_seed(channel_seed),
+                                       channel=channel)
+            symbols.append(received[0].numel())
+            context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
+                                     guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
+                                     generator=torch.Generator(device=device).manual_seed(sample_seed))
+            source_u8 = to_uint8(image)
+            for receiver in receivers:  # table order: the order they draw sampling noise in
+                outputs = to_uint8(receive(system, receiver, received, context)[:, 0, :, :height, :width]).cpu()
+                scores[receiver.name].append([float(index), float(symbols[-1])]
+                                             + _image_scores(source_u8, outputs, lpips))
+            console.advance(1)
+        for receiver in receivers:  # the same on every rank: every image's numbers, in image order
+            local = torch.tensor(scores[receiver.name], dtype=torch.float64).reshape(-1, 2 + len(PER_IMAGE_SCORES))
+            table = all_gather_cat(local) if sharded else local
+            table = table[table[:, 0].argsort()]
+            per_image = [dict(zip(("symbols", *PER_IMAGE_SCORES), values.tolist())) for values in table[:, 1:]]
+            total_symbols = sum(record["symbols"] for record in per_image)
+            source_values = sum(3 * images[i].shape[-2] * images[i].shape[-1] for i in range(len(images)))
+            means = {}
+            for name in PER_IMAGE_SCORES:
+                values = [record[name] for record in per_image]
+                means[name] = None if any(math.isnan(v) for v in values) else sum(values) / len(values)
+            row = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,
+                   "snr_db": float(snr), "k_over_n": total_symbols / source_values,
+                   "n_symbols": round(total_symbols / len(images)), "seed": protocol.seed, "n": len(images),
+                   "system": receiver.describe(receiver.label, samples=K), "receiver": receiver.family,
+                   "steps": protocol.steps if receiver.uses_unet else 0, "start": receiver.start or "-",
+                   "sampler": _sampler_column(receiver, protocol),
+                   "guidance": protocol.guidance if receiver.uses_unet else None,
+                   "eta": sampling_eta(protocol.eta, receiver.start) if receiver.uses_unet else None,
+                   "spacing": (protocol.spacing or cfg.sample_spacing) if receiver.uses_unet else None,
+                   "oracle": receiver.oracle, "control": receiver.control,
+                   "samples_per_image": K if receiver.per_sample else 1, "fid": None,
+                   **means}
+            rows.append(row)
+            for i, record in enumerate(per_image):
+                height, width = images[i].shape[-2:]
+                records.append({"model": model.label, "system": row["system"], "snr_db": float(snr),
+                                "file": files[i].name, "width": int(width), "height": int(height),
+                                "n_symbols": int(record["symbols"]),
+                                "k_over_n": record["symbols"] / (3 * height * width),
+                                **{name: None if math.isnan(record[name]) else record[name]
+                                   for name in PER_IMAGE_SCORES}})
+            console.row(row, receiver.describe(receiver.note, samples=K))
+    return rows, records
+
+
 def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[tuple[str, int, int]],
                   protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
                   console: SweepConsole, realism: RealismScorer | None = None,
@@ -309,6 +423,70 @@ def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
             model.system.check_guidance(protocol.guidance)
 
 
+def _row_notes(results: list[dict], console: SweepConsole) -> list[str]:
+    """What the oracle and control rows are, and the realism verdicts (also said on the console)."""
+    notes = []
+    if any(row["oracle"] and not row["control"] for row in results):
+        notes.append("ORACLE rows (start 'inversion') obtain x_T by DDIM-inverting the source image, which a "
+                     "real receiver does not have: an upper bound, not a result.")
+    if any(row["control"] for row in results):
+        notes.append("control rows read the source by construction: 'source' is the real images (PSNR floored at "
+                     "100 dB), 'control_noise' the Deep JSCC output plus Gaussian noise scaled per image to the PSNR "
+                     "of each one-sample diffusion output; references, not receivers")
+    verdicts = realism_verdicts(results)
+    for line in verdicts:
+        console.say(line)
+    return notes + verdicts
+
+
+def _settings(protocol: Protocol, digital: list[str]) -> dict:
+    """The protocol as the results document records it."""
+    return {"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
+            "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
+            "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
+            "batch_size": protocol.batch_size,
+            "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
+            "controls": protocol.controls}
+
+
+def _checkpoints(models: Sequence[EvalModel]) -> list[dict]:
+    return [{"label": m.label, "path": str(m.checkpoint), "mode": m.system.cfg.mode,
+             "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models]
+
+
+def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, images: list[torch.Tensor], files: list[Path],
+                      protocol: Protocol, fid_info: dict, lpips: LPIPSScorer | None, lpips_note: str,
+                      console: SweepConsole) -> dict:
+    """:func:`run_protocol` on images that are not all of the models' size: each sent whole
+    (:func:`_whole_image_rows`); the document also holds the per-image records."""
+    _check_whole_images(models)
+    notes = list(protocol.notes)
+    sizes = sorted({f"{image.shape[-1]}x{image.shape[-2]}" for image in images})
+    notes.append(f"whole images of {len(sizes)} size(s) ({', '.join(sizes)}), each sent whole as 'transmit' sends "
+                 f"it (edges repeated to the windows' grid); PSNR, SSIM, MS-SSIM, LPIPS and spread are means of "
+                 f"per-image values (per_image in results.json), k/n is all images' symbols over their RGB values")
+    if fid_info.get("skipped") is None:
+        fid_info = {**fid_info, "skipped": "FID not computed: the images have mixed sizes (sent whole)"}
+    notes.append("fd_cls/kid_cls/acc_cls not computed: the classifier knows 32x32 CIFAR-10 images, not whole photos")
+    if protocol.digital:
+        notes.append("no digital baselines for whole images of mixed sizes")
+    if "inversion" in protocol.starts:
+        notes.append("no ORACLE inversion row: whole images are sampled through windows from a Gaussian start only")
+    rows, records = [], []
+    deep_jscc_seen: dict[str, str] = {}
+    with console.bar(len(models) * len(protocol.snrs) * len(shard_range(len(images)))):
+        for model in models:
+            receivers = [r for r in _model_receivers(model, protocol, deep_jscc_seen, notes) if r.start != "inversion"]
+            model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console)
+            rows += model_rows
+            records += model_records
+    results = finish_rows(rows, fid_note=fid_info["skipped"], lpips_note=None if lpips is not None else lpips_note)
+    notes += _row_notes(results, console)
+    return results_document(seed=protocol.seed, data=data_dir, n_images=len(images), checkpoints=_checkpoints(models),
+                            settings=_settings(protocol, []), fid_info=fid_info, lpips_note=lpips_note, notes=notes,
+                            rows=results, per_image=records)
+
+
 def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol,
                  fid: FIDScorer | None = None, fid_info: dict | None = None,
                  fid_reference: Sequence[Path] | None = None,
@@ -328,8 +506,10 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     console = SweepConsole(progress, echo)
     with_labels = any(m.system.cfg.class_cond for m in models)
     images, labels, files = _load_images(Path(data_dir), models[0].system.cfg.image_size, with_labels, protocol.limit)
-    source_u8 = to_uint8(images)
     fid_info = dict(fid_info or {})
+    if isinstance(images, list):
+        return _run_whole_images(models, Path(data_dir), images, files, protocol, fid_info, lpips, lpips_note, console)
+    source_u8 = to_uint8(images)
     if fid is not None:
         fid_info.update(prepare_fid_reference(fid, files, source_u8, data_dir, fid_reference,
                                               sharded=get_world_size() > 1))
@@ -379,30 +559,13 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                                   realism_labels)
     results = finish_rows(rows, fid_note=None if fid is not None else fid_info.get("skipped", "FID not computed"),
                           lpips_note=None if lpips is not None else lpips_note)
-    if any(row["oracle"] and not row["control"] for row in results):
-        notes.append("ORACLE rows (start 'inversion') obtain x_T by DDIM-inverting the source image, which a "
-                     "real receiver does not have: an upper bound, not a result.")
-    if any(row["control"] for row in results):
-        notes.append("control rows read the source by construction: 'source' is the real images (PSNR floored at "
-                     "100 dB), 'control_noise' the Deep JSCC output plus Gaussian noise scaled per image to the PSNR "
-                     "of each one-sample diffusion output; references, not receivers")
-    verdicts = realism_verdicts(results)
-    for line in verdicts:
-        console.say(line)
-    notes += verdicts
+    notes += _row_notes(results, console)
     if digital:
         notes.append("digital rows: largest-quality file with at most floor(n * C / 8) bytes, C = capacity per real "
                      "channel use (AWGN: 1/2 log2(1+SNR); Rayleigh: ergodic); images that do not fit are lost and "
                      "shown as the mean-colour image of the set (lost_fraction)")
     return results_document(
         seed=protocol.seed, data=data_dir, n_images=int(images.shape[0]),
-        checkpoints=[{"label": m.label, "path": str(m.checkpoint), "mode": m.system.cfg.mode,
-                      "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
-        settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
-                  "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
-                  "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
-                  "batch_size": protocol.batch_size,
-                  "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
-                  "controls": protocol.controls},
+        checkpoints=_checkpoints(models), settings=_settings(protocol, digital),
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
         realism_info=realism_info)
