@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from diffjscc import __version__
-from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS
+from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS, SPREAD_SCALE
 from diffjscc.errors import EXIT_USAGE, UserError
 from diffjscc.runtime.pretrained import checkpoint_for, verified_path
 
@@ -216,6 +216,11 @@ def _add_transmit(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=64, help="windows of the diffusion receiver per network call")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="K >= 2 posterior samples of the diffusion receiver: OUT is the first; also writes their "
+                        "mean as OUT_mean and the per-pixel standard deviation map OUT_spread.png (where the "
+                        f"receiver guessed: PNG level = {SPREAD_SCALE} x std in 8-bit levels, white at "
+                        f"{255 / SPREAD_SCALE:g} or more)")
     p.set_defaults(func=_cmd_transmit)
 
 
@@ -554,11 +559,11 @@ def _model_line(name: str, entry: dict) -> str:
 
 def _cmd_transmit(args) -> int:
     from diffjscc.diffusion.samplers import resolve_sampler
-    from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
+    from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, samples_targets, transmit_file
     from diffjscc.system import load_system
     from diffjscc.runtime.device import resolve_device
 
-    for name in ("steps", "batch_size"):
+    for name in ("steps", "batch_size", "samples"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if not args.input.is_file():
@@ -568,7 +573,8 @@ def _cmd_transmit(args) -> int:
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
                            receiver=args.receiver, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                            eta=args.eta, spacing=args.spacing, seed=args.seed,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, samples=args.samples,
+                           overwrite=getattr(args, "overwrite", False))
     guided = f", guidance {args.guidance:g}" if args.guidance != 1 else ""
     stochastic = f", eta {args.eta:g}" if args.eta else ""
     spacing = f", {args.spacing} spacing" if args.spacing else ""
@@ -582,6 +588,12 @@ def _cmd_transmit(args) -> int:
     sent = "x".join(map(str, reversed(result.padded)))
     print(f"channel symbols {result.symbols} real for the {sent} image sent (edges repeated): k/n "
           f"{result.k_over_n:.4f} real symbols, {result.k_over_n_complex:.4f} complex channel uses per RGB value")
+    if result.spread is not None:
+        mean_path, spread_path = samples_targets(args.output)
+        print(f"mean of {result.samples} samples: PSNR {result.mean_psnr:.2f} dB, wrote {mean_path}")
+        print(f"spread of the {result.samples} samples (per-pixel standard deviation, 8-bit levels): mean "
+              f"{result.spread.mean():.2f}, max {result.spread.max():.2f}; map {spread_path} (PNG level = "
+              f"{SPREAD_SCALE} x std, white at {255 / SPREAD_SCALE:g} levels or more)")
     if args.output.suffix.lower() in LOSSY_SUFFIXES:
         print(f"note: {args.output.suffix} is a lossy format; PSNR/SSIM are of the reconstruction before saving")
     return 0

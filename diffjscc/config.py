@@ -37,6 +37,7 @@ SPACINGS = ("leading", "trailing", "quadratic")  # sampling timesteps: strided f
 # strided down from t = T−1; or from T−1 to 0, dense near t = 0 (see diffusion/respace.py)
 SAMPLERS = ("auto", "ddim", "dpm++2m")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM
 FEW_STEPS = 8
+SPREAD_SCALE = 4  # spread maps of K samples (whole_image.spread_image): PNG level = 4 x std in 8-bit levels
 
 RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error otherwise
     "timestep_respacing": "sampling uses sample_steps (grids) or --steps (sample, evaluate, transmit) DDIM steps",

@@ -19,11 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diffjscc.config import SPREAD_SCALE
 from diffjscc.diffusion.samplers import resolve_sampler
 from diffjscc.diffusion.unet import Condition
 from diffjscc.system import TransmissionSystem, sample_from
 
-__all__ = ["SPREAD_SCALE", "larger_than_network", "pad_for_windows", "padded_size", "pixel_spread", "receive_windowed",
+__all__ = ["larger_than_network", "pad_for_windows", "padded_size", "pixel_spread", "receive_windowed",
            "spread_image", "window_stride"]
 
 
@@ -117,11 +118,6 @@ def receive_windowed(system: TransmissionSystem, received: torch.Tensor, steps: 
     return system.from_residual(generated, base).clamp(-1, 1)
 
 
-SPREAD_SCALE = 4
-"""Levels of the spread picture per 8-bit level of standard deviation: black is 0, white
-(255) is a standard deviation of 255 / SPREAD_SCALE = 63.75 levels or more."""
-
-
 def pixel_spread(samples: torch.Tensor) -> torch.Tensor:
     """Per-pixel spread of K ≥ 2 samples (K, C, H, W) of 8-bit levels (uint8 or float): the
     standard deviation over the samples (unbiased, K − 1), root-mean-square over the C
@@ -132,6 +128,7 @@ def pixel_spread(samples: torch.Tensor) -> torch.Tensor:
 
 
 def spread_image(spread: torch.Tensor) -> torch.Tensor:
-    """The (H, W) spread in 8-bit levels as a uint8 picture: ``SPREAD_SCALE`` × spread, rounded,
-    saturating at 255."""
+    """The (H, W) spread in 8-bit levels as a uint8 picture: :data:`~diffjscc.config.SPREAD_SCALE`
+    (4) levels per level of standard deviation, rounded: black is 0, white (255) a standard
+    deviation of 63.75 levels or more."""
     return (spread * SPREAD_SCALE).round().clamp(0, 255).to(torch.uint8)

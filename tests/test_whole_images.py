@@ -96,3 +96,56 @@ def test_sample_sends_each_image_of_a_mixed_folder_whole(mixed_folder: Path, tmp
     for i, name in enumerate(sorted(CROPS)):
         assert Image.open(out / f"received_{i:04d}.png").size == Image.open(mixed_folder / name).size
         assert (out / f"grid_{i:04d}.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def x0_receiver(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny diffusion receiver predicting the residual x0 around Deep JSCC's estimate."""
+    from diffjscc.config import Config
+    from diffjscc.runtime.checkpoint import save_checkpoint
+    from diffjscc.system import TransmissionSystem
+
+    cfg = Config(mode="joint", conditioning="residual", prediction="x0", learn_sigma=False, c_out=2, latent_dim=128,
+                 jscc_num_filters=8, num_channels=16, channel_mult=[1, 2], attention_resolutions=[16],
+                 num_res_blocks=1, diffusion_steps=100, device="cpu")
+    torch.manual_seed(0)
+    return save_checkpoint({"config": cfg.to_dict(), "model": TransmissionSystem(cfg).state_dict(), "step": 0},
+                           tmp_path_factory.mktemp("x0") / "receiver.pt")
+
+
+@pytest.mark.parametrize("network", ["zero", "identity"])
+def test_the_spread_map_is_zero_where_the_samples_agree(network: str, mixed_folder: Path, x0_receiver: Path,
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys) -> None:
+    """A network that predicts a zero residual makes every sample Deep JSCC's estimate: K equal
+    samples, a spread map of zeros and a mean equal to the sample. One that predicts x_t itself
+    keeps each sample's own starting noise: the samples disagree and the map shows it."""
+    from diffjscc.config import SPREAD_SCALE
+    from diffjscc.diffusion.unet import ConditionalUNet
+
+    monkeypatch.setattr(ConditionalUNet, "forward", lambda self, x, t, **_: torch.zeros_like(x) if network == "zero"
+                        else x.clone())
+    out = tmp_path / "out.png"
+    assert main(["transmit", "--checkpoint", str(x0_receiver), "--snr", "10", str(mixed_folder / "a_parrots.png"),
+                 str(out), "--steps", "3", "--samples", "3"]) == 0
+    printed = capsys.readouterr().out
+    sample = np.asarray(Image.open(out), dtype=np.int64)
+    mean = np.asarray(Image.open(tmp_path / "out_mean.png"), dtype=np.int64)
+    spread = np.asarray(Image.open(tmp_path / "out_spread.png"))
+    assert spread.shape == sample.shape[:2] == (64, 96) and spread.dtype == np.uint8
+    assert f"PNG level = {SPREAD_SCALE} x std" in printed and "mean of 3 samples: PSNR" in printed
+    if network == "zero":
+        assert spread.max() == 0 and np.array_equal(mean, sample)
+    else:  # the standard deviation of 3 N(0, 1)-driven samples is tens of levels: most of the map is bright
+        assert np.median(spread) > 10 * SPREAD_SCALE and np.abs(mean - sample).mean() > 5
+
+
+def test_the_spread_is_the_standard_deviation_of_the_samples() -> None:
+    """pixel_spread against numpy's sample standard deviation, root-mean-square over channels."""
+    from diffjscc.whole_image import pixel_spread, spread_image
+
+    samples = torch.randint(0, 256, (5, 3, 7, 9), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    expected = np.sqrt(np.var(samples.numpy().astype(np.float64), axis=0, ddof=1).mean(axis=0))
+    np.testing.assert_allclose(pixel_spread(samples).numpy(), expected, rtol=1e-12)
+    assert pixel_spread(samples[:1].expand(4, -1, -1, -1)).abs().max() == 0
+    assert spread_image(torch.tensor([[0.0, 1.0, 63.75, 100.0]])).tolist() == [[0, 4, 255, 255]]
