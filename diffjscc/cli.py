@@ -159,7 +159,10 @@ def _add_evaluate(sub) -> None:
                    help="classifier weights of fd_cls/kid_cls/acc_cls (from 'diffjscc classifier'; default: the "
                         "shipped CIFAR-10 one). Its features are not Inception's: not comparable with published "
                         "FID/KID")
-    p.add_argument("--no-realism", action="store_true", help="skip fd_cls, kid_cls and acc_cls")
+    p.add_argument("--patch-net", type=Path, default=None, metavar="PATH",
+                   help="patch network of patch_fd/patch_kid on whole photos (default: the shipped one, trained "
+                        "on photos by scripts/train_patch_net.py): 32x32 patches against the sources' patches")
+    p.add_argument("--no-realism", action="store_true", help="skip fd_cls, kid_cls, acc_cls, patch_fd and patch_kid")
     p.add_argument("--out", type=Path, default=None, help="write results.json, results.csv, results.md here")
     p.add_argument("--json", type=Path, default=None, help="also write the results JSON to this file")
     p.add_argument("--overwrite", action="store_true",
@@ -485,9 +488,15 @@ def _cmd_evaluate(args) -> int:
                 from diffjscc.evaluation.realism import RealismScorer
 
                 realism = RealismScorer(load_classifier(args.classifier, device=device), seed=args.seed)
+            patches = None
+            if not args.no_realism:
+                from diffjscc.evaluation.patches import PatchRealism, load_patch_net, shipped_patch_net_path
+
+                if args.patch_net is not None or shipped_patch_net_path().is_file():
+                    patches = PatchRealism(load_patch_net(args.patch_net, device=device), seed=args.seed)
             document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
                                     fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
-                                    realism=realism, progress=not args.no_progress)
+                                    realism=realism, patches=patches, progress=not args.no_progress)
             written = write_results(document, args.out, args.json, args.overwrite) if context.is_main else []
             barrier()  # the files exist when any rank returns
     except DistributedError as err:  # a peer died or hung: not a usage error

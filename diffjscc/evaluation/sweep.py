@@ -41,6 +41,7 @@ from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
+from diffjscc.evaluation.patches import PatchRealism
 from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.evaluation.realism import RealismScorer, labels_from_file_names
 from diffjscc.evaluation.report import SweepConsole, realism_verdicts
@@ -264,7 +265,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     return rows
 
 
-PER_IMAGE_SCORES = ("psnr", "ssim", "ms_ssim", "lpips", "spread")
+PER_IMAGE_SCORES = ("psnr", "ssim", "ms_ssim", "lpips", "spread", "patch_fd")
 """What the per-image records of a whole-image evaluation hold for each image, row by row."""
 
 
@@ -280,10 +281,11 @@ def _check_whole_images(models: Sequence[EvalModel]) -> None:
                             f"other sizes than {cfg.image_size}x{cfg.image_size}")
 
 
-def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIPSScorer | None) -> list[float]:
+def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIPSScorer | None,
+                  patch_fd: float | None = None) -> list[float]:
     """:data:`PER_IMAGE_SCORES` of one image's S outputs (S, 3, H, W) against its source (3, H, W):
     means over the S outputs; NaN where a score does not apply (MS-SSIM under 32 px, LPIPS
-    unavailable, the spread of one output)."""
+    unavailable, the spread of one output, no patch network)."""
     x = source_u8[None].float().div(255).expand_as(outputs_u8)
     y = outputs_u8.float() / 255
     small = min(source_u8.shape[-2:]) < 32
@@ -291,20 +293,52 @@ def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIP
             float(ssim_per_image(x, y).double().mean()) if min(source_u8.shape[-2:]) >= SSIM_KERNEL_SIZE else math.nan,
             math.nan if small else float(ms_ssim_per_image(x, y).double().mean()),
             lpips.score(x, y) if lpips is not None else math.nan,
-            float(pixel_spread(outputs_u8).mean()) if outputs_u8.shape[0] > 1 else math.nan]
+            float(pixel_spread(outputs_u8).mean()) if outputs_u8.shape[0] > 1 else math.nan,
+            math.nan if patch_fd is None else patch_fd]
+
+
+def _patch_scores(patches: PatchRealism, outputs_u8: torch.Tensor, reference: torch.Tensor,
+                  sets: list[list[torch.Tensor]]) -> float | None:
+    """One image's ``patch_fd`` (mean over its S outputs) against its own source patches'
+    features ``reference``; appends each output's features to ``sets[k]`` for the row's score."""
+    values = []
+    for k in range(outputs_u8.shape[0]):
+        features = patches.features(outputs_u8[k])
+        sets[k].append(features)
+        values.append(patches.score(features, reference)["patch_fd"])
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _row_patch_scores(patches: PatchRealism, sets: list[list[torch.Tensor]], reference: torch.Tensor,
+                      sharded: bool) -> dict:
+    """A row's ``patch_fd``/``patch_kid``: each of its S sets of output patches (all images)
+    against all the source images' patches, the S scores averaged."""
+    scores = []
+    for chosen in sets:
+        features = torch.cat(chosen) if chosen else reference[:0]
+        scores.append(patches.score(all_gather_cat(features) if sharded else features, reference))
+    means = {}
+    for key in ("patch_fd", "patch_kid"):
+        values = [score[key] for score in scores]
+        means[key] = None if any(v is None for v in values) else sum(values) / len(values)
+    return means
 
 
 @torch.no_grad()
 def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[torch.Tensor], files: list[Path],
-                      protocol: Protocol, lpips: LPIPSScorer | None,
-                      console: SweepConsole) -> tuple[list[dict], list[dict]]:
+                      protocol: Protocol, lpips: LPIPSScorer | None, console: SweepConsole,
+                      patches: PatchRealism | None = None,
+                      source_patches: dict[int, torch.Tensor] | None = None,
+                      reference: torch.Tensor | None = None) -> tuple[list[dict], list[dict]]:
     """Rows of images of any size, each sent whole as ``transmit`` sends it
     (:mod:`diffjscc.whole_image`: edges repeated to the windows' grid, one received latent,
     the diffusion receiver through blended windows) and scored at its own size; and one
     record per image and row (:data:`PER_IMAGE_SCORES`). A row's PSNR (SSIM, MS-SSIM, LPIPS,
     spread) is the mean of the per-image values, as the literature reports Kodak; its k/n is
     the symbols of all images over their RGB values. Image ``i`` draws its noise from
-    :func:`~diffjscc.runtime.seeding.batch_seeds` (seed, i): a batch of one."""
+    :func:`~diffjscc.runtime.seeding.batch_seeds` (seed, i): a batch of one. With ``patches``,
+    ``patch_fd``/``patch_kid`` against ``reference`` (all source patches' features; per image
+    against ``source_patches[i]``)."""
     system, cfg = model.system, model.system.cfg
     device = next(system.parameters()).device
     kind = protocol.channel or cfg.channel
@@ -315,6 +349,8 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
     rows, records = [], []
     for snr in protocol.snrs:
         scores: dict[str, list[list[float]]] = {r.name: [] for r in receivers}  # per image of this rank
+        sets: dict[str, list[list[torch.Tensor]]] = {r.name: [[] for _ in range(K if r.per_sample else 1)]
+                                                     for r in receivers}  # patch features of each output set
         symbols = []
         for index in share:
             channel_seed, sample_seed = batch_seeds(protocol.seed, index)
@@ -330,8 +366,10 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
             source_u8 = to_uint8(image)
             for receiver in receivers:  # table order: the order they draw sampling noise in
                 outputs = to_uint8(receive(system, receiver, received, context)[:, 0, :, :height, :width]).cpu()
+                patch_fd = (_patch_scores(patches, outputs, source_patches[index], sets[receiver.name])
+                            if patches is not None else None)
                 scores[receiver.name].append([float(index), float(symbols[-1])]
-                                             + _image_scores(source_u8, outputs, lpips))
+                                             + _image_scores(source_u8, outputs, lpips, patch_fd))
             console.advance(1)
         for receiver in receivers:  # the same on every rank: every image's numbers, in image order
             local = torch.tensor(scores[receiver.name], dtype=torch.float64).reshape(-1, 2 + len(PER_IMAGE_SCORES))
@@ -356,6 +394,8 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
                    "oracle": receiver.oracle, "control": receiver.control,
                    "samples_per_image": K if receiver.per_sample else 1, "fid": None,
                    **means}
+            if patches is not None:
+                row.update(_row_patch_scores(patches, sets[receiver.name], reference, sharded))
             rows.append(row)
             for i, record in enumerate(per_image):
                 height, width = images[i].shape[-2:]
@@ -456,7 +496,7 @@ def _checkpoints(models: Sequence[EvalModel]) -> list[dict]:
 
 def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, images: list[torch.Tensor], files: list[Path],
                       protocol: Protocol, fid_info: dict, lpips: LPIPSScorer | None, lpips_note: str,
-                      console: SweepConsole) -> dict:
+                      console: SweepConsole, patches: PatchRealism | None = None) -> dict:
     """:func:`run_protocol` on images that are not all of the models' size: each sent whole
     (:func:`_whole_image_rows`); the document also holds the per-image records."""
     _check_whole_images(models)
@@ -472,32 +512,42 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, images: list[
         notes.append("no digital baselines for whole images of mixed sizes")
     if "inversion" in protocol.starts:
         notes.append("no ORACLE inversion row: whole images are sampled through windows from a Gaussian start only")
+    source_patches, reference, patch_info = None, None, None
+    if patches is not None:  # the sources' patch features: per image of this rank, and all of them
+        source_patches = {i: patches.features(to_uint8(images[i])) for i in shard_range(len(images))}
+        mine = list(source_patches.values())
+        reference = torch.cat(mine) if mine else torch.zeros(0, 1, dtype=torch.float64)
+        reference = all_gather_cat(reference) if get_world_size() > 1 else reference
+        patch_info = patches.describe()
+        console.say(f"patch realism: {reference.shape[0]} source patches of 32x32 ({patches.loaded.identity})")
     rows, records = [], []
     deep_jscc_seen: dict[str, str] = {}
     with console.bar(len(models) * len(protocol.snrs) * len(shard_range(len(images)))):
         for model in models:
             receivers = [r for r in _model_receivers(model, protocol, deep_jscc_seen, notes) if r.start != "inversion"]
-            model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console)
+            model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console,
+                                                          patches, source_patches, reference)
             rows += model_rows
             records += model_records
     results = finish_rows(rows, fid_note=fid_info["skipped"], lpips_note=None if lpips is not None else lpips_note)
     notes += _row_notes(results, console)
     return results_document(seed=protocol.seed, data=data_dir, n_images=len(images), checkpoints=_checkpoints(models),
                             settings=_settings(protocol, []), fid_info=fid_info, lpips_note=lpips_note, notes=notes,
-                            rows=results, per_image=records)
+                            rows=results, per_image=records, patch_info=patch_info)
 
 
 def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol,
                  fid: FIDScorer | None = None, fid_info: dict | None = None,
                  fid_reference: Sequence[Path] | None = None,
                  lpips: LPIPSScorer | None = None, lpips_note: str = "",
-                 realism: RealismScorer | None = None,
+                 realism: RealismScorer | None = None, patches: PatchRealism | None = None,
                  progress: bool = True, echo: Callable[..., None] = print) -> dict:
     """Run the whole protocol; returns the results document (:mod:`~diffjscc.evaluation.results`).
 
     ``fid_reference``: files whose statistics FID compares against (cached); None means the
     evaluated source images themselves. ``realism``: the classifier scores (``fd_cls``,
-    ``kid_cls``, ``acc_cls``) of every row; None leaves them empty.
+    ``kid_cls``, ``acc_cls``) of every row; None leaves them empty. ``patches``: ``patch_fd`` and
+    ``patch_kid`` of the rows of whole images (photos; :mod:`~diffjscc.evaluation.patches`).
 
     Inside a process group of several ranks (every rank calls this with the same arguments) the
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
@@ -508,7 +558,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     images, labels, files = _load_images(Path(data_dir), models[0].system.cfg.image_size, with_labels, protocol.limit)
     fid_info = dict(fid_info or {})
     if isinstance(images, list):
-        return _run_whole_images(models, Path(data_dir), images, files, protocol, fid_info, lpips, lpips_note, console)
+        return _run_whole_images(models, Path(data_dir), images, files, protocol, fid_info, lpips, lpips_note, console,
+                                 patches)
     source_u8 = to_uint8(images)
     if fid is not None:
         fid_info.update(prepare_fid_reference(fid, files, source_u8, data_dir, fid_reference,
