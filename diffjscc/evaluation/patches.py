@@ -175,5 +175,5 @@ def train_patch_net(photos: list[Tensor], steps: int = 600, batch: int = 64, lr:
     with torch.no_grad():
         accuracy = float((network(crops.float().div(127.5).sub(1)).argmax(1) == labels).float().mean())
     return network, {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "train_seconds": round(seconds, 1),
-                     "final_loss": float(loss), "accuracy_fresh_crops": accuracy,
+                     "final_loss": float(loss.detach()), "accuracy_fresh_crops": accuracy,
                      "chance": 1 / len(photos), "threads": torch.get_num_threads()}
