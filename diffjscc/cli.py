@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from diffjscc import __version__
-from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS
+from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS, SPREAD_SCALE
 from diffjscc.data.folder import SUBSETS
 from diffjscc.errors import EXIT_USAGE, UserError
 from diffjscc.runtime.pretrained import checkpoint_for, verified_path
@@ -91,7 +91,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_receiver_args(p: argparse.ArgumentParser, default_limit: int | None) -> None:
     _add_model_args(p)
-    p.add_argument("--data", type=Path, required=True, help="folder of images (e.g. cifar_test/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder of images (e.g. cifar_test/); images of other sizes than the model's are sent whole, "
+                        "as transmit sends them, one grid each")
     p.add_argument("--snr", type=float, default=None, help="channel SNR in dB (default: the config's snr_db)")
     _add_sampling_args(p)
     p.add_argument("--start", choices=["gaussian", "inversion"], default="gaussian",
@@ -139,7 +141,9 @@ def _add_evaluate(sub) -> None:
                         "(a 'frozen' checkpoint also carries its Deep JSCC encoder and decoder)")
     p.add_argument("--model", action="append", default=[], metavar="NAME",
                    help="a model shipped with diffjscc (list: diffjscc models); repeatable, beside --checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="folder of images at the models' size (e.g. cifar_test/)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="folder of images at the models' size (e.g. cifar_test/), or of any sizes (e.g. Kodak): "
+                        "each then sent whole as transmit sends it, scored at its own size")
     p.add_argument("--snr", default="0,5,10,15,20", help="comma-separated channel SNRs in dB (default 0,5,10,15,20)")
     p.add_argument("--start", "--starts", dest="start", default="gaussian",
                    help="comma-separated diffusion start modes: gaussian (x_T ~ N(0, I), a real receiver), "
@@ -173,7 +177,10 @@ def _add_evaluate(sub) -> None:
                    help="classifier weights of fd_cls/kid_cls/acc_cls (from 'diffjscc classifier'; default: the "
                         "shipped CIFAR-10 one). Its features are not Inception's: not comparable with published "
                         "FID/KID")
-    p.add_argument("--no-realism", action="store_true", help="skip fd_cls, kid_cls and acc_cls")
+    p.add_argument("--patch-net", type=Path, default=None, metavar="PATH",
+                   help="patch network of patch_fd/patch_kid on whole photos (default: the shipped one, trained "
+                        "on photos by scripts/train_patch_net.py): 32x32 patches against the sources' patches")
+    p.add_argument("--no-realism", action="store_true", help="skip fd_cls, kid_cls, acc_cls, patch_fd and patch_kid")
     p.add_argument("--out", type=Path, default=None, help="write results.json, results.csv, results.md here")
     p.add_argument("--json", type=Path, default=None, help="also write the results JSON to this file")
     p.add_argument("--overwrite", action="store_true",
@@ -232,6 +239,11 @@ def _add_transmit(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="windows of the diffusion receiver per network call")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT (default: refuse; OUT may never be IN itself)")
+    p.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="K >= 2 posterior samples of the diffusion receiver: OUT is the first; also writes their "
+                        "mean as OUT_mean and the per-pixel standard deviation map OUT_spread.png (where the "
+                        f"receiver guessed: PNG level = {SPREAD_SCALE} x std in 8-bit levels, white at "
+                        f"{255 / SPREAD_SCALE:g} or more)")
     p.set_defaults(func=_cmd_transmit)
 
 
@@ -342,7 +354,7 @@ def _cmd_train(args) -> int:
     return 0
 
 
-SAMPLE_OUTPUTS = ("grid.png", "received_*.png", "sources.txt")
+SAMPLE_OUTPUTS = ("grid.png", "grid_*.png", "received_*.png", "sources.txt")
 """What ``sample`` writes into --out: a folder holding any of these holds an earlier run's outputs."""
 
 
@@ -384,6 +396,8 @@ def _cmd_sample(args) -> int:
         hint = f"--start {args.start} needs a diffusion checkpoint"
         receivers = (require(system, by_start(args.start).name, hint=hint).name,)
     device = next(system.parameters()).device
+    if isinstance(selection.images, list):  # not all of the model's size: photos, each sent whole
+        return _sample_whole(system, selection, receivers, snr, steps, args)
     images, labels = selection.images, selection.labels
     count = images.shape[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, batch after batch
@@ -409,6 +423,30 @@ def _cmd_sample(args) -> int:
             stale.unlink(missing_ok=True)
     print(f"{count} images at {snr:g} dB: grid {grid}, reconstructions received_*.png in {args.out} "
           f"(their sources: sources.txt)")
+    return 0
+
+
+def _sample_whole(system, selection, receivers, snr: float, steps: int, args) -> int:
+    """``sample`` on images not all of the model's size: each sent whole, one grid per image."""
+    import torch
+
+    from diffjscc.data import save_image_tensor
+    from diffjscc.evaluation.figures import save_image_grid
+    from diffjscc.evaluation.grids import reconstruct_whole
+
+    device = next(system.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, image after image
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(selection.images):
+        rows, names = reconstruct_whole(system, image.to(device), steps=steps, sampler=args.sampler,
+                                        guidance=args.guidance, eta=args.eta, spacing=args.spacing,
+                                        generator=generator, snr_db=snr, receivers=receivers)
+        save_image_grid(rows, args.out / f"grid_{i:04d}.png", row_labels=names, scale=1)
+        save_image_tensor(rows[-1][0].cpu(), args.out / f"received_{i:04d}.png")
+    (args.out / "sources.txt").write_text("".join(f"received_{i:04d}.png\t{source.name}\n"
+                                                  for i, source in enumerate(selection.files)))
+    print(f"{len(selection.images)} images at {snr:g} dB, each sent whole at its own size: grids grid_*.png, "
+          f"reconstructions received_*.png in {args.out} (their sources: sources.txt)")
     return 0
 
 
@@ -495,9 +533,16 @@ def _cmd_evaluate(args) -> int:
                 from diffjscc.evaluation.realism import RealismScorer
 
                 realism = RealismScorer(load_classifier(args.classifier, device=device), seed=args.seed)
+            patches = None
+            if not args.no_realism:
+                from diffjscc.evaluation.patches import PatchRealism, load_patch_net, shipped_patch_net_path
+
+                if args.patch_net is not None or shipped_patch_net_path().is_file():
+                    patches = PatchRealism(load_patch_net(args.patch_net, device=device), seed=args.seed)
             document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
                                     fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
-                                    realism=realism, progress=not args.no_progress, selection=selection)
+                                    realism=realism, patches=patches, progress=not args.no_progress,
+                                    selection=selection)
             written = write_results(document, args.out, args.json, args.overwrite) if context.is_main else []
             barrier()  # the files exist when any rank returns
     except DistributedError as err:  # a peer died or hung: not a usage error
@@ -591,11 +636,11 @@ def _check_transmit_output(source: Path, target: Path, overwrite: bool) -> None:
 
 def _cmd_transmit(args) -> int:
     from diffjscc.diffusion.samplers import resolve_sampler
-    from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, transmit_file
+    from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, samples_targets, transmit_file
     from diffjscc.system import load_system
     from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
-    for name in ("steps", "batch_size"):
+    for name in ("steps", "batch_size", "samples"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     if not args.input.is_file():
@@ -609,7 +654,8 @@ def _cmd_transmit(args) -> int:
     result = transmit_file(system, args.input, args.output, snr_db=args.snr, channel=channel,
                            receiver=args.receiver, steps=steps, sampler=args.sampler, guidance=args.guidance,
                            eta=args.eta, spacing=args.spacing, seed=args.seed,
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, samples=args.samples,
+                           overwrite=getattr(args, "overwrite", False))
     guided = f", guidance {args.guidance:g}" if args.guidance != 1 else ""
     stochastic = f", eta {args.eta:g}" if args.eta else ""
     spacing = f", {args.spacing} spacing" if args.spacing else ""
@@ -623,6 +669,12 @@ def _cmd_transmit(args) -> int:
     sent = "x".join(map(str, reversed(result.padded)))
     print(f"channel symbols {result.symbols} real for the {sent} image sent (edges repeated): k/n "
           f"{result.k_over_n:.4f} real symbols, {result.k_over_n_complex:.4f} complex channel uses per RGB value")
+    if result.spread is not None:
+        mean_path, spread_path = samples_targets(args.output)
+        print(f"mean of {result.samples} samples: PSNR {result.mean_psnr:.2f} dB, wrote {mean_path}")
+        print(f"spread of the {result.samples} samples (per-pixel standard deviation, 8-bit levels): mean "
+              f"{result.spread.mean():.2f}, max {result.spread.max():.2f}; map {spread_path} (PNG level = "
+              f"{SPREAD_SCALE} x std, white at {255 / SPREAD_SCALE:g} levels or more)")
     if args.output.suffix.lower() in LOSSY_SUFFIXES:
         print(f"note: {args.output.suffix} is a lossy format; PSNR/SSIM are of the reconstruction before saving")
     return 0

@@ -40,6 +40,7 @@ FROM_PURE_NOISE_SPACINGS = ("trailing", "quadratic")  # start at t = T−1 (ᾱ 
 SAMPLERS = ("auto", "ddim", "dpm++2m", "ddpm")  # auto: DPM-Solver++(2M) at <= FEW_STEPS evaluations, else DDIM;
 # ddpm: ancestral sampling with the learned variance (learn_sigma; else β_t)
 FEW_STEPS = 8
+SPREAD_SCALE = 4  # spread maps of K samples (whole_image.spread_image): PNG level = 4 x std in 8-bit levels
 
 RETIRED_KEYS = {  # accepted when empty (old configs and checkpoints), an error otherwise
     "timestep_respacing": "sampling uses sample_steps (grids) or --steps (sample, evaluate, transmit) DDIM steps",

@@ -52,6 +52,7 @@ import torch
 from diffjscc.config import START_MODES
 from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
+from diffjscc.whole_image import larger_than_network, receive_windowed
 
 __all__ = ["RECEIVERS", "Receiver", "ReceiveContext", "SourceAccessError", "available", "by_start",
            "matched_noise", "missing_part", "receive", "require", "select"]
@@ -187,7 +188,18 @@ def _deep_jscc(system: TransmissionSystem, received: torch.Tensor | None, contex
 
 def _diffuse(system: TransmissionSystem, received: torch.Tensor | None, context: ReceiveContext,
              start: str, source: torch.Tensor | None = None) -> torch.Tensor:
-    """One sampler run of the conditional diffusion from ``start``: (N, 3, H, W)."""
+    """One sampler run of the conditional diffusion from ``start``: (N, 3, H, W). The latent of
+    an image larger than the network (a whole photo) is sampled image by image through blended
+    windows (:func:`~diffjscc.whole_image.receive_windowed`), from a Gaussian start only."""
+    if received is not None and larger_than_network(system, received):
+        if start != "gaussian":
+            raise ValueError(f"start {start!r} is not available for whole images (windows): gaussian only")
+        snr = context.snr_db
+        one = (lambda i: snr[i:i + 1]) if isinstance(snr, torch.Tensor) and snr.ndim else (lambda i: snr)
+        return torch.cat([receive_windowed(system, received[i:i + 1], context.steps, snr_db=one(i),
+                                           sampler=context.sampler, generator=context.generator,
+                                           guidance=context.guidance, eta=context.eta, spacing=context.spacing)
+                          for i in range(received.shape[0])])
     return system.receive(received, steps=context.steps, sampler=context.sampler, guidance=context.guidance,
                           eta=context.eta, spacing=context.spacing, start=start, source=source,
                           class_labels=context.class_labels, generator=context.generator, batch=context.batch,

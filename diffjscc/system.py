@@ -132,7 +132,7 @@ class TransmissionSystem(nn.Module):
         return channel(latent, snr_db=snr_db, generator=generator)
 
     # ---- receivers ----------------------------------------------------------------------------
-    def _receiver_snr(self, snr_db: float | torch.Tensor | None) -> float | torch.Tensor | None:
+    def receiver_snr(self, snr_db: float | torch.Tensor | None) -> float | torch.Tensor | None:
         """The SNR a receiver is told: required by SNR-adaptive models, ignored by the others."""
         if not self.cfg.snr_adaptive:
             return None
@@ -182,10 +182,10 @@ class TransmissionSystem(nn.Module):
         classifier-free guidance on y (see :meth:`_guided`).
         """
         assert self.unet is not None
-        conditions = self._conditions(received, class_labels, self._receiver_snr(snr_db), base, batch, guidance)
-        return self._conditioned_network(conditions, guidance)
+        conditions = self.conditions(received, class_labels, self.receiver_snr(snr_db), base, batch, guidance)
+        return self.conditioned_network(conditions, guidance)
 
-    def _conditions(self, received: torch.Tensor | None, class_labels: torch.Tensor | None,
+    def conditions(self, received: torch.Tensor | None, class_labels: torch.Tensor | None,
                     snr: float | torch.Tensor | None, base: torch.Tensor | None, batch: int | None,
                     guidance: float) -> list[Condition]:
         """The condition with y; with guidance (≠ 1) also the one without it (y dropped)."""
@@ -194,8 +194,8 @@ class TransmissionSystem(nn.Module):
         keeps = [None] if guidance == 1.0 else [None, torch.zeros(count)]
         return [self.unet.condition(received, class_labels, snr, base, batch=count, keep=keep) for keep in keeps]
 
-    def _conditioned_network(self, conditions: list[Condition], guidance: float):
-        """The network for :meth:`_conditions`' output: plain, or guided between its two conditions."""
+    def conditioned_network(self, conditions: list[Condition], guidance: float):
+        """The network for :meth:`conditions`' output: plain, or guided between its two conditions."""
         calls = [self._network(condition) for condition in conditions]
         return calls[0] if guidance == 1.0 else self._guided(*calls, guidance)
 
@@ -266,74 +266,9 @@ class TransmissionSystem(nn.Module):
             x_T = ddim_invert(process, denoise, self.to_residual(source, base), progress=progress)
         else:
             raise ValueError(f"unknown start mode {start!r}; expected gaussian or inversion")
-        generated = _sample(process, denoise, x_T, self.clip_range(base), resolve_sampler(sampler, steps, start, eta),
-                            generator, progress, eta=sampling_eta(eta, start))
-        return self.from_residual(generated, base).clamp(-1, 1)
-
-    @property
-    def window_stride(self) -> int:
-        """Pixels between the diffusion receiver's windows on a large image: three quarters of a
-        window, a multiple of 4 (one latent position is 4 pixels)."""
-        return max(4, 3 * self.cfg.image_size // 16 * 4)
-
-    @torch.no_grad()
-    def receive_windowed(self, received: torch.Tensor, steps: int, snr_db: float | torch.Tensor | None = None,
-                         sampler: str = "auto", generator: torch.Generator | None = None, stride: int | None = None,
-                         batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0,
-                         spacing: str | None = None) -> torch.Tensor:
-        """Diffusion receiver for one image larger than the network: received latent (1, c, h, w)
-        of an image of 4h × 4w pixels → that image in [−1, 1].
-
-        The sampler runs on the whole image; at every step the network sees overlapping
-        ``image_size`` windows (``stride`` pixels apart), each with its own
-        window of y (and of the Deep JSCC estimate), and their outputs are blended with weights
-        that fall towards each window's edges (MultiDiffusion, Bar-Tal et al. 2023): every pixel
-        follows one trajectory, so no seams appear where windows meet. Needs (4h − image_size)
-        and (4w − image_size) to be multiples of ``stride`` (default :attr:`window_stride`).
-        """
-        assert self.unet is not None
-        size = self.cfg.image_size
-        stride = stride or self.window_stride
-        height, width = 4 * received.shape[-2], 4 * received.shape[-1]
-        if received.shape[0] != 1 or stride % 4 or (height - size) % stride or (width - size) % stride:
-            raise ValueError(f"receive_windowed needs one image whose sides minus {size} are multiples of the "
-                             f"stride {stride} (a multiple of 4), got {height}x{width}")
-        corners = [(i, j) for i in range(0, height - size + 1, stride) for j in range(0, width - size + 1, stride)]
-        latent_size = size // 4
-        latents = torch.cat([received[..., i // 4:i // 4 + latent_size, j // 4:j // 4 + latent_size]
-                             for i, j in corners])
-        base = self.residual_base(received, snr_db)
-        windows_of_base = None if base is None else torch.cat([base[..., i:i + size, j:j + size] for i, j in corners])
-        conditions = self._conditions(latents, None, self._receiver_snr(snr_db), windows_of_base, len(corners),
-                                      guidance)
-
-        def network(first: int):  # the (guided) network of at most batch_size windows from ``first``
-            return self._conditioned_network(
-                [Condition(None if c.vector is None else c.vector[first:first + batch_size],
-                           None if c.maps is None else c.maps[first:first + batch_size]) for c in conditions],
-                guidance)
-
-        chunks = [(corners[first:first + batch_size], network(first)) for first in range(0, len(corners), batch_size)]
-        ramp = 1 - 0.9 * (2 * (torch.arange(size, device=received.device) + 0.5) / size - 1).abs()
-        weight = (ramp[:, None] * ramp[None, :])  # 1 at the centre, 0.1 at the edges
-        total = torch.zeros(height, width, device=received.device)
-        for i, j in corners:
-            total[i:i + size, j:j + size] += weight
-
-        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            outputs = []
-            for where, network in chunks:
-                windows = torch.cat([x[..., i:i + size, j:j + size] for i, j in where])
-                outputs.append(network(windows, t.expand(windows.shape[0])))
-            out = torch.cat(outputs)
-            blended = torch.zeros(1, out.shape[1], height, width, device=x.device, dtype=out.dtype)
-            for k, (i, j) in enumerate(corners):
-                blended[..., i:i + size, j:j + size] += weight * out[k]
-            return blended / total
-
-        x_T = torch.randn((1, 3, height, width), generator=generator, device=received.device)
-        generated = _sample(self.sampling_process(steps, spacing), denoise, x_T, self.clip_range(base),
-                            resolve_sampler(sampler, steps, eta=eta), generator, eta=eta)
+        generated = sample_from(process, denoise, x_T, self.clip_range(base),
+                                resolve_sampler(sampler, steps, start, eta), generator, progress,
+                                eta=sampling_eta(eta, start))
         return self.from_residual(generated, base).clamp(-1, 1)
 
     def decode(self, received: torch.Tensor, snr_db: float | torch.Tensor | None = None) -> torch.Tensor:
@@ -341,11 +276,11 @@ class TransmissionSystem(nn.Module):
         SNR if adaptive). Image in [−1, 1] only approximately: callers that show it clamp."""
         if self.decoder is None:
             raise ValueError("this model has no JSCC decoder (mode jscc or frozen have one)")
-        snr = self._receiver_snr(snr_db)
+        snr = self.receiver_snr(snr_db)
         return self.decoder(received) if snr is None else self.decoder(received, snr)
 
 
-def _sample(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sampler: str,
+def sample_from(process: GaussianDiffusion, denoise, x_T: torch.Tensor, clip, sampler: str,
             generator: torch.Generator | None, progress: bool = False, eta: float = 0.0) -> torch.Tensor:
     """x_T → x_0 over ``process`` (one network evaluation per index) with the resolved ``sampler``."""
     if sampler == "dpm++2m":

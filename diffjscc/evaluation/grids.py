@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from diffjscc.receivers import ReceiveContext, missing_part, receive, select
+from diffjscc.errors import UserError
 from diffjscc.system import TransmissionSystem
+from diffjscc.whole_image import pad_for_windows
 
 COMPARISON = ("deep_jscc", "diffusion")
 """The receivers of a comparison grid, by registry name."""
@@ -55,6 +57,27 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
             rows.append(receive(system, receiver, received, context)[0])
             names.append(receiver.describe(receiver.grid_label, samples=context.samples, steps=steps))
     return rows, names
+
+
+@torch.no_grad()
+def reconstruct_whole(system: TransmissionSystem, image: torch.Tensor, steps: int,
+                      generator: torch.Generator | None = None, snr_db: float | None = None,
+                      receivers: Sequence[str] = COMPARISON, sampler: str = "auto", guidance: float = 1.0,
+                      eta: float = 0.0, spacing: str | None = None) -> tuple[list[torch.Tensor], list[str]]:
+    """:func:`reconstruct_rows` of one (3, H, W) image of any size, sent whole as ``transmit``
+    sends it (:mod:`diffjscc.whole_image`): rows of one (1, 3, H, W) image each."""
+    cfg = system.cfg
+    if cfg.encoder != "jscc" or (cfg.class_cond and system.unet is not None):
+        raise UserError(f"images not of the model's {cfg.image_size}x{cfg.image_size} are sent whole, which needs a "
+                        f"fully convolutional Deep JSCC encoder and a receiver without classes")
+    if any(name != "deep_jscc" and name not in COMPARISON for name in receivers):
+        raise UserError("whole images are sampled through windows from a Gaussian start only (no --start "
+                        f"{', '.join(name for name in receivers if name not in COMPARISON)})")
+    height, width = image.shape[-2:]
+    padded = pad_for_windows(image[None], cfg.image_size)
+    rows, names = reconstruct_rows(system, padded, None, steps, generator=generator, snr_db=snr_db,
+                                   receivers=receivers, sampler=sampler, guidance=guidance, eta=eta, spacing=spacing)
+    return [row[..., :height, :width] for row in rows], names
 
 
 def write_training_grid(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,

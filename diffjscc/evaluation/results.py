@@ -3,7 +3,8 @@ them with what produced them, and its files — results.json (everything), resul
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
 The document's format is ``diffjscc-evaluation/6``: keys ``format, versions, seed, data,
-n_images, images, checkpoints, settings, numerics, metrics, notes, results``; every row has exactly the keys of
+n_images, images, checkpoints, settings, numerics, metrics, notes, results`` (and ``per_image``,
+each image's scores, when whole images of mixed sizes were evaluated); every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
 """
 
@@ -62,6 +63,7 @@ class ResultRow(TypedDict):
     psnr: float  # dB, mean over images x samples
     ssim: float
     ms_ssim: float
+    spread: float | None  # K >= 2 outputs per image: mean over pixels and images of their per-pixel std, 8-bit levels
     fid: float | None
     fid_note: str | None
     lpips: float | None
@@ -70,6 +72,8 @@ class ResultRow(TypedDict):
     kid_cls: float | None  # unbiased polynomial-kernel MMD^2 there (NOT Inception KID): subset mean
     kid_cls_std: float | None  # its standard deviation over the subsets
     acc_cls: float | None  # the classifier's top-1 accuracy on the outputs against the source labels
+    patch_fd: float | None  # whole images: Fréchet distance of 32x32 patches in the photo patch network's features
+    patch_kid: float | None  # whole images: KID of those patches (subset mean)
     n: int  # images
     seed: int
     budget_bytes: int | None  # digital: floor(n_symbols * C / 8)
@@ -109,6 +113,10 @@ def _metric_definitions() -> dict:
     """How the per-image metrics are computed, as the document records it."""
     return {
         "psnr": "10 log10(1 / MSE) dB per image on 8-bit outputs, mean over images (x samples)",
+        "averaging": "every per-image metric (PSNR too) is the mean of per-image values, not the value of the pooled "
+                     "MSE: the convention of the Kodak results in the literature",
+        "spread": "with K >= 2 outputs per image: the per-pixel standard deviation over the K outputs (unbiased, "
+                  "root-mean-square over RGB) in 8-bit levels, mean over pixels, then over images",
         "ssim": f"Wang et al. 2004, Gaussian window {SSIM_KERNEL_SIZE} taps sigma {SSIM_SIGMA}, valid region "
                 "(= scikit-image)",
         "ms_ssim": {"scales": len(MS_SSIM_BETAS), "betas": list(MS_SSIM_BETAS),
@@ -127,9 +135,11 @@ def _versions() -> dict:
 def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
                      fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow],
                      realism_info: dict | None = None, images: dict | None = None,
-                     numerics: dict | None = None) -> dict:
-    """The results document: the rows and everything needed to reproduce and read them."""
-    return {
+                     numerics: dict | None = None, per_image: list[dict] | None = None,
+                     patch_info: dict | None = None) -> dict:
+    """The results document: the rows and everything needed to reproduce and read them;
+    ``per_image``: each image's scores row by row (whole images of mixed sizes)."""
+    document = {
         "format": FORMAT,
         "versions": _versions(),
         "seed": seed,
@@ -144,11 +154,18 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
         "notes": notes,
         "results": rows,
     }
+    if patch_info is not None:
+        document["metrics"]["patch_realism"] = patch_info
+    if per_image is not None:
+        document["per_image"] = per_image
+    return document
 
 
 TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
-                 "psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "acc_cls", "fid", "lpips", "lost_fraction", "n"]
-TABLE_FORMATS = {"k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
+                 "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "patch_fd", "patch_kid", "fid",
+                 "lpips", "lost_fraction", "n"]
+TABLE_FORMATS = {"spread": ".2f", "patch_fd": ".3f", "patch_kid": ".4f",
+                 "k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
                  "lost_fraction": ".2f", "snr_db": "g", "fd_cls": ".3f", "kid_cls": ".4f", "acc_cls": ".3f"}
 
 
@@ -177,6 +194,8 @@ def results_table(document: dict) -> str:
                      + f"; reference: {realism.get('reference')}; {realism.get('samples')})")
         if realism.get("acc_cls_sources") is not None:
             lines.append(f"acc_cls of the source images themselves (its ceiling): {realism['acc_cls_sources']:.3f}")
+    if any(r.get("patch_fd") is not None for r in rows):
+        lines.append(document["metrics"].get("patch_realism", {}).get("note", ""))
     lines.append("k_over_n: real channel symbols per source dimension; k_over_n_complex: complex channel uses "
                  "per source dimension (the Deep JSCC literature's convention)")
     lines += document["notes"]

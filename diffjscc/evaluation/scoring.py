@@ -1,5 +1,5 @@
 """Scores of one set of outputs against its sources: per-image PSNR, SSIM and MS-SSIM (means over
-images x samples), LPIPS, and the distribution metrics FID and ``fd_cls``/``kid_cls`` (with the
+images x samples), the spread of K samples per image, LPIPS, and the distribution metrics FID and ``fd_cls``/``kid_cls`` (with the
 classifier's ``acc_cls``), combinable exactly across ranks.
 
 With K samples per image the distribution metrics score each of the K sets of N outputs and
@@ -29,6 +29,7 @@ from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, ssim_
 from diffjscc.evaluation.realism import RealismScorer
 from diffjscc.runtime.device import full_fp32
 from diffjscc.runtime.distributed import all_reduce_sum
+from diffjscc.whole_image import pixel_spread
 
 __all__ = ["prepare_fid_reference", "score_outputs"]
 
@@ -62,13 +63,16 @@ def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | 
     if repeats * source.shape[0] != outputs.shape[0]:
         raise ValueError(f"{outputs.shape[0]} outputs for {source.shape[0]} sources")
     target = source.repeat(repeats, 1, 1, 1)
-    sums = torch.zeros(4, dtype=torch.float64)  # psnr, ssim, ms_ssim sums; number of pairs
+    sums = torch.zeros(5, dtype=torch.float64)  # psnr, ssim, ms_ssim sums; number of pairs; spread sum
     for start in range(0, outputs.shape[0], batch):
         x, y = _images_float(target[start:start + batch]), _images_float(outputs[start:start + batch])
         sums[0] += psnr_per_image(x, y).double().sum()
         sums[1] += ssim_per_image(x, y).double().sum()
         sums[2] += ms_ssim_per_image(x, y).double().sum()
     sums[3] = outputs.shape[0]
+    if repeats > 1:  # each image's K outputs: rows i, N + i, 2N + i, ...
+        per_set = outputs.reshape(repeats, source.shape[0], *outputs.shape[1:])
+        sums[4] = sum(float(pixel_spread(per_set[:, i]).mean()) for i in range(source.shape[0]))
     local_lpips = 0.0
     if lpips is not None and outputs.shape[0]:
         local_lpips = lpips.score(_images_float(target), _images_float(outputs))
@@ -79,6 +83,7 @@ def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | 
             local_lpips = float(all_reduce_sum(weighted)[0]) / float(sums[3])
     count = float(sums[3])
     scores = {name: float(sums[i]) / count for i, name in enumerate(("psnr", "ssim", "ms_ssim"))}
+    scores["spread"] = float(sums[4]) * repeats / count if repeats > 1 and count else None
     sets = [outputs[k * source.shape[0]:(k + 1) * source.shape[0]] for k in range(repeats)]
     scores["fid"] = sum(fid.score(part, sharded=sharded) for part in sets) / repeats if fid is not None else None
     scores["lpips"] = float(local_lpips) if lpips is not None else None

@@ -27,6 +27,7 @@ every rank returns the same document, and callers write it on rank 0 only.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,16 +43,18 @@ from diffjscc.errors import UserError
 from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
-from diffjscc.evaluation.metrics import to_uint8
+from diffjscc.evaluation.patches import PatchRealism
+from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.evaluation.realism import RealismScorer, labels_from_file_names
 from diffjscc.evaluation.report import SweepConsole, realism_verdicts
 from diffjscc.evaluation.results import finish_rows, results_document
 from diffjscc.evaluation.scoring import prepare_fid_reference, score_outputs
 from diffjscc.receivers import Receiver, ReceiveContext, available, receive
 from diffjscc.runtime.device import bf16_enabled, numerics
-from diffjscc.runtime.distributed import all_reduce_sum, get_world_size, shard_range
+from diffjscc.runtime.distributed import all_gather_cat, all_reduce_sum, get_world_size, shard_range
 from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import TransmissionSystem, build_channel, load_system
+from diffjscc.whole_image import pad_for_windows, pixel_spread
 
 __all__ = ["EvalModel", "ImageSelection", "Protocol", "load_models", "run_protocol", "select_images"]
 
@@ -182,7 +185,7 @@ def _my_batches(n: int, size: int) -> tuple[list[tuple[int, slice]], slice]:
 class ImageSelection:
     """The images scored, which files they are, and the unreadable files left out (with why)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | list[torch.Tensor]  # one batch when all are the models' size, else each its own
     labels: torch.Tensor | None
     files: list[Path]
     total: int  # readable images in the folder
@@ -198,16 +201,18 @@ class ImageSelection:
                 "skipped": [{"file": p.name, "reason": reason} for p, reason in self.skipped]}
 
 
-def select_images(data_dir: Path, image_size: int | None, with_labels: bool, limit: int | None,
+def select_images(data_dir: Path, image_size: int, with_labels: bool, limit: int | None,
                   subset: str = "spread", skip_bad: bool = False, device: torch.device | str = "cpu") -> ImageSelection:
-    """The ``limit`` images of ``data_dir`` to score (:func:`~diffjscc.data.folder.subset_indices`).
-    An unreadable image is refused in one line naming it, so that N never changes silently between
-    runs that are compared; with ``skip_bad`` it is left out and listed."""
+    """The ``limit`` images of ``data_dir`` to score (:func:`~diffjscc.data.folder.subset_indices`):
+    one (N, 3, S, S) batch when all are the models' size S, else the list of (3, H, W) images of
+    their own sizes (whole images, photos). An unreadable image is refused in one line naming it,
+    so that N never changes silently between runs that are compared; with ``skip_bad`` it is left
+    out and listed."""
     from diffjscc.data import ImageFolderDataset, load_image_tensor
 
     with warnings.catch_warnings():  # the dataset's warning about skipped files: reported here instead
         warnings.simplefilter("ignore", UserWarning)
-        dataset = ImageFolderDataset(data_dir, image_size=image_size, with_labels=with_labels)
+        dataset = ImageFolderDataset(data_dir, with_labels=with_labels)  # any size: photos are sent whole
     skipped = []
     for path in dataset.skipped:
         try:
@@ -222,8 +227,12 @@ def select_images(data_dir: Path, image_size: int | None, with_labels: bool, lim
         raise UserError(f"unreadable image {path}: {reason}{more}; fix or remove it, or pass --skip-bad to go on "
                         f"without it (the skipped files are recorded in the results)")
     indices = subset_indices(len(dataset), limit, subset)
-    images, labels = dataset.take(indices, device)
-    return ImageSelection(images, labels, [dataset.files[i] for i in indices], len(dataset), skipped)
+    items = [dataset[i] for i in indices]
+    labels = torch.tensor([label for _, label in items], device=device) if with_labels else None
+    tensors = [image.to(device) for image, _ in items]
+    whole = any(tuple(t.shape[-2:]) != (image_size, image_size) for t in tensors)
+    return ImageSelection(tensors if whole else torch.stack(tensors), labels, [dataset.files[i] for i in indices],
+                          len(dataset), skipped)
 
 
 def _model_receivers(model: EvalModel, protocol: Protocol, deep_jscc_seen: dict[str, str],
@@ -307,6 +316,150 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     return rows
 
 
+PER_IMAGE_SCORES = ("psnr", "ssim", "ms_ssim", "lpips", "spread", "patch_fd")
+"""What the per-image records of a whole-image evaluation hold for each image, row by row."""
+
+
+def _check_whole_images(models: Sequence[EvalModel]) -> None:
+    """Whole images need a fully convolutional encoder, and a diffusion receiver without classes."""
+    for model in models:
+        cfg = model.system.cfg
+        if cfg.encoder != "jscc":
+            raise UserError(f"{model.label}: images not of the model's {cfg.image_size}x{cfg.image_size} are sent "
+                            f"whole, which needs a fully convolutional Deep JSCC encoder; this one's is {cfg.encoder!r}")
+        if cfg.class_cond and model.system.unet is not None:
+            raise UserError(f"{model.label}: a class-conditional diffusion receiver cannot take whole images of "
+                            f"other sizes than {cfg.image_size}x{cfg.image_size}")
+
+
+def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIPSScorer | None,
+                  patch_fd: float | None = None) -> list[float]:
+    """:data:`PER_IMAGE_SCORES` of one image's S outputs (S, 3, H, W) against its source (3, H, W):
+    means over the S outputs; NaN where a score does not apply (MS-SSIM under 32 px, LPIPS
+    unavailable, the spread of one output, no patch network)."""
+    x = source_u8[None].float().div(255).expand_as(outputs_u8)
+    y = outputs_u8.float() / 255
+    small = min(source_u8.shape[-2:]) < 32
+    return [float(psnr_per_image(x, y).double().mean()),
+            float(ssim_per_image(x, y).double().mean()) if min(source_u8.shape[-2:]) >= SSIM_KERNEL_SIZE else math.nan,
+            math.nan if small else float(ms_ssim_per_image(x, y).double().mean()),
+            lpips.score(x, y) if lpips is not None else math.nan,
+            float(pixel_spread(outputs_u8).mean()) if outputs_u8.shape[0] > 1 else math.nan,
+            math.nan if patch_fd is None else patch_fd]
+
+
+def _patch_scores(patches: PatchRealism, outputs_u8: torch.Tensor, reference: torch.Tensor,
+                  sets: list[list[torch.Tensor]]) -> float | None:
+    """One image's ``patch_fd`` (mean over its S outputs) against its own source patches'
+    features ``reference``; appends each output's features to ``sets[k]`` for the row's score."""
+    values = []
+    for k in range(outputs_u8.shape[0]):
+        features = patches.features(outputs_u8[k])
+        sets[k].append(features)
+        values.append(patches.score(features, reference)["patch_fd"])
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _row_patch_scores(patches: PatchRealism, sets: list[list[torch.Tensor]], reference: torch.Tensor,
+                      sharded: bool) -> dict:
+    """A row's ``patch_fd``/``patch_kid``: each of its S sets of output patches (all images)
+    against all the source images' patches, the S scores averaged."""
+    scores = []
+    for chosen in sets:
+        features = torch.cat(chosen) if chosen else reference[:0]
+        scores.append(patches.score(all_gather_cat(features) if sharded else features, reference))
+    means = {}
+    for key in ("patch_fd", "patch_kid"):
+        values = [score[key] for score in scores]
+        means[key] = None if any(v is None for v in values) else sum(values) / len(values)
+    return means
+
+
+@torch.no_grad()
+def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[torch.Tensor], files: list[Path],
+                      protocol: Protocol, lpips: LPIPSScorer | None, console: SweepConsole,
+                      patches: PatchRealism | None = None,
+                      source_patches: dict[int, torch.Tensor] | None = None,
+                      reference: torch.Tensor | None = None) -> tuple[list[dict], list[dict]]:
+    """Rows of images of any size, each sent whole as ``transmit`` sends it
+    (:mod:`diffjscc.whole_image`: edges repeated to the windows' grid, one received latent,
+    the diffusion receiver through blended windows) and scored at its own size; and one
+    record per image and row (:data:`PER_IMAGE_SCORES`). A row's PSNR (SSIM, MS-SSIM, LPIPS,
+    spread) is the mean of the per-image values, as the literature reports Kodak; its k/n is
+    the symbols of all images over their RGB values. Image ``i`` draws its noise from
+    :func:`~diffjscc.runtime.seeding.batch_seeds` (seed, i): a batch of one. With ``patches``,
+    ``patch_fd``/``patch_kid`` against ``reference`` (all source patches' features; per image
+    against ``source_patches[i]``)."""
+    system, cfg = model.system, model.system.cfg
+    device = next(system.parameters()).device
+    kind = protocol.channel or cfg.channel
+    channel = build_channel(cfg, kind).eval()
+    K = protocol.samples
+    share = shard_range(len(images))
+    sharded = get_world_size() > 1
+    rows, records = [], []
+    for snr in protocol.snrs:
+        scores: dict[str, list[list[float]]] = {r.name: [] for r in receivers}  # per image of this rank
+        sets: dict[str, list[list[torch.Tensor]]] = {r.name: [[] for _ in range(K if r.per_sample else 1)]
+                                                     for r in receivers}  # patch features of each output set
+        symbols = []
+        for index in share:
+            channel_seed, sample_seed = batch_seeds(protocol.seed, index)
+            image = images[index]
+            height, width = image.shape[-2:]
+            x = pad_for_windows(image[None].to(device), cfg.image_size)
+            received = system.transmit(x, snr_db=snr, generator=torch.Generator(device=device).manual_seed(channel_seed),
+                                       channel=channel)
+            symbols.append(received[0].numel())
+            context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
+                                     guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
+                                     generator=torch.Generator(device=device).manual_seed(sample_seed))
+            source_u8 = to_uint8(image)
+            for receiver in receivers:  # table order: the order they draw sampling noise in
+                outputs = to_uint8(receive(system, receiver, received, context)[:, 0, :, :height, :width]).cpu()
+                patch_fd = (_patch_scores(patches, outputs, source_patches[index], sets[receiver.name])
+                            if patches is not None else None)
+                scores[receiver.name].append([float(index), float(symbols[-1])]
+                                             + _image_scores(source_u8, outputs, lpips, patch_fd))
+            console.advance(1)
+        for receiver in receivers:  # the same on every rank: every image's numbers, in image order
+            local = torch.tensor(scores[receiver.name], dtype=torch.float64).reshape(-1, 2 + len(PER_IMAGE_SCORES))
+            table = all_gather_cat(local) if sharded else local
+            table = table[table[:, 0].argsort()]
+            per_image = [dict(zip(("symbols", *PER_IMAGE_SCORES), values.tolist())) for values in table[:, 1:]]
+            total_symbols = sum(record["symbols"] for record in per_image)
+            source_values = sum(3 * images[i].shape[-2] * images[i].shape[-1] for i in range(len(images)))
+            means = {}
+            for name in PER_IMAGE_SCORES:
+                values = [record[name] for record in per_image]
+                means[name] = None if any(math.isnan(v) for v in values) else sum(values) / len(values)
+            row = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,
+                   "snr_db": float(snr), "k_over_n": total_symbols / source_values,
+                   "n_symbols": round(total_symbols / len(images)), "seed": protocol.seed, "n": len(images),
+                   "system": receiver.describe(receiver.label, samples=K), "receiver": receiver.family,
+                   "steps": protocol.steps if receiver.uses_unet else 0, "start": receiver.start or "-",
+                   "sampler": _sampler_column(receiver, protocol),
+                   "guidance": protocol.guidance if receiver.uses_unet else None,
+                   "eta": sampling_eta(protocol.eta, receiver.start) if receiver.uses_unet else None,
+                   "spacing": (protocol.spacing or cfg.sample_spacing) if receiver.uses_unet else None,
+                   "oracle": receiver.oracle, "control": receiver.control,
+                   "samples_per_image": K if receiver.per_sample else 1, "fid": None,
+                   **means}
+            if patches is not None:
+                row.update(_row_patch_scores(patches, sets[receiver.name], reference, sharded))
+            rows.append(row)
+            for i, record in enumerate(per_image):
+                height, width = images[i].shape[-2:]
+                records.append({"model": model.label, "system": row["system"], "snr_db": float(snr),
+                                "file": files[i].name, "width": int(width), "height": int(height),
+                                "n_symbols": int(record["symbols"]),
+                                "k_over_n": record["symbols"] / (3 * height * width),
+                                **{name: None if math.isnan(record[name]) else record[name]
+                                   for name in PER_IMAGE_SCORES}})
+            console.row(row, receiver.describe(receiver.note, samples=K))
+    return rows, records
+
+
 def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[tuple[str, int, int]],
                   protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
                   console: SweepConsole, realism: RealismScorer | None = None,
@@ -369,6 +522,15 @@ def protocol_images(models: Sequence[EvalModel], data_dir: Path, protocol: Proto
                          protocol.limit, protocol.subset, protocol.skip_bad)
 
 
+def _skipped_notes(selection: ImageSelection, data_dir: Path) -> list[str]:
+    """The note that unreadable images were left out (--skip-bad), naming the first of them."""
+    if not selection.skipped:
+        return []
+    names = ", ".join(p.name for p, _ in selection.skipped[:5]) + (" …" if len(selection.skipped) > 5 else "")
+    return [f"{len(selection.skipped)} unreadable image(s) of {data_dir} left out (--skip-bad): {names} "
+            f"(all in images.skipped)"]
+
+
 def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
     """Before any work, a receiver the protocol cannot run (guidance without ``condition_dropout``
     training, a spacing from t = T−1 for an ε model) is refused in one line."""
@@ -378,18 +540,93 @@ def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
             check_spacing(protocol.spacing or model.system.cfg.sample_spacing, model.system.cfg.prediction)
 
 
+def _row_notes(results: list[dict], console: SweepConsole) -> list[str]:
+    """What the oracle and control rows are, and the realism verdicts (also said on the console)."""
+    notes = []
+    if any(row["oracle"] and not row["control"] for row in results):
+        notes.append("ORACLE rows (start 'inversion') obtain x_T by DDIM-inverting the source image, which a "
+                     "real receiver does not have: an upper bound, not a result.")
+    if any(row["control"] for row in results):
+        notes.append("control rows read the source by construction: 'source' is the real images (PSNR floored at "
+                     "100 dB), 'control_noise' the Deep JSCC output plus Gaussian noise scaled per image to the PSNR "
+                     "of each one-sample diffusion output; references, not receivers")
+    verdicts = realism_verdicts(results)
+    for line in verdicts:
+        console.say(line)
+    return notes + verdicts
+
+
+def _settings(protocol: Protocol, digital: list[str]) -> dict:
+    """The protocol as the results document records it."""
+    return {"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
+            "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
+            "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
+            "batch_size": protocol.batch_size,
+            "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
+            "subset": protocol.subset, "skip_bad": protocol.skip_bad, "controls": protocol.controls}
+
+
+def _checkpoints(models: Sequence[EvalModel]) -> list[dict]:
+    return [{"label": m.label, "path": str(m.checkpoint), "mode": m.system.cfg.mode,
+             "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models]
+
+
+def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: ImageSelection, protocol: Protocol, fid_info: dict, lpips: LPIPSScorer | None, lpips_note: str,
+                      console: SweepConsole, patches: PatchRealism | None = None) -> dict:
+    """:func:`run_protocol` on images that are not all of the models' size: each sent whole
+    (:func:`_whole_image_rows`); the document also holds the per-image records."""
+    _check_whole_images(models)
+    images, files = selection.images, selection.files
+    notes = list(protocol.notes) + _skipped_notes(selection, data_dir)
+    sizes = sorted({f"{image.shape[-1]}x{image.shape[-2]}" for image in images})
+    notes.append(f"whole images of {len(sizes)} size(s) ({', '.join(sizes)}), each sent whole as 'transmit' sends "
+                 f"it (edges repeated to the windows' grid); PSNR, SSIM, MS-SSIM, LPIPS and spread are means of "
+                 f"per-image values (per_image in results.json), k/n is all images' symbols over their RGB values")
+    if fid_info.get("skipped") is None:
+        fid_info = {**fid_info, "skipped": "FID not computed: the images have mixed sizes (sent whole)"}
+    notes.append("fd_cls/kid_cls/acc_cls not computed: the classifier knows 32x32 CIFAR-10 images, not whole photos")
+    if protocol.digital:
+        notes.append("no digital baselines for whole images of mixed sizes")
+    if "inversion" in protocol.starts:
+        notes.append("no ORACLE inversion row: whole images are sampled through windows from a Gaussian start only")
+    source_patches, reference, patch_info = None, None, None
+    if patches is not None:  # the sources' patch features: per image of this rank, and all of them
+        source_patches = {i: patches.features(to_uint8(images[i])) for i in shard_range(len(images))}
+        mine = list(source_patches.values())
+        reference = torch.cat(mine) if mine else torch.zeros(0, 1, dtype=torch.float64)
+        reference = all_gather_cat(reference) if get_world_size() > 1 else reference
+        patch_info = patches.describe()
+        console.say(f"patch realism: {reference.shape[0]} source patches of 32x32 ({patches.loaded.identity})")
+    rows, records = [], []
+    deep_jscc_seen: dict[str, str] = {}
+    with console.bar(len(models) * len(protocol.snrs) * len(shard_range(len(images)))):
+        for model in models:
+            receivers = [r for r in _model_receivers(model, protocol, deep_jscc_seen, notes) if r.start != "inversion"]
+            model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console,
+                                                          patches, source_patches, reference)
+            rows += model_rows
+            records += model_records
+    results = finish_rows(rows, fid_note=fid_info["skipped"], lpips_note=None if lpips is not None else lpips_note)
+    notes += _row_notes(results, console)
+    return results_document(seed=protocol.seed, data=data_dir, n_images=len(images), checkpoints=_checkpoints(models),
+                            settings=_settings(protocol, []), fid_info=fid_info, lpips_note=lpips_note, notes=notes,
+                            rows=results, images=selection.describe(protocol.subset, protocol.limit),
+                            numerics=_numerics(models), per_image=records, patch_info=patch_info)
+
+
 def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol,
                  fid: FIDScorer | None = None, fid_info: dict | None = None,
                  fid_reference: Sequence[Path] | None = None,
                  lpips: LPIPSScorer | None = None, lpips_note: str = "",
-                 realism: RealismScorer | None = None,
+                 realism: RealismScorer | None = None, patches: PatchRealism | None = None,
                  progress: bool = True, echo: Callable[..., None] = print,
                  selection: ImageSelection | None = None) -> dict:
     """Run the whole protocol; returns the results document (:mod:`~diffjscc.evaluation.results`).
 
     ``fid_reference``: files whose statistics FID compares against (cached); None means the
     evaluated source images themselves. ``realism``: the classifier scores (``fd_cls``,
-    ``kid_cls``, ``acc_cls``) of every row; None leaves them empty.
+    ``kid_cls``, ``acc_cls``) of every row; None leaves them empty. ``patches``: ``patch_fd`` and
+    ``patch_kid`` of the rows of whole images (photos; :mod:`~diffjscc.evaluation.patches`).
 
     ``selection``: the images from :func:`protocol_images`, when the caller took them already.
 
@@ -402,8 +639,11 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     images, labels, files = selection.images, selection.labels, selection.files
     for path, reason in selection.skipped:
         console.say(f"skipped unreadable image {path}: {reason}")
-    source_u8 = to_uint8(images)
     fid_info = dict(fid_info or {})
+    if isinstance(images, list):
+        return _run_whole_images(models, Path(data_dir), selection, protocol, fid_info, lpips, lpips_note, console,
+                                 patches)
+    source_u8 = to_uint8(images)
     if fid is not None:
         fid_info.update(prepare_fid_reference(fid, files, source_u8, data_dir, fid_reference,
                                               sharded=get_world_size() > 1))
@@ -412,11 +652,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     _, covered = _my_batches(images.shape[0], protocol.batch_size)  # this rank's share, for the progress bar
     kinds_and_n = sorted({(protocol.channel or m.system.cfg.channel, m.system.cfg.latent_dim, m.system.cfg.image_size)
                           for m in models})
-    notes = list(protocol.notes)
-    if selection.skipped:
-        notes.append(f"{len(selection.skipped)} unreadable image(s) of {data_dir} left out (--skip-bad): "
-                     f"{', '.join(p.name for p, _ in selection.skipped[:5])}{' …' if len(selection.skipped) > 5 else ''} "
-                     f"(all in images.skipped)")
+    notes = list(protocol.notes) + _skipped_notes(selection, data_dir)
     realism_labels, realism_info = None, None
     if realism is not None and realism.classifier.image_size != images.shape[-1]:
         notes.append(f"fd_cls/kid_cls/acc_cls not computed: the classifier was trained on "
@@ -457,32 +693,14 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                                   realism_labels)
     results = finish_rows(rows, fid_note=None if fid is not None else fid_info.get("skipped", "FID not computed"),
                           lpips_note=None if lpips is not None else lpips_note)
-    if any(row["oracle"] and not row["control"] for row in results):
-        notes.append("ORACLE rows (start 'inversion') obtain x_T by DDIM-inverting the source image, which a "
-                     "real receiver does not have: an upper bound, not a result.")
-    if any(row["control"] for row in results):
-        notes.append("control rows read the source by construction: 'source' is the real images (PSNR floored at "
-                     "100 dB), 'control_noise' the Deep JSCC output plus Gaussian noise scaled per image to the PSNR "
-                     "of each one-sample diffusion output; references, not receivers")
-    verdicts = realism_verdicts(results)
-    for line in verdicts:
-        console.say(line)
-    notes += verdicts
+    notes += _row_notes(results, console)
     if digital:
         notes.append("digital rows: largest-quality file with at most floor(n * C / 8) bytes, C = capacity per real "
                      "channel use (AWGN: 1/2 log2(1+SNR); Rayleigh: ergodic); images that do not fit are lost and "
                      "shown as the mean-colour image of the set (lost_fraction)")
     return results_document(
         seed=protocol.seed, data=data_dir, n_images=int(images.shape[0]),
-        checkpoints=[{"label": m.label, "path": str(m.checkpoint), "mode": m.system.cfg.mode,
-                      "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models],
-        settings={"snr_db": [float(s) for s in protocol.snrs], "starts": list(protocol.starts),
-                  "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
-                  "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
-                  "batch_size": protocol.batch_size,
-                  "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
-                  "subset": protocol.subset, "skip_bad": protocol.skip_bad, "controls": protocol.controls},
-        images=selection.describe(protocol.subset, protocol.limit),
-        numerics=_numerics(models),
+        checkpoints=_checkpoints(models), settings=_settings(protocol, digital),
+        images=selection.describe(protocol.subset, protocol.limit), numerics=_numerics(models),
         fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
         realism_info=realism_info)
