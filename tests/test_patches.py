@@ -56,7 +56,7 @@ def test_patch_fd_of_the_sources_is_zero_and_the_noise_control_is_above_deep_jsc
     reference = scorer.features(source_u8)
     assert reference.shape[0] == 47 * 31  # 768x512 in 32x32 patches 16 apart
     itself = scorer.score(reference, reference)
-    assert itself["patch_fd"] == pytest.approx(0, abs=1e-6) and abs(itself["patch_kid"]) < 1e-3
+    assert itself["patch_fd"] == pytest.approx(0, abs=1e-6)  # (KID's subsets of one set overlap: not ~0 by design)
     if "deep_jscc_512" not in manifest(models_dir())["models"]:
         pytest.skip("the package ships no deep_jscc_512")
     system = load_system(str(verified_path("deep_jscc_512")))
@@ -66,9 +66,10 @@ def test_patch_fd_of_the_sources_is_zero_and_the_noise_control_is_above_deep_jsc
     noise = torch.randn(estimate.shape, generator=torch.Generator().manual_seed(0))
     target_mse = torch.tensor([255.0 ** 2 / 10 ** ((sent.psnr - 1.0) / 10)])  # the PSNR 1 dB below Deep JSCC's
     control = to_uint8(matched_noise(estimate, noise, photo[None], target_mse)[0])
-    fd_deep_jscc = scorer.score(scorer.features(deep_jscc), reference)["patch_fd"]
-    fd_control = scorer.score(scorer.features(control), reference)["patch_fd"]
-    assert 0 < fd_deep_jscc < fd_control
+    of_deep_jscc = scorer.score(scorer.features(deep_jscc), reference)
+    of_control = scorer.score(scorer.features(control), reference)
+    assert 0 < of_deep_jscc["patch_fd"] < of_control["patch_fd"]
+    assert of_deep_jscc["patch_kid"] < of_control["patch_kid"]
 
 
 def test_patch_features_are_those_of_each_patch_in_batches(scorer: PatchRealism) -> None:

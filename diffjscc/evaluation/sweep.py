@@ -395,6 +395,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
     kind = protocol.channel or cfg.channel
     channel = build_channel(cfg, kind).eval()
     K = protocol.samples
+    steps = protocol.steps_for(model)
     share = shard_range(len(images))
     sharded = get_world_size() > 1
     rows, records = [], []
@@ -411,7 +412,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
             received = system.transmit(x, snr_db=snr, generator=torch.Generator(device=device).manual_seed(channel_seed),
                                        channel=channel)
             symbols.append(received[0].numel())
-            context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
+            context = ReceiveContext(snr_db=snr, steps=steps, sampler=protocol.sampler, samples=K, source=x,
                                      guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed))
             source_u8 = to_uint8(image)
@@ -437,8 +438,8 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
                    "snr_db": float(snr), "k_over_n": total_symbols / source_values,
                    "n_symbols": round(total_symbols / len(images)), "seed": protocol.seed, "n": len(images),
                    "system": receiver.describe(receiver.label, samples=K), "receiver": receiver.family,
-                   "steps": protocol.steps if receiver.uses_unet else 0, "start": receiver.start or "-",
-                   "sampler": _sampler_column(receiver, protocol),
+                   "steps": steps if receiver.uses_unet else 0, "start": receiver.start or "-",
+                   "sampler": _sampler_column(receiver, protocol, steps),
                    "guidance": protocol.guidance if receiver.uses_unet else None,
                    "eta": sampling_eta(protocol.eta, receiver.start) if receiver.uses_unet else None,
                    "spacing": (protocol.spacing or cfg.sample_spacing) if receiver.uses_unet else None,
