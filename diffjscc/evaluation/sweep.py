@@ -226,8 +226,9 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             channel_seed, sample_seed = batch_seeds(protocol.seed, index)
             g_channel = torch.Generator(device=device).manual_seed(channel_seed)
             x = images[part].to(device)
-            received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
-            context = ReceiveContext(snr_db=snr, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
+            received, told = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel,
+                                             return_receiver_snr=True)
+            context = ReceiveContext(snr_db=told, steps=protocol.steps, sampler=protocol.sampler, samples=K, source=x,
                                      guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed),
                                      class_labels=labels[part].to(device) if use_labels else None)

@@ -88,11 +88,11 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
     link = build_channel(cfg, channel).eval()
     g_channel = torch.Generator(device=device).manual_seed(seed)
     g_sample = torch.Generator(device=device).manual_seed(seed + 1)
-    received = system.transmit(padded, snr_db=snr_db, generator=g_channel, channel=link)
+    received, told = system.transmit(padded, snr_db=snr_db, generator=g_channel, channel=link, return_receiver_snr=True)
     if receiver == "deep_jscc":
-        recon = system.decode(received, snr_db).clamp(-1, 1)
+        recon = system.decode(received, told).clamp(-1, 1)
     else:
-        recon = system.receive_windowed(received, steps, snr_db=snr_db, sampler=sampler, generator=g_sample,
+        recon = system.receive_windowed(received, steps, snr_db=told, sampler=sampler, generator=g_sample,
                                         batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing)
     recon = recon[0, :, :h, :w].cpu()
     source_u8, recon_u8 = to_uint8(image), to_uint8(recon)
