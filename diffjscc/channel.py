@@ -14,6 +14,16 @@ Conventions used throughout this module
   per-complex-symbol SNR equals the per-real-symbol SNR.
 * Bandwidth ratio ``k/n``: each real symbol counts as one channel use (see
   :func:`bandwidth_ratio`).
+* Equalisation (fading with receiver CSI, ``equalizer``): ``"mmse"`` returns
+  ``s_hat = conj(h) y / (|h|^2 + sigma^2)`` (``sigma^2 = E|n|^2 / E|s|^2``, the noise variance per
+  real symbol), whose error per real symbol has variance ``sigma^2 / (|h|^2 + sigma^2) <= 1`` and
+  whose size is bounded, ``|s_hat| <= |s| + |n| / (2 sigma)``; ``"zf"`` returns ``y / h = s + n / h``,
+  unbiased but with error variance ``sigma^2 / |h|^2``, unbounded in deep fades
+  (``E[1/|h|^2]`` is infinite under Rayleigh fading).
+* Receiver SNR: a fading channel with CSI tells the receivers the SNR of the block they got,
+  ``SNR_dB + 10 log10(mean_k |h_k|^2)`` per sample (:func:`received_snr_db`: ``|h|^2 * SNR``
+  under block fading, within a fraction of a dB of the nominal SNR under fast fading); the
+  transmitter, which does not know ``h``, keeps the nominal SNR.
 
 All functions are differentiable with respect to their input (the noise and fading
 gains are sampled without gradient) and take an optional ``torch.Generator`` for
@@ -30,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from diffjscc.config import CHANNELS
+from diffjscc.config import CHANNELS, EQUALIZERS
 from diffjscc.errors import UserError
 from diffjscc.runtime.seeding import AnyGenerator, BatchGenerator
 
@@ -43,6 +53,7 @@ __all__ = [
     "normalize_power",
     "parse_snr_list",
     "rayleigh_block",
+    "received_snr_db",
     "rayleigh_fast",
     "to_complex",
 ]
@@ -169,11 +180,13 @@ def _rayleigh(
     return_gain: bool,
     per_symbol: bool,
     csi: bool = True,
+    equalizer: str = "mmse",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Shared Rayleigh implementation (block: one h per sample; fast: one h per complex symbol).
 
     ``csi=False``: the receiver does not know h and gets ``y = h s + n`` unequalised.
     """
+    _check_equalizer(equalizer)
     sr, si = _pairs(x)  # (B, M)
     b, m = sr.shape
     sigma = _snr_to_sigma(snr_db, sr)  # (B, 1)
@@ -188,9 +201,11 @@ def _rayleigh(
     yr = hr * sr - hi * si + nr
     yi = hr * si + hi * sr + ni
     if csi:
-        # zero-forcing equalisation: s_hat = y / h = y conj(h) / |h|^2 = s + n / h
-        g2 = (hr * hr + hi * hi).clamp_min(_GAIN_EPS)
-        yr, yi = (yr * hr + yi * hi) / g2, (yi * hr - yr * hi) / g2
+        # s_hat = y conj(h) / d: zero forcing d = |h|^2 (s + n / h), MMSE d = |h|^2 + sigma^2
+        # (E|n|^2 / E|s|^2 = 2 sigma^2 / 2); the floor only matters for a zero-forcing h ~ 0
+        g2 = hr * hr + hi * hi
+        d = (g2 + sigma * sigma if equalizer == "mmse" else g2).clamp_min(_GAIN_EPS)
+        yr, yi = (yr * hr + yi * hi) / d, (yi * hr - yr * hi) / d
     out = _unpairs(yr, yi, x.shape)
     if not return_gain:
         return out
@@ -204,19 +219,21 @@ def rayleigh_block(
     generator: AnyGenerator = None,
     return_gain: bool = False,
     csi: bool = True,
+    equalizer: str = "mmse",
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Block Rayleigh fading with perfect CSI and zero-forcing equalisation.
+    """Block Rayleigh fading with perfect CSI and MMSE (or zero-forcing) equalisation.
 
     Per sample, one ``h ~ CN(0, 1)`` multiplies all complex symbols (interleaved view, see
     module docstring): ``y = h s + n``, ``n ~ CN(0, 2 sigma^2)`` (``sigma^2`` per real
-    component, ``sigma^2 = 10**(-SNR_dB/10)``). The receiver returns ``y / h = s + n / h``,
-    so the post-equalisation SNR of the block is ``|h|^2 * SNR``, i.e.
-    ``SNR_dB + 10 log10 |h|^2``. ``csi=False`` returns ``y`` itself (no CSI at the receiver).
+    component, ``sigma^2 = 10**(-SNR_dB/10)``). The SNR of the block is ``|h|^2 * SNR``, i.e.
+    ``SNR_dB + 10 log10 |h|^2``. The receiver returns ``conj(h) y / (|h|^2 + sigma^2)``
+    (``equalizer="mmse"``) or ``y / h = s + n / h`` (``"zf"``); ``csi=False`` returns ``y``
+    itself (no CSI at the receiver).
 
     Returns a real tensor of ``x``'s shape, plus the complex gains ``h`` of shape (B,)
     when ``return_gain`` is true.
     """
-    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=False, csi=csi)
+    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=False, csi=csi, equalizer=equalizer)
 
 
 def rayleigh_fast(
@@ -225,14 +242,32 @@ def rayleigh_fast(
     generator: AnyGenerator = None,
     return_gain: bool = False,
     csi: bool = True,
+    equalizer: str = "mmse",
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """Fast (i.i.d. per complex symbol) Rayleigh fading with perfect CSI and zero-forcing.
+    """Fast (i.i.d. per complex symbol) Rayleigh fading with perfect CSI and MMSE or zero forcing.
 
     Like :func:`rayleigh_block` but with an independent ``h_k ~ CN(0, 1)`` for every complex
-    symbol ``k``; the post-equalisation SNR of symbol ``k`` is ``|h_k|^2 * SNR``.
+    symbol ``k``; the SNR of symbol ``k`` is ``|h_k|^2 * SNR``.
     Returns a real tensor of ``x``'s shape, plus ``h`` of shape (B, N/2) when asked.
     """
-    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=True, csi=csi)
+    return _rayleigh(x, snr_db, generator, return_gain, per_symbol=True, csi=csi, equalizer=equalizer)
+
+
+def received_snr_db(snr_db: float | Tensor, gain: Tensor) -> Tensor:
+    """SNR (dB) of each received block: ``snr_db + 10 log10(mean_k |h_k|^2)``, shape (B,).
+
+    ``gain`` holds the complex gains, (B,) for block fading or (B, M) per symbol; ``snr_db`` is
+    the nominal SNR (a float or (B,)). Under block fading this is ``|h|^2 * SNR``, what an
+    SNR-adaptive receiver (ADJSCC) should be told; it is drawn without gradient.
+    """
+    g2 = gain.detach().abs().square().reshape(gain.shape[0], -1).mean(dim=1).to(torch.float32)
+    snr = torch.as_tensor(snr_db, dtype=torch.float32, device=g2.device).detach()
+    return snr + 10.0 * torch.log10(g2.clamp_min(_GAIN_EPS))
+
+
+def _check_equalizer(equalizer: str) -> None:
+    if equalizer not in EQUALIZERS:
+        raise UserError(f"unknown equalizer {equalizer!r}; expected one of {', '.join(EQUALIZERS)}")
 
 
 def bandwidth_ratio(num_real_symbols: int, image_shape: tuple[int, int, int]) -> float:
@@ -272,8 +307,9 @@ def parse_snr_list(text: str) -> list[float]:
 class Channel(nn.Module):
     """Power normalisation followed by a noisy channel: ``y = channel(normalize_power(z))``.
 
-    kinds: ``"awgn"``, ``"rayleigh_block"``, ``"rayleigh_fast"`` (ZF-equalised with perfect
-    CSI, or unequalised with ``csi=False``), ``"sionna_tdl"`` (3GPP TDL + OFDM from the optional
+    kinds: ``"awgn"``, ``"rayleigh_block"``, ``"rayleigh_fast"`` (equalised by ``equalizer``,
+    ``"mmse"`` or ``"zf"``, with perfect CSI, or unequalised with ``csi=False``),
+    ``"sionna_tdl"`` (3GPP TDL + OFDM from the optional
     Sionna package, configured by ``sionna_options``; see :mod:`diffjscc.channel_sionna`) and
     ``"none"`` (identity after power normalisation; for debugging).
 
@@ -289,12 +325,14 @@ class Channel(nn.Module):
         snr_range: tuple[float, float] | None = None,
         csi: bool = True,
         sionna_options: dict | None = None,
+        equalizer: str = "mmse",
     ) -> None:
         super().__init__()
         if kind not in CHANNELS:
             raise UserError(
                 f"unknown channel kind {kind!r}; expected one of {', '.join(CHANNELS)}"
             )
+        _check_equalizer(equalizer)
         try:
             snr_f = float(snr_db)
         except (TypeError, ValueError):
@@ -318,11 +356,12 @@ class Channel(nn.Module):
         self.snr_db = snr_f
         self.snr_range = rng
         self.csi = bool(csi)
+        self.equalizer = equalizer
         self.sionna = None
         if kind == "sionna_tdl":
             from diffjscc.channel_sionna import build_sionna_channel
 
-            self.sionna = build_sionna_channel(csi=self.csi, **(sionna_options or {}))
+            self.sionna = build_sionna_channel(csi=self.csi, equalizer=equalizer, **(sionna_options or {}))
 
     def sample_snr(
         self,
@@ -347,19 +386,30 @@ class Channel(nn.Module):
         z: Tensor,
         snr_db: float | Tensor | None = None,
         generator: AnyGenerator = None,
-    ) -> Tensor:
-        """Normalise power per sample, then apply the channel; output has ``z``'s shape."""
+        return_receiver_snr: bool = False,
+    ) -> Tensor | tuple[Tensor, float | Tensor | None]:
+        """Normalise power per sample, then apply the channel; output has ``z``'s shape.
+
+        With ``return_receiver_snr`` also the SNR the receivers are told: for fading with CSI
+        the SNR of each received block (:func:`received_snr_db`, shape (B,)), else the
+        nominal SNR used (``snr_db``, or the one drawn when it is None).
+        """
         x = normalize_power(z)
         if self.kind == "none":
-            return x
+            return (x, snr_db) if return_receiver_snr else x
         snr = self.sample_snr(z.shape[0], z.device, generator) if snr_db is None else snr_db
+        gain = None
         if self.kind == "awgn":
-            return awgn(x, snr, generator)
-        if self.kind == "rayleigh_block":
-            return rayleigh_block(x, snr, generator, csi=self.csi)  # type: ignore[return-value]
-        if self.kind == "rayleigh_fast":
-            return rayleigh_fast(x, snr, generator, csi=self.csi)  # type: ignore[return-value]
-        return self.sionna(x, snr, generator)
+            y = awgn(x, snr, generator)
+        elif self.kind == "rayleigh_block":
+            y, gain = rayleigh_block(x, snr, generator, return_gain=True, csi=self.csi, equalizer=self.equalizer)
+        elif self.kind == "rayleigh_fast":
+            y, gain = rayleigh_fast(x, snr, generator, return_gain=True, csi=self.csi, equalizer=self.equalizer)
+        else:
+            y, gain = self.sionna(x, snr, generator, return_gain=True)
+        if not return_receiver_snr:
+            return y
+        return y, (received_snr_db(snr, gain) if gain is not None and self.csi else snr)
 
     def extra_repr(self) -> str:
         s = f"kind={self.kind!r}, snr_db={self.snr_db}"
@@ -367,4 +417,6 @@ class Channel(nn.Module):
             s += f", snr_range={self.snr_range}"
         if self.kind.startswith("rayleigh") and not self.csi:
             s += ", csi=False"
+        elif self.kind.startswith("rayleigh"):
+            s += f", equalizer={self.equalizer!r}"
         return s

@@ -27,8 +27,10 @@ One transmission (per sample, ``M = N/2`` complex symbols)
    An ideal OFDM link is assumed (cyclic prefix longer than the channel: no ISI, no ICI).
 3. **Noise.** ``y = h x + n`` with ``n ~ CN(0, 2 sigma^2)``: variance ``sigma^2`` per real
    component, the project's convention (drawn here, not by Sionna: see *Reproducibility*).
-4. **Receiver.** With ``csi=True`` (perfect receiver CSI) zero forcing per RE,
-   ``x_hat = y conj(h) / |h|^2 = x + n / h``; with ``csi=False`` the unequalised ``y`` itself.
+4. **Receiver.** With ``csi=True`` (perfect receiver CSI) one-tap equalisation per RE:
+   MMSE (``equalizer="mmse"``, the default) ``x_hat = y conj(h) / (|h|^2 + sigma^2)``, or zero
+   forcing (``"zf"``) ``x_hat = y conj(h) / |h|^2 = x + n / h``, as :mod:`diffjscc.channel`
+   defines them; with ``csi=False`` the unequalised ``y`` itself.
    The data REs are read back in mapping order and returned as real symbols in ``x``'s shape.
 
 SNR and normalisation
@@ -37,9 +39,9 @@ Sionna normalises every TDL power-delay profile to unit total power and its sum-
 taps have unit mean power, so ``E|h[s, f]|^2 = 1`` for every RE, averaged over channel draws.
 Hence ``snr_db`` is the **average** SNR per real symbol (equivalently per complex symbol, since
 ``E|s|^2 = 2`` and ``E|n|^2 = 2 sigma^2``) over the channel distribution, the same definition
-as :func:`diffjscc.channel.rayleigh_block`. The SNR of one RE after zero forcing is
-``|h[s, f]|^2 * 10**(SNR/10)``: the error of each real output symbol has variance
-``sigma^2 / |h[s, f]|^2``. ``normalize_channel=True`` instead uses Sionna's per-sample
+as :func:`diffjscc.channel.rayleigh_block`. The SNR of one RE is ``|h[s, f]|^2 * 10**(SNR/10)``:
+after zero forcing the error of each real output symbol has variance ``sigma^2 / |h[s, f]|^2``,
+after MMSE ``sigma^2 / (|h[s, f]|^2 + sigma^2)``. ``normalize_channel=True`` instead uses Sionna's per-sample
 normalisation (``GenerateOFDMChannel(normalize_channel=True)``): each sample's ``h`` is scaled
 so that its mean ``|h|^2`` over the whole grid is exactly 1, which removes the fading of the
 sample's average power and keeps only its frequency/time selectivity. With the defaults
@@ -83,7 +85,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from diffjscc.config import TDL_MODELS
+from diffjscc.config import EQUALIZERS, TDL_MODELS
 from diffjscc.errors import UserError
 from diffjscc.runtime.seeding import BatchGenerator
 
@@ -93,7 +95,7 @@ MISSING_SIONNA_MESSAGE = (
     "channel 'sionna_tdl' needs the optional Sionna package: pip install 'diffjscc[sionna]'"
 )
 _TDL_SPEC_VERSION = "19.2"  # TR 38.901 tables, pinned: a Sionna upgrade cannot change them silently
-_GAIN_EPS = 1e-12  # floor on |h|^2 in zero forcing (as diffjscc.channel)
+_GAIN_EPS = 1e-12  # floor on the equaliser's denominator (as diffjscc.channel)
 
 _sionna: SimpleNamespace | None = None  # the Sionna classes, once imported
 
@@ -181,7 +183,7 @@ def _snr_sigma(snr_db: float | Tensor, batch: int, device: torch.device) -> Tens
 
 
 class SionnaTDLChannel(nn.Module):
-    """3GPP TDL fading over an OFDM grid (Sionna), with AWGN and zero forcing or no CSI.
+    """3GPP TDL fading over an OFDM grid (Sionna), with AWGN and MMSE, zero forcing or no CSI.
 
     See the module docstring for the transmission, the SNR definition and what is
     reproducible. Arguments (units in the names):
@@ -194,8 +196,10 @@ class SionnaTDLChannel(nn.Module):
       Doppler shift ``f_D = speed / c * f_c``.
     * ``speed_mps``: receiver speed; 0 gives a channel that is constant over the grid's time.
     * ``subcarrier_spacing_khz``, ``fft_size``: the OFDM grid (30 kHz × 64 subcarriers).
-    * ``csi``: the receiver knows ``h`` and equalises by zero forcing; False returns
-      ``y = h x + n`` unequalised.
+    * ``csi``: the receiver knows ``h`` and equalises each RE; False returns ``y = h x + n``
+      unequalised.
+    * ``equalizer``: with ``csi``, ``"mmse"`` (``conj(h) y / (|h|^2 + sigma^2)``) or ``"zf"``
+      (``y / h``).
     * ``normalize_channel``: Sionna's per-sample normalisation to unit mean ``|h|^2`` over the
       grid (default off: the SNR is the average over channel draws).
 
@@ -213,6 +217,7 @@ class SionnaTDLChannel(nn.Module):
         fft_size: int = 64,
         csi: bool = True,
         normalize_channel: bool = False,
+        equalizer: str = "mmse",
     ) -> None:
         super().__init__()
         if not isinstance(model, str) or model.upper() not in TDL_MODELS:
@@ -231,6 +236,9 @@ class SionnaTDLChannel(nn.Module):
             raise UserError(f"fft_size must be a positive integer, got {fft_size!r}")
         self.fft_size = fft_size
         self.csi = bool(csi)
+        if equalizer not in EQUALIZERS:
+            raise UserError(f"unknown equalizer {equalizer!r}; expected one of {', '.join(EQUALIZERS)}")
+        self.equalizer = equalizer
         self.normalize_channel = bool(normalize_channel)
         _import_sionna()  # fail here, at construction, with the one-line message
         self._tdl: dict[tuple[str, str], Any] = {}
@@ -323,7 +331,7 @@ class SionnaTDLChannel(nn.Module):
 
         ``snr_db``: a float, a 0-d tensor or a (B,) tensor (per-sample SNR in dB per real
         symbol, average over the channel). Returns a real tensor of ``x``'s shape and dtype
-        (ZF-equalised with ``csi``, else ``y = h x + n``), plus the complex channel gain
+        (equalised with ``csi``, else ``y = h x + n``), plus the complex channel gain
         ``h`` of every complex symbol, shape (B, N/2), when ``return_gain`` is true.
         """
         if x.dim() < 2:
@@ -351,9 +359,10 @@ class SionnaTDLChannel(nn.Module):
 
         _, _, apply = self._sionna_blocks(_sionna_device(work.device), precision, n_sym)
         y = apply(grid[:, None, None], h[:, None, None, None, None])[:, 0, 0] + noise  # h x + n
-        if self.csi:
-            g2 = (h.real.square() + h.imag.square()).clamp_min(_GAIN_EPS)
-            y = y * h.conj() / g2  # zero forcing: x + n / h
+        if self.csi:  # MMSE: y conj(h) / (|h|^2 + sigma^2); zero forcing: y conj(h) / |h|^2 = x + n / h
+            g2 = h.real.square() + h.imag.square()
+            d = (g2 + sigma.square() if self.equalizer == "mmse" else g2).clamp_min(_GAIN_EPS)
+            y = y * h.conj() / d
         y = y.reshape(batch, n_sym * self.fft_size)[:, :m]
         out = torch.stack((y.real, y.imag), dim=-1).reshape(x.shape).to(x.dtype)
         if not return_gain:
@@ -364,12 +373,12 @@ class SionnaTDLChannel(nn.Module):
         s = (f"model={self.model!r}, delay_spread_ns={self.delay_spread_ns}, "
              f"carrier_frequency_ghz={self.carrier_frequency_ghz}, speed_mps={self.speed_mps}, "
              f"subcarrier_spacing_khz={self.subcarrier_spacing_khz}, fft_size={self.fft_size}, "
-             f"csi={self.csi}")
+             f"csi={self.csi}" + (f", equalizer={self.equalizer!r}" if self.csi else ""))
         return s + (", normalize_channel=True" if self.normalize_channel else "")
 
 
 _OPTIONS = ("model", "delay_spread_ns", "carrier_frequency_ghz", "speed_mps",
-            "subcarrier_spacing_khz", "fft_size", "csi", "normalize_channel")
+            "subcarrier_spacing_khz", "fft_size", "csi", "normalize_channel", "equalizer")
 
 
 def build_sionna_channel(**options: Any) -> SionnaTDLChannel:
@@ -377,7 +386,7 @@ def build_sionna_channel(**options: Any) -> SionnaTDLChannel:
 
     Accepts exactly the constructor's keywords (``model``, ``delay_spread_ns``,
     ``carrier_frequency_ghz``, ``speed_mps``, ``subcarrier_spacing_khz``, ``fft_size``, ``csi``,
-    ``normalize_channel``); an unknown one, a bad value or a missing Sionna is a
+    ``normalize_channel``, ``equalizer``); an unknown one, a bad value or a missing Sionna is a
     :class:`UserError` (one line for the CLI) rather than a ``TypeError`` traceback.
     """
     unknown = sorted(set(options) - set(_OPTIONS))

@@ -25,6 +25,7 @@ from diffjscc.errors import UserError
 MODES = ("jscc", "joint", "frozen", "unconditional")
 ENCODERS = ("jscc", "half_unet")
 CHANNELS = ("awgn", "rayleigh_block", "rayleigh_fast", "sionna_tdl", "none")
+EQUALIZERS = ("mmse", "zf")  # fading with CSI: conj(h)·y/(|h|² + σ²), bounded; or y/h, unbounded in deep fades
 CONDITIONINGS = ("embed", "spatial", "residual")
 PREDICTIONS = ("epsilon", "x0", "v")  # what the diffusion network outputs (besides the variance)
 TDL_MODELS = ("A", "B", "C", "D", "E")
@@ -84,7 +85,8 @@ class Config:
     channel: str = "awgn"  # awgn | rayleigh_block | rayleigh_fast | sionna_tdl | none
     snr_db: float = 10.0  # evaluation SNR, and training SNR when snr_range is empty
     snr_range: list[float] = field(default_factory=list)  # [lo, hi]: per-sample training SNR
-    csi: bool = True  # fading: the receiver knows h and equalises (zero forcing); false: it gets h·s + n
+    csi: bool = True  # fading: the receiver knows h and equalises (see equalizer); false: it gets h·s + n
+    equalizer: str = "mmse"  # csi: mmse (conj(h)·y/(|h|² + σ²)) | zf (y/h, the only one before this key)
     tdl_model: str = "A"  # sionna_tdl: 3GPP TR 38.901 TDL profile A..E (pip install 'diffjscc[sionna]')
     tdl_delay_spread_ns: float = 100.0  # sionna_tdl: RMS delay spread
     tdl_speed_mps: float = 0.0  # sionna_tdl: receiver speed (Doppler)
@@ -161,6 +163,7 @@ class Config:
         _choice("mode", self.mode, MODES)
         _choice("encoder", self.encoder, ENCODERS)
         _choice("channel", self.channel, CHANNELS)
+        _choice("equalizer", self.equalizer, EQUALIZERS)
         _choice("noise_schedule", self.noise_schedule, NOISE_SCHEDULES)
         _choice("prediction", self.prediction, PREDICTIONS)
         _choice("jscc_norm", self.jscc_norm, JSCC_NORMS)

@@ -6,7 +6,9 @@
 
 SNR-adaptive systems (``snr_adaptive``) pass the channel SNR to the decoder and the UNet
 (and, with ``snr_feedback``, to the encoder): every method that crosses the channel takes
-``snr_db``, a float or one value per image.
+``snr_db``, a float or one value per image. The encoder gets the nominal SNR; the receivers get
+what :meth:`TransmissionSystem.transmit` returns with ``return_receiver_snr``, the SNR of each
+received block (``|h|²·SNR`` under block fading with CSI; see :mod:`diffjscc.channel`).
 
 Which parts exist depends on ``mode``:
 
@@ -59,7 +61,7 @@ def build_channel(cfg: Config, kind: str | None = None) -> Channel:
     kind = kind or cfg.channel
     tdl = {"model": cfg.tdl_model, "delay_spread_ns": cfg.tdl_delay_spread_ns, "speed_mps": cfg.tdl_speed_mps}
     return Channel(kind, snr_db=cfg.snr_db, snr_range=tuple(cfg.snr_range) if cfg.snr_range else None,
-                   csi=cfg.csi, sionna_options=tdl if kind == "sionna_tdl" else None)
+                   csi=cfg.csi, sionna_options=tdl if kind == "sionna_tdl" else None, equalizer=cfg.equalizer)
 
 
 def has_jscc_decoder(cfg: Config) -> bool:
@@ -116,11 +118,14 @@ class TransmissionSystem(nn.Module):
 
     # ---- transmitter + channel --------------------------------------------------------------
     def transmit(self, images: torch.Tensor, snr_db: float | torch.Tensor | None = None,
-                 generator: AnyGenerator = None, channel: Channel | None = None) -> torch.Tensor:
+                 generator: AnyGenerator = None, channel: Channel | None = None,
+                 return_receiver_snr: bool = False) -> torch.Tensor | tuple[torch.Tensor, float | torch.Tensor]:
         """Images in [−1, 1] → received latent (B, c_out, h, w) after the channel.
 
         ``snr_db=None`` draws the SNR as the channel does (per image from ``snr_range`` in
         training); ``channel`` replaces the configured one (evaluation on another channel).
+        ``return_receiver_snr``: also the SNR to tell the receivers (:meth:`decode`,
+        :meth:`receive`): the SNR of each received block under fading with CSI, else ``snr_db``.
         """
         if self.encoder is None:
             raise ValueError("an unconditional model has no transmitter")
@@ -129,7 +134,7 @@ class TransmissionSystem(nn.Module):
             snr_db = channel.sample_snr(images.shape[0], images.device, generator)
         uses_snr = self.cfg.snr_adaptive and self.cfg.snr_feedback
         latent = self.encoder(images, snr_db) if uses_snr else self.encoder(images)
-        return channel(latent, snr_db=snr_db, generator=generator)
+        return channel(latent, snr_db=snr_db, generator=generator, return_receiver_snr=return_receiver_snr)
 
     # ---- receivers ----------------------------------------------------------------------------
     def receiver_snr(self, snr_db: float | torch.Tensor | None) -> float | torch.Tensor | None:

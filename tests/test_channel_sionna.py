@@ -46,12 +46,12 @@ def test_shape_and_dtype(channel: SionnaTDLChannel) -> None:
         assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
 
 
-def test_zero_forcing_error_matches_noise_over_gain(channel: SionnaTDLChannel) -> None:
+def test_zero_forcing_error_matches_noise_over_gain() -> None:
     """After ZF each real symbol's error has variance sigma^2 / |h|^2 (project SNR convention)."""
     snr_db = 10.0
     sigma2 = 10 ** (-snr_db / 10)
     x = _latent(256, 512)
-    y, h = channel(x, snr_db, _gen(1), return_gain=True)
+    y, h = SionnaTDLChannel(equalizer="zf")(x, snr_db, _gen(1), return_gain=True)
     err2 = (y - x).pow(2).reshape(256, 256, 2).sum(-1)  # |x_hat - x|^2 per complex symbol
     g2 = h.abs().square()
     # normalised by the known gain: E[|n/h|^2 |h|^2] = 2 sigma^2 exactly
@@ -59,6 +59,25 @@ def test_zero_forcing_error_matches_noise_over_gain(channel: SionnaTDLChannel) -
     # raw error power against the expected noise / |h|^2, averaged over many draws
     ratio = err2.mean().item() / (2 * sigma2 / g2).mean().item()
     assert 0.8 < ratio < 1.25
+
+
+def test_mmse_error_matches_closed_form_and_is_bounded(channel: SionnaTDLChannel) -> None:
+    """The default MMSE equaliser, conj(h) y / (|h|^2 + sigma^2): each real symbol's error has
+    variance sigma^2 / (|h|^2 + sigma^2) given h, and |x_hat| <= |x| + |n| / (2 sigma) (|n|/sigma < 8
+    here), where zero forcing on the same draws gives far larger symbols in the deep fades."""
+    snr_db = 10.0
+    sigma2 = 10 ** (-snr_db / 10)
+    x = _latent(256, 512)
+    y, h = channel(x, snr_db, _gen(1), return_gain=True)
+    assert channel.equalizer == "mmse"
+    err2 = (y - x).pow(2).reshape(256, 256, 2).sum(-1) / 2  # per real component, per RE
+    closed_form = sigma2 / (h.abs().square() + sigma2)
+    assert (err2 / closed_form).mean().item() == pytest.approx(1.0, abs=0.03)
+    size = torch.complex(y[..., 0::2], y[..., 1::2]).abs() - torch.complex(x[..., 0::2], x[..., 1::2]).abs()
+    assert size.max().item() <= 4.0
+    zf = SionnaTDLChannel(equalizer="zf")(x, snr_db, _gen(1))
+    zf_size = torch.complex(zf[..., 0::2], zf[..., 1::2]).abs() - torch.complex(x[..., 0::2], x[..., 1::2]).abs()
+    assert zf_size.max().item() > 2 * size.max().item()
 
 
 def test_average_gain_is_one(channel: SionnaTDLChannel) -> None:
@@ -87,16 +106,19 @@ def test_without_csi_output_is_unequalised() -> None:
     torch.testing.assert_close(out, h * s, rtol=0, atol=1e-3)  # y = h s (+ negligible noise)
 
 
-@pytest.mark.parametrize("csi", [True, False])
-def test_gradient_flows_to_input(csi: bool) -> None:
-    ch = SionnaTDLChannel(csi=csi)
+@pytest.mark.parametrize("csi,equalizer", [(True, "zf"), (True, "mmse"), (False, "mmse")])
+def test_gradient_flows_to_input(csi: bool, equalizer: str) -> None:
+    ch = SionnaTDLChannel(csi=csi, equalizer=equalizer)
     x = _latent(4, 128).requires_grad_(True)
     ch(x, 5.0, _gen(4)).pow(2).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    if csi:  # x_hat = x + n/h: d x_hat / dx = identity
+    if csi:  # ZF: x_hat = x + n/h, d x_hat / dx = 1; MMSE: d x_hat / dx = |h|^2 / (|h|^2 + sigma^2)
         x.grad = None
+        _, h = ch(x, 5.0, _gen(4), return_gain=True)
         ch(x, 5.0, _gen(4)).sum().backward()
-        torch.testing.assert_close(x.grad, torch.ones_like(x))
+        g2 = h.abs().square()
+        slope = torch.ones_like(g2) if equalizer == "zf" else g2 / (g2 + 10 ** (-5.0 / 10))
+        torch.testing.assert_close(x.grad, slope.repeat_interleave(2, dim=1), rtol=1e-4, atol=1e-5)
 
 
 def test_reproducible_with_generator(channel: SionnaTDLChannel) -> None:
@@ -121,7 +143,7 @@ def test_batch_generator_slice_draws_like_whole_batch(channel: SionnaTDLChannel)
 def test_per_sample_snr(channel: SionnaTDLChannel) -> None:
     x = _latent(64, 512)
     snr = torch.tensor([0.0, 30.0]).repeat(32)
-    y, h = channel(x, snr, _gen(10), return_gain=True)
+    y, h = SionnaTDLChannel(equalizer="zf")(x, snr, _gen(10), return_gain=True)
     err2 = (y - x).pow(2).reshape(64, 256, 2).sum(-1) * h.abs().square()  # 2 sigma_b^2 on average
     measured = err2.mean(dim=1) / 2
     expected = 10 ** (-snr / 10)
@@ -133,6 +155,22 @@ def test_per_sample_snr(channel: SionnaTDLChannel) -> None:
     assert torch.equal(a, b) and torch.equal(a, c)
     with pytest.raises(UserError, match="per-sample snr_db"):
         channel(x, torch.zeros(3), _gen())
+
+
+def test_receivers_are_told_the_snr_of_the_received_grid() -> None:
+    """With CSI, Channel('sionna_tdl') tells the receivers SNR + 10 log10(mean |h|^2) over each
+    sample's data REs (as block fading's |h|^2 · SNR); without CSI the nominal SNR."""
+    from diffjscc.channel import Channel
+
+    z = torch.randn(8, 8, 8, 8, generator=_gen(20))
+    link = Channel("sionna_tdl", snr_db=10.0).eval()
+    y, told = link(z, generator=_gen(21), return_receiver_snr=True)
+    same, h = link.sionna(normalize_power(z), 10.0, _gen(21), return_gain=True)
+    assert torch.equal(y, same)
+    torch.testing.assert_close(told, 10.0 + 10 * torch.log10(h.abs().square().mean(dim=1)))
+    assert told.std() > 0.5  # a flat-ish 1.92 MHz grid fades as a block
+    blind = Channel("sionna_tdl", snr_db=10.0, csi=False).eval()
+    assert torch.equal(blind(z, generator=_gen(21), return_receiver_snr=True)[1], torch.full((8,), 10.0))
 
 
 def test_speed_makes_the_channel_vary_over_ofdm_symbols() -> None:
@@ -152,6 +190,8 @@ def test_bad_input_is_user_error(channel: SionnaTDLChannel) -> None:
         channel(torch.randn(2, 4), float("nan"))
     with pytest.raises(UserError, match="TDL delay spread"):
         build_sionna_channel(delay_spread_ns=-1)
+    with pytest.raises(UserError, match="equalizer"):
+        build_sionna_channel(equalizer="ZF")
 
 
 

@@ -130,6 +130,7 @@ def test_wrong_type(key, value, expected):
     ({"mode": "diffuse"}, "mode"),
     ({"noise_schedule": "quadratic"}, "noise_schedule"),
     ({"prediction": "sample"}, "prediction"),
+    ({"equalizer": "lmmse"}, "equalizer"),
     ({"timestep_respacing": "ddim50"}, "timestep_respacing' was removed"),
     ({"image_size": 30}, "image_size"),
     ({"channel_mult": [1, 2, 2, 2, 2, 2, 2]}, "channel_mult"),
@@ -184,6 +185,16 @@ def test_retired_key_loads_when_empty_as_old_checkpoints_hold_it(tmp_path):
     cfg = load_config(_write(tmp_path, {**_tiny(), "timestep_respacing": ""}))
     assert not hasattr(cfg, "timestep_respacing")
     assert "was removed" in _error(_tiny(), ["timestep_respacing=ddim50"])
+
+
+def test_equalizer_defaults_to_mmse_and_configs_without_it_load(tmp_path):
+    """`equalizer` is new: a config (or a checkpoint's) without it loads with MMSE; it is not an
+    architecture key (the weights do not depend on it: a ZF-trained model can be run with MMSE)."""
+    tiny = {key: value for key, value in _tiny().items() if key != "equalizer"}
+    assert load_config(_write(tmp_path, tiny)).equalizer == "mmse"
+    assert load_config(_write(tmp_path, tiny), ["equalizer=zf"]).equalizer == "zf"
+    from diffjscc.config import ARCHITECTURE_KEYS, EQUALIZERS
+    assert EQUALIZERS == ("mmse", "zf") and "equalizer" not in ARCHITECTURE_KEYS
 
 
 def test_set_errors():

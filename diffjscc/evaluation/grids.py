@@ -46,11 +46,12 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
     draw from ``generator`` in that order."""
     rows, names = [images], ["source"]
     snr_db = system.cfg.snr_db if snr_db is None else snr_db
-    received = system.transmit(images, snr_db=snr_db, generator=generator) if system.encoder is not None else None
+    received, told = (system.transmit(images, snr_db=snr_db, generator=generator, return_receiver_snr=True)
+                      if system.encoder is not None else (None, snr_db))
     if received is not None and system.decoder is None and "deep_jscc" in receivers:
         rows.append(latent_preview(received, images.shape[-1]))
         names.append("received y")
-    context = ReceiveContext(snr_db=snr_db, steps=steps, sampler=sampler, generator=generator, class_labels=labels, source=images,
+    context = ReceiveContext(snr_db=told, steps=steps, sampler=sampler, generator=generator, class_labels=labels, source=images,
                              batch=images.shape[0], guidance=guidance, eta=eta, spacing=spacing)
     for receiver in select(receivers):
         if missing_part(system, receiver) is None:

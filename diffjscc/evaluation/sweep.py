@@ -287,8 +287,9 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
             channel_seed, sample_seed = batch_seeds(protocol.seed, index)
             g_channel = torch.Generator(device=device).manual_seed(channel_seed)
             x = images[part].to(device)
-            received = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel)
-            context = ReceiveContext(snr_db=snr, steps=steps, sampler=protocol.sampler, samples=K, source=x,
+            received, told = system.transmit(x, snr_db=snr, generator=g_channel, channel=channel,
+                                             return_receiver_snr=True)
+            context = ReceiveContext(snr_db=told, steps=steps, sampler=protocol.sampler, samples=K, source=x,
                                      guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed),
                                      class_labels=labels[part].to(device) if use_labels else None)
@@ -409,10 +410,10 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
             image = images[index]
             height, width = image.shape[-2:]
             x = pad_for_windows(image[None].to(device), cfg.image_size)
-            received = system.transmit(x, snr_db=snr, generator=torch.Generator(device=device).manual_seed(channel_seed),
-                                       channel=channel)
+            received, told = system.transmit(x, snr_db=snr, channel=channel, return_receiver_snr=True,
+                                             generator=torch.Generator(device=device).manual_seed(channel_seed))
             symbols.append(received[0].numel())
-            context = ReceiveContext(snr_db=snr, steps=steps, sampler=protocol.sampler, samples=K, source=x,
+            context = ReceiveContext(snr_db=told, steps=steps, sampler=protocol.sampler, samples=K, source=x,
                                      guidance=protocol.guidance, eta=protocol.eta, spacing=protocol.spacing,
                                      generator=torch.Generator(device=device).manual_seed(sample_seed))
             source_u8 = to_uint8(image)

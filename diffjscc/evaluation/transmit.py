@@ -98,11 +98,11 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
     link = build_channel(cfg, channel).eval()
     g_channel = torch.Generator(device=device).manual_seed(seed)
     g_sample = torch.Generator(device=device).manual_seed(seed + 1)
-    received = system.transmit(padded, snr_db=snr_db, generator=g_channel, channel=link)
+    received, told = system.transmit(padded, snr_db=snr_db, generator=g_channel, channel=link, return_receiver_snr=True)
     if receiver == "deep_jscc":
-        drawn = [system.decode(received, snr_db).clamp(-1, 1)]
+        drawn = [system.decode(received, told).clamp(-1, 1)]
     else:  # K samples from one stream: the first is the single-sample output
-        drawn = [receive_windowed(system, received, steps, snr_db=snr_db, sampler=sampler, generator=g_sample,
+        drawn = [receive_windowed(system, received, steps, snr_db=told, sampler=sampler, generator=g_sample,
                                   batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing)
                  for _ in range(samples)]
     source_u8 = to_uint8(image)[:1] if gray else to_uint8(image)  # a grey input has R = G = B

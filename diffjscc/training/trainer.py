@@ -142,18 +142,20 @@ def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torc
     cfg = system.cfg
     draws = generator if isinstance(generator, BatchGenerator) else BatchGenerator(generator, images.shape[0])
     snr = system.channel.sample_snr(images.shape[0], images.device, draws) if system.encoder is not None else None
+    # the receivers are told the SNR of the block they got (|h|²·SNR under block fading with CSI)
     if cfg.mode == "jscc":
-        reconstruction = system.decode(system.transmit(images, snr_db=snr, generator=draws), snr)
+        received, told = system.transmit(images, snr_db=snr, generator=draws, return_receiver_snr=True)
+        reconstruction = system.decode(received, told)
         mse = F.mse_loss(reconstruction.float(), images.float())
         return {"loss": mse, "mse": mse}
-    received, base, parts = None, None, {}
+    received, base, parts, told = None, None, {}, None
     if cfg.mode == "frozen":
         with torch.no_grad():
-            received = system.transmit(images, snr_db=snr, generator=draws)
-            base = system.residual_base(received, snr)
+            received, told = system.transmit(images, snr_db=snr, generator=draws, return_receiver_snr=True)
+            base = system.residual_base(received, told)
     elif cfg.mode == "joint":
-        received = system.transmit(images, snr_db=snr, generator=draws)
-        base = system.residual_base(received, snr)
+        received, told = system.transmit(images, snr_db=snr, generator=draws, return_receiver_snr=True)
+        base = system.residual_base(received, told)
         if base is not None:  # the joint residual model trains its Deep JSCC decoder too
             parts["jscc_mse"] = F.mse_loss(base.float(), images.float())
             base = base.detach()
@@ -167,7 +169,7 @@ def training_loss(system: TransmissionSystem, images: torch.Tensor, labels: torc
         keep = (draws.rand((images.shape[0],), device=images.device) >= cfg.condition_dropout).float()
     out = system.unet(x_t, diffusion.model_timesteps(t), latent=received,
                       class_labels=labels if cfg.class_cond else None,
-                      snr_db=snr if cfg.snr_adaptive else None, estimate=base, keep=keep)
+                      snr_db=told if cfg.snr_adaptive else None, estimate=base, keep=keep)
     terms = diffusion.training_losses(out, target, x_t, t, noise, vlb_weight=cfg.vlb_weight,
                                       target_is_8bit=base is None)  # a residual is off the 8-bit grid
     losses = {key: value.mean() for key, value in terms.items()}
