@@ -4,7 +4,8 @@ Sub-benchmarks: ``train-step`` (images/s, fast path over eager fp32, FLOP/s agai
 peak), ``sample`` (DDIM steps against PSNR), ``quality`` (Deep JSCC against the diffusion
 receivers at the same training budget), ``memory`` (peak memory of a training step),
 ``snr-adaptive`` (SNR-adaptive Deep JSCC against single-SNR models), ``knobs`` (guidance scale
-and η against PSNR and realism). Each prints a table and
+and η against PSNR and realism), ``digital`` (5G LDPC decoding speed, BLER tables, the table against
+full simulation). Each prints a table and
 writes JSON under ``bench/results/``.
 """
 
@@ -15,11 +16,11 @@ import sys
 
 import torch
 
-from bench import knobs, memory, quality, sample, snr_adaptive, train_step
+from bench import digital, knobs, memory, quality, sample, snr_adaptive, train_step
 from diffjscc.errors import EXIT_USAGE, UserError
 
 SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
-               "snr-adaptive": snr_adaptive, "knobs": knobs}
+               "snr-adaptive": snr_adaptive, "knobs": knobs, "digital": digital}
 
 
 def main(argv: list[str] | None = None) -> int:

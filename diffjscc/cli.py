@@ -427,6 +427,10 @@ def _cmd_evaluate(args) -> int:
     listed = lambda text: tuple(dict.fromkeys(v.strip() for v in text.strip().lower().split(",") if v.strip()))  # noqa: E731
     mcs_text = args.mcs.strip().lower()
     mcs = () if mcs_text == "all" else listed(args.mcs)
+    if "heif" in digital and digital_text != "all":  # asked for by name: say how to get it ('all' skips it)
+        from diffjscc.evaluation.codecs import require_codec
+
+        require_codec("heif")
     if not args.checkpoint and not args.model:
         raise UserError("give at least one --checkpoint or --model (see 'diffjscc models')")
     checkpoints = list(args.checkpoint) + [verified_path(name) for name in args.model]

@@ -49,6 +49,7 @@ from diffjscc.evaluation.digital import (
     capacity_bits_per_use,
     codec_available,
 )
+from diffjscc.evaluation.codecs import HEIF_MISSING
 from diffjscc.evaluation.link import MCS_TABLE, check_digital_channel
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
@@ -433,7 +434,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     digital = [c for c in protocol.digital if codec_available(c)]
     for codec in protocol.digital:
         if codec not in digital:
-            notes.append(f"codec {codec} skipped: this Pillow build cannot write it")
+            notes.append(f"codec {codec} skipped: " + (HEIF_MISSING if codec == "heif" else
+                                                        "this Pillow build cannot write it"))
     work = (len(models) * len(protocol.snrs) * (covered.stop - covered.start)
             + len(digital) * len(kinds_and_n) * len(protocol.snrs) * len(shard_range(images.shape[0]))
             * len(protocol.headers) * (("ideal" in protocol.channel_codes) + len(protocol.mcs_rows)))
