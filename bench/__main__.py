@@ -5,8 +5,9 @@ peak), ``sample`` (DDIM steps against PSNR), ``quality`` (Deep JSCC against the 
 receivers at the same training budget), ``memory`` (peak memory of a training step),
 ``snr-adaptive`` (SNR-adaptive Deep JSCC against single-SNR models), ``knobs`` (guidance scale
 and η against PSNR and realism), ``kodak`` (the 24 Kodak photos sent whole: the field's table),
-``data`` (photo crops against CIFAR-10 PNG files, items/s). Each prints a table and writes JSON
-under ``bench/results/``.
+``data`` (photo crops against CIFAR-10 PNG files, items/s), ``digital`` (5G LDPC decoding speed,
+BLER tables, the table against full simulation). Each prints a table and writes JSON under
+``bench/results/``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import sys
 
 import torch
 
-from bench import data, knobs, kodak, memory, quality, sample, snr_adaptive, train_step
+from bench import data, digital, knobs, kodak, memory, quality, sample, snr_adaptive, train_step
 from diffjscc.errors import EXIT_USAGE, UserError
 
 SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
-               "snr-adaptive": snr_adaptive, "knobs": knobs, "kodak": kodak, "data": data}
+               "snr-adaptive": snr_adaptive, "knobs": knobs, "kodak": kodak, "data": data, "digital": digital}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from diffjscc.data import load_image_tensor
 from diffjscc.data.folder import image_files
 from diffjscc.errors import UserError
 from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, to_uint8
-from diffjscc.evaluation.transmit import padded_size, transmit_image
+from diffjscc.evaluation.transmit import transmit_image
+from diffjscc.whole_image import padded_size
 from diffjscc.runtime.pretrained import path_or_model
 from diffjscc.system import load_system
 

@@ -158,9 +158,19 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--channel", default=None, choices=list(CHANNELS),
                    help="channel for every model (default: each checkpoint's own)")
     p.add_argument("--digital", default="none", metavar="CODECS",
-                   help="digital baselines: 'all' (webp,jpeg,jpeg2000,avif), a comma-separated subset, or "
-                        "'none' (default): the largest quality whose file fits floor(n*C/8) bytes, n = the "
-                        "model's channel symbols, C = capacity per real channel use")
+                   help="digital baselines: 'all' (webp,jpeg,jpeg2000,avif,heif), a comma-separated subset, or "
+                        "'none' (default): the largest quality that fits the channel's bytes over the model's "
+                        "n real channel uses (heif: HEVC intra, BPG-like, needs pillow-heif)")
+    p.add_argument("--channel-code", default="ideal", metavar="CODES",
+                   help="channel codes of the digital rows, comma-separated: ideal (capacity-achieving, "
+                        "floor(n*C/8) bytes; the default) and/or ldpc (5G NR LDPC + QAM, Sionna)")
+    p.add_argument("--mcs", default="all", metavar="NAMES",
+                   help="LDPC rows: comma-separated MCS names (qpsk-1/4 ... 256qam-9/10, see docs/evaluation.md), "
+                        "'adaptive' (per SNR the most efficient MCS with <= 10%% predicted frame loss), or 'all' "
+                        "(every MCS and adaptive; the default)")
+    p.add_argument("--header", default="file", metavar="ACCOUNTING",
+                   help="header accounting of the digital rows, comma-separated: file (whole files sent; the "
+                        "default) and/or payload (headers known to the receiver, only the coded data sent)")
     p.add_argument("--fid-weights", type=Path, default=None, metavar="PATH",
                    help="FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth or torch-fidelity's "
                         "weights-inception-2015-12-05-6726825d.pth); default: looked up in the torch hub "
@@ -481,7 +491,8 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.results import check_results_targets, results_table, write_results
-    from diffjscc.evaluation.sweep import Protocol, check_receivers, load_models, protocol_images, run_protocol
+    from diffjscc.evaluation.sweep import (Protocol, check_digital, check_receivers, load_models, protocol_images,
+                                           run_protocol)
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
     from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
@@ -493,6 +504,13 @@ def _cmd_evaluate(args) -> int:
     digital_text = args.digital.strip().lower()
     digital = (tuple(CODECS) if digital_text == "all" else () if digital_text in ("", "none")
                else tuple(dict.fromkeys(c.strip() for c in digital_text.split(",") if c.strip())))
+    listed = lambda text: tuple(dict.fromkeys(v.strip() for v in text.strip().lower().split(",") if v.strip()))  # noqa: E731
+    mcs_text = args.mcs.strip().lower()
+    mcs = () if mcs_text == "all" else listed(args.mcs)
+    if "heif" in digital and digital_text != "all":  # asked for by name: say how to get it ('all' skips it)
+        from diffjscc.evaluation.codecs import require_codec
+
+        require_codec("heif")
     if not args.checkpoint and not args.model:
         raise UserError("give at least one --checkpoint or --model (see 'diffjscc models')")
     checkpoints = list(args.checkpoint) + [verified_path(name) for name in args.model]
@@ -501,7 +519,8 @@ def _cmd_evaluate(args) -> int:
                         eta=args.eta, spacing=args.spacing, samples_per_image=args.samples_per_image,
                         limit=args.limit, subset=args.subset, skip_bad=args.skip_bad, seed=args.seed,
                         batch_size=args.batch_size, channel=args.channel,
-                        digital=digital, controls=args.controls)
+                        digital=digital, channel_codes=listed(args.channel_code), mcs=mcs,
+                        headers=listed(args.header), controls=args.controls)
     if not args.data.is_dir():
         raise UserError(f"image folder not found: {args.data}")
     check_results_targets(args.out, args.json, args.overwrite)
@@ -520,6 +539,7 @@ def _cmd_evaluate(args) -> int:
                 say(f"evaluate: {context.describe()}")
             models = load_models(checkpoints, device=device, names=names)
             check_receivers(models, protocol)  # before the FID and LPIPS notes
+            check_digital(models, protocol)
             selection = protocol_images(models, args.data, protocol)  # a bad image too
             fid, fid_info = _fid_scorer(args, device)
             if fid is None:

@@ -75,9 +75,10 @@ def test_sweep_writes_json_csv_and_markdown(sweep: Path, capsys) -> None:
         assert -1 <= row["ssim"] <= 1 and 0 <= row["ms_ssim"] <= 1
         assert row["fid"] is None and "FID skipped" in row["fid_note"]  # never silently replaced
         assert abs(row["k_over_n"] - 1 / 6) < 1e-9 and row["n"] == 12 and row["seed"] == 0
-    systems = {(r["receiver"], r["start"]) for r in rows}
+    systems = {(r["codec"] or r["receiver"], r["start"]) for r in rows}
     assert systems >= {("deep_jscc", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"),
                        ("diffusion", "inversion"), ("webp", "-"), ("jpeg", "-")}
+    assert all(r["receiver"] == "digital" for r in rows if r["mode"] == "digital")
     # the frozen checkpoint carries the jscc checkpoint's encoder+decoder: scored once per SNR
     assert sum(r["receiver"] == "deep_jscc" for r in rows) == 3
     assert any("scored once" in note for note in document["notes"])
@@ -109,7 +110,7 @@ def test_sweep_numbers_are_ordered_sensibly(sweep: Path) -> None:
         assert row["mean_bytes"] <= row["budget_bytes"]
         if row["snr_db"] == 0.0:
             assert row["lost_fraction"] == 1.0
-    webp = {r["snr_db"]: r for r in rows if r["receiver"] == "webp"}
+    webp = {r["snr_db"]: r for r in rows if r["codec"] == "webp"}
     assert webp[20.0]["lost_fraction"] < 1.0 and webp[20.0]["psnr"] > webp[0.0]["psnr"]
     # the MMSE-style mean of K samples never scores a lower PSNR than single samples by much
     gauss = {r["snr_db"]: r["psnr"] for r in rows if r["start"] == "gaussian"}

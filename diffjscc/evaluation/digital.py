@@ -1,47 +1,63 @@
-"""Digital separation baseline: a real image codec followed by an ideal channel code.
+"""Digital separation baseline: a real image codec (:mod:`.codecs`), then a channel code over the
+same channel uses the JSCC system gets — an ideal capacity-achieving code (the upper bound) or
+5G NR LDPC + QAM (:mod:`.link`) — and the mean-colour image where an image is lost.
 
-The comparison JSCC papers draw: compress each image with a standard codec (Pillow's WebP,
-JPEG, JPEG 2000, AVIF), then send the bytes with a capacity-achieving channel code over the
-same ``n`` real channel uses the JSCC system gets. Shannon's separation: error-free delivery
-of ``n * C`` bits, where per real channel use
+Ideal code. Shannon's separation: error-free delivery of ``n * C`` bits over ``n`` real channel
+uses, where per real channel use
 
     AWGN:      C = 1/2 log2(1 + SNR)                           bits
     Rayleigh:  C = E_h[1/2 log2(1 + |h|^2 SNR)],  |h|^2 ~ Exp(1)   (ergodic capacity)
 
 with SNR linear (``10^(dB/10)``, per real symbol as in :mod:`diffjscc.channel`). The byte
 budget of one image is ``B = floor(n * C / 8)``. Each image is encoded at the **largest
-quality whose file (headers included, as Pillow writes it) has at most B bytes**. If even the
-lowest quality does not fit, the ideal code cannot deliver it — the *cliff* — and the receiver
-shows the **mean-colour image** (the per-channel mean of the evaluated set, the best constant
-guess without bits): that is what the rows report for lost images, with ``lost_fraction``.
+quality whose file (or payload, under ``payload`` header accounting) has at most B bytes**. If
+even the lowest quality does not fit, the ideal code cannot deliver it — the *cliff* — and the
+receiver shows the **mean-colour image** (the per-channel mean of the evaluated set, the best
+constant guess without bits): that is what the rows report for lost images, with ``lost_fraction``.
+This is an upper bound at this block length (capacity needs infinitely long codes), and for block
+fading the ergodic capacity is optimistic (it ignores outage).
 
-This is an upper bound for a digital system at this block length (capacity needs infinitely
-long codes; real codes need margin), and for block fading the ergodic capacity is optimistic
-(it ignores outage). Small images are hard for codecs: at 32x32 a JPEG or AVIF file at the
-lowest quality has about 300 bytes (mostly headers), more than a k/n = 1/6 channel carries
-below ~28 dB — exactly where JSCC wins.
+LDPC. At a fixed MCS the frame's payload (:class:`~.link.Frame`) is the budget; the image is lost
+when nothing fits or when a codeword carrying it fails (:class:`LdpcLink`, from the BLER table
+measured on random codewords; :func:`simulate_image` runs the whole chain on one image instead,
+to check the table). The adaptive row picks the MCS per SNR from the table alone.
 """
 
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, features
+import torch
 
 from diffjscc.errors import UserError
+from diffjscc.evaluation.codecs import CODECS, HEADERS, Codec, QualitySearch, codec_available, decode_image
+from diffjscc.evaluation.link import (
+    MCS_TABLE,
+    BlerCurve,
+    Frame,
+    LdpcChain,
+    bler_curve,
+    check_digital_channel,
+    frame_for,
+)
 
 __all__ = [
+    "ADAPTIVE",
+    "CHANNEL_CODES",
     "CODECS",
+    "HEADERS",
     "Codec",
     "DigitalLink",
+    "LdpcLink",
+    "LinkOutcome",
     "awgn_capacity",
     "byte_budget",
     "capacity_bits_per_use",
     "codec_available",
     "rayleigh_ergodic_capacity",
+    "simulate_image",
 ]
 
 _LAGUERRE = np.polynomial.laguerre.laggauss(96)
@@ -96,112 +112,186 @@ def byte_budget(num_real_symbols: int, snr_db: float, channel: str = "awgn") -> 
     return int(math.floor(num_real_symbols * capacity / 8.0))
 
 
-@dataclass(frozen=True)
-class Codec:
-    """A Pillow codec with a quality ladder, lowest quality first.
 
-    ``settings`` are the values of Pillow's quality knob from worst to best: ``quality`` for
-    WebP/JPEG/AVIF, the compression ratio (``quality_layers``, rates mode) for JPEG 2000.
-    """
+# --------------------------------------------------------------------------- links
+CHANNEL_CODES = ("ideal", "ldpc")
+"""``ideal``: a capacity-achieving code (the upper bound); ``ldpc``: 5G NR LDPC + QAM (:mod:`.link`)."""
 
-    name: str
-    label: str
-    pil_format: str
-    feature: str
-    settings: tuple[float, ...]
-    options: dict = field(default_factory=dict)
-
-    def encode(self, image: Image.Image, index: int) -> bytes:
-        setting = self.settings[index]
-        buffer = io.BytesIO()
-        if self.pil_format == "JPEG2000":
-            image.save(buffer, format="JPEG2000", quality_mode="rates", quality_layers=[setting], **self.options)
-        else:
-            image.save(buffer, format=self.pil_format, quality=int(setting), **self.options)
-        return buffer.getvalue()
+ADAPTIVE = "adaptive"
+ADAPTIVE_LOSS_TARGET = 0.1
+"""The adaptive row's MCS: the most efficient one whose predicted probability of losing an image's
+frame, from the random-codeword BLER table, is at most 10 % (5G's CQI rule is a 10 % BLER)."""
 
 
-CODECS: dict[str, Codec] = {
-    "webp": Codec("webp", "WebP", "WEBP", "webp", tuple(range(0, 101)), {"method": 6}),
-    "jpeg": Codec("jpeg", "JPEG", "JPEG", "jpg", tuple(range(1, 101)), {"optimize": True}),
-    # raw codestream (.j2k, no JP2 boxes), 9/7 wavelet, 3 resolution levels (32 -> 8 px)
-    "jpeg2000": Codec("jpeg2000", "JPEG 2000", "JPEG2000", "jpg_2000",
-                      tuple(float(r) for r in np.geomspace(400.0, 1.0, 64)),
-                      {"irreversible": True, "no_jp2": True, "num_resolutions": 3}),
-    "avif": Codec("avif", "AVIF", "AVIF", "avif", tuple(range(0, 101)), {}),
-}
-"""The codecs of the baseline, by CLI name. Quality ladders: WebP 0..100 (method 6), JPEG
-1..100 (optimised Huffman tables), JPEG 2000 compression ratio 400 -> 1 (64 log steps), AVIF 0..100."""
+@dataclass
+class LinkOutcome:
+    """Received images and the integer sums a row's statistics come from (exact across ranks)."""
 
-
-def codec_available(name: str) -> bool:
-    """Whether this Pillow build can write ``name`` (e.g. AVIF needs Pillow >= 11.3 with libavif)."""
-    return features.check(CODECS[name].feature) is True
+    images: np.ndarray
+    sent_bytes: int  # bytes sent, over images that had a file to send
+    fitted: int  # images with a file that fits the budget
+    lost: int  # images shown as the mean colour (nothing fits, or a codeword failed)
 
 
 class DigitalLink:
     """One codec over an ideal channel code, for a fixed set of uint8 (N, H, W, 3) images.
 
-    Encoded sizes are memoised per (image, quality step), so sweeping many SNRs re-encodes little.
-    The quality search is a bisection over the ladder (file size grows with quality); whatever
-    it returns was measured to fit, so a file never exceeds the budget.
+    Encoded sizes are memoised per (image, quality step) (:class:`~.codecs.QualitySearch`), so
+    sweeping many SNRs re-encodes little. A fitting file is decoded exactly (the ideal code makes
+    no errors); an image that does not fit is lost and replaced by the mean-colour image.
     """
 
     def __init__(self, codec: Codec, images: np.ndarray) -> None:
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}")
+        self.search = QualitySearch(codec, images)
         self.codec = codec
         self.images = images
-        self._pil = [Image.fromarray(im) for im in images]
-        self._files: dict[tuple[int, int], bytes] = {}
-        self.mean_colour = np.round(images.reshape(-1, 3).astype(np.float64).mean(axis=0)).astype(np.uint8)
+
+    @property
+    def mean_colour(self) -> np.ndarray:
+        return self.search.mean_colour
+
+    @mean_colour.setter
+    def mean_colour(self, value: np.ndarray) -> None:
+        self.search.mean_colour = value
 
     def encoded(self, i: int, step: int) -> bytes:
-        key = (i, step)
-        if key not in self._files:
-            self._files[key] = self.codec.encode(self._pil[i], step)
-        return self._files[key]
+        return self.search.encoded(i, step).data
 
-    def fit(self, i: int, budget: int) -> int | None:
-        """Largest quality step of image ``i`` whose file has <= ``budget`` bytes; None if none fits."""
-        lo, hi = 0, len(self.codec.settings) - 1
-        if len(self.encoded(i, lo)) > budget:
-            return None
-        if len(self.encoded(i, hi)) <= budget:
-            return hi
-        while hi - lo > 1:  # invariant: lo fits, hi does not
-            mid = (lo + hi) // 2
-            if len(self.encoded(i, mid)) <= budget:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+    def fit(self, i: int, budget: int, header: str = "file") -> int | None:
+        return self.search.fit(i, budget, header)
 
-    def transmit(self, budget: int) -> tuple[np.ndarray, dict]:
-        """Received images (uint8, like the input) and statistics at a byte budget.
-
-        A fitting file is decoded exactly (the ideal code makes no errors); an image that does
-        not fit is lost and replaced by the mean-colour image.
-        """
+    def deliver(self, budget: int, header: str = "file") -> LinkOutcome:
         out = np.empty_like(self.images)
-        sizes, qualities, lost = [], [], 0
+        sent = fitted = lost = 0
         for i in range(len(self.images)):
-            step = self.fit(i, budget)
+            step = self.search.fit(i, budget, header)
             if step is None:
-                out[i] = self.mean_colour
-                lost += 1
+                out[i], lost = self.search.mean_colour, lost + 1
                 continue
-            data = self.encoded(i, step)
-            with Image.open(io.BytesIO(data)) as decoded:
-                out[i] = np.asarray(decoded.convert("RGB"), dtype=np.uint8)
-            sizes.append(len(data))
-            qualities.append(self.codec.settings[step])
+            out[i] = self.search.decoded(i, step)
+            sent, fitted = sent + self.search.encoded(i, step).size(header), fitted + 1
+        return LinkOutcome(out, sent, fitted, lost)
+
+    def transmit(self, budget: int, header: str = "file") -> tuple[np.ndarray, dict]:
+        """Received images (uint8, like the input) and statistics at a byte budget."""
+        sizes, qualities = [], []
+        for i in range(len(self.images)):
+            step = self.search.fit(i, budget, header)
+            if step is not None:
+                sizes.append(self.search.encoded(i, step).size(header))
+                qualities.append(self.codec.settings[step])
+        outcome = self.deliver(budget, header)
         stats = {
             "budget_bytes": int(budget),
             "mean_bytes": float(np.mean(sizes)) if sizes else 0.0,
             "max_bytes": int(max(sizes)) if sizes else 0,
-            "lost_fraction": lost / len(self.images),
+            "lost_fraction": outcome.lost / len(self.images),
             "mean_quality": float(np.mean(qualities)) if qualities else None,
-            "min_file_bytes": int(min(len(self.encoded(i, 0)) for i in range(len(self.images)))),
+            "min_file_bytes": int(min(self.search.encoded(i, 0).size(header) for i in range(len(self.images)))),
         }
-        return out, stats
+        return outcome.images, stats
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
+
+
+def _snr_key(snr_db: float) -> int:
+    return int(round(float(snr_db) * 1000)) + 10**6
+
+
+class LdpcLink:
+    """One codec over 5G NR LDPC + QAM (:mod:`diffjscc.evaluation.link`) on ``channel``, using the
+    BLER table (random codewords, cached) for each image's codewords.
+
+    Image ``i`` at an MCS sends its largest-quality file that fits the frame's
+    :attr:`~.link.Frame.budget_bytes`, in the frame's first codewords; it is lost (mean-colour
+    image) when nothing fits or when any of those codewords fails. A codeword fails with the
+    table's BLER at the SNR it sees: the SNR itself on AWGN and fast fading, ``SNR + 10 log10
+    |h|^2`` under block fading, with one ``h ~ CN(0, 1)`` per image (CSI at the receiver, none at
+    the transmitter: a deep fade is an outage). Draws are seeded by (seed, image index, SNR), so
+    the same image sees the same fade at every MCS, and no draw depends on sharding (``offset``
+    is the global index of the first image).
+    """
+
+    def __init__(self, search: QualitySearch, channel: str, n_real: int, seed: int = 0, offset: int = 0,
+                 max_codewords: int = 200) -> None:
+        check_digital_channel(channel)
+        self.search, self.channel, self.n_real = search, channel, int(n_real)
+        self.seed, self.offset, self.max_codewords = int(seed), int(offset), max_codewords
+        self._curves: dict[str, BlerCurve] = {}
+
+    def frame(self, mcs: str) -> Frame:
+        return frame_for(mcs, self.n_real)
+
+    def curve(self, mcs: str) -> BlerCurve:
+        if mcs not in self._curves:
+            frame = self.frame(mcs)
+            self._curves[mcs] = bler_curve(mcs, frame.codeword_bits, frame.info_bits, self.channel,
+                                           max_codewords=self.max_codewords)
+        return self._curves[mcs]
+
+    def frame_loss(self, mcs: str, snr_db: float) -> float:
+        """Predicted probability that a full frame at ``mcs`` loses a codeword (from the table only)."""
+        frame, curve = self.frame(mcs), self.curve(mcs)
+        if self.channel == "rayleigh_block":  # E over |h|^2 ~ Exp(1), by its quantiles
+            gains = -np.log1p(-(np.arange(4000) + 0.5) / 4000)
+            bler = curve.bler(snr_db + 10 * np.log10(gains))
+            return float(np.mean(1 - (1 - bler) ** frame.codewords))
+        return float(1 - (1 - curve.bler(snr_db)) ** frame.codewords)
+
+    def adaptive_mcs(self, snr_db: float, target: float = ADAPTIVE_LOSS_TARGET) -> str:
+        """The most efficient MCS with predicted frame loss <= ``target`` (else the most robust)."""
+        names = list(MCS_TABLE)
+        fitting = [name for name in names if self.frame_loss(name, snr_db) <= target]
+        return max(fitting, key=lambda n: MCS_TABLE[n].efficiency) if fitting else names[0]
+
+    def _codeword_snrs(self, i: int, snr_db: float) -> float:
+        if self.channel != "rayleigh_block":
+            return float(snr_db)
+        h = _rng(self.seed, self.offset + i, _snr_key(snr_db), 1).standard_normal(2) * math.sqrt(0.5)
+        return float(snr_db + 10 * math.log10(max(float(h @ h), 1e-12)))
+
+    def deliver(self, mcs: str, snr_db: float, header: str = "file") -> LinkOutcome:
+        frame, curve = self.frame(mcs), self.curve(mcs)
+        images = self.search.images
+        out = np.empty_like(images)
+        sent = fitted = lost = 0
+        mcs_index = list(MCS_TABLE).index(mcs)
+        for i in range(len(images)):
+            step = self.search.fit(i, frame.budget_bytes, header)
+            if step is None:
+                out[i], lost = self.search.mean_colour, lost + 1
+                continue
+            size = self.search.encoded(i, step).size(header)
+            sent, fitted = sent + size, fitted + 1
+            bler = float(curve.bler(self._codeword_snrs(i, snr_db)))
+            draws = _rng(self.seed, self.offset + i, _snr_key(snr_db), 2, mcs_index).random(frame.codewords_for(size))
+            if (draws < bler).any():
+                out[i], lost = self.search.mean_colour, lost + 1
+            else:
+                out[i] = self.search.decoded(i, step)
+        return LinkOutcome(out, sent, fitted, lost)
+
+
+def simulate_image(search: QualitySearch, i: int, step: int, frame: Frame, channel: str, snr_db: float,
+                   header: str, generator: torch.Generator, chain: LdpcChain | None = None) -> np.ndarray | None:
+    """Full simulation of one image (no table): its sent bytes, then random fill, in the frame's
+    codewords, LDPC-encoded, QAM-mapped, sent (one block-fading gain for the whole image), demapped
+    and BP-decoded; the received file rebuilt (the known header around a payload) and decoded.
+    None when a codeword carrying the image's bytes is decoded wrongly (the image is lost)."""
+    encoded = search.encoded(i, step)
+    data = encoded.sent(header)
+    if len(data) > frame.budget_bytes:
+        raise ValueError(f"{len(data)} bytes do not fit the frame's {frame.budget_bytes}")
+    chain = chain or LdpcChain(frame.mcs, frame.codeword_bits, frame.info_bits)
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+    total = frame.codewords * frame.info_bits
+    fill = torch.randint(0, 2, (total - bits.size,), generator=generator).numpy().astype(np.uint8)
+    sent = torch.from_numpy(np.concatenate([bits, fill]).reshape(frame.codewords, frame.info_bits)).float()
+    decoded = chain.send(sent, channel, snr_db, generator, rows=frame.codewords if channel == "rayleigh_block" else 0)
+    used = frame.codewords_for(len(data))
+    if (decoded[:used] != sent[:used]).any():
+        return None
+    received = np.packbits(decoded.flatten()[:bits.size].numpy().astype(np.uint8)).tobytes()
+    return decode_image(encoded.reassemble(received, header))

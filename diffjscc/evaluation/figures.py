@@ -169,7 +169,10 @@ def _line_style(row: Mapping[str, object]) -> dict:
         return {"linestyle": "-."}
     if row.get("oracle"):
         return {"linestyle": "--"}
-    if row.get("mode") == "digital":
+    if row.get("mode") == "digital":  # LDPC at a fixed MCS thin (the staircase), adaptive LDPC thick
+        if row.get("channel_code") == "ldpc":
+            return {"linestyle": ":", "linewidth": 2.4} if row.get("mcs") == "adaptive" else \
+                {"linestyle": ":", "linewidth": 1.0, "alpha": 0.75}
         return {"linestyle": ":"}
     return {"linestyle": "-"}
 

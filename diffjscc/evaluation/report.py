@@ -28,7 +28,8 @@ def row_line(row: dict, note: str = "") -> str:
     if row.get("acc_cls") is not None:
         fid += f"  acc_cls {row['acc_cls']:.3f}"
     model = f" [{row['model']}]" if row.get("model") else ""
-    return (f"{row['receiver']}{suffix}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
+    name = row["system"] if row.get("mode") == "digital" else row["receiver"]
+    return (f"{name}{suffix}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  "
             f"MS-SSIM {row['ms_ssim']:.4f}{fid}  at {row['snr_db']:g} dB, k/n {row['k_over_n']:.4f} real "
             f"({row['k_over_n'] / 2:.4f} complex), n={row['n']}{model}{extra}")
 

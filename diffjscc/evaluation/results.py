@@ -36,21 +36,22 @@ __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "
            "results_table", "write_results"]
 
 FORMAT = "diffjscc-evaluation/6"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
-# 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped), numerics
+# 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped), numerics, per_image (whole images),
+# patch_fd, patch_kid, spread, and the digital rows' codec, channel_code, mcs, modulation, code_rate, header, bits_sent
 
 
 class ResultRow(TypedDict):
     """One system at one SNR. Digital rows fill the byte columns; model rows leave them None."""
 
     system: str  # display label, e.g. "Deep JSCC", "diffusion, ORACLE inversion", "WebP + ideal code"
-    receiver: str  # deep_jscc | diffusion | a codec name
+    receiver: str  # deep_jscc | diffusion | digital | a control
     model: str  # checkpoint label ("" for digital rows)
     mode: str  # the checkpoint's mode, or "digital"
     channel: str
     snr_db: float
     k_over_n: float  # real channel symbols per source dimension (RGB value)
     k_over_n_complex: float  # complex channel uses per source dimension (the Deep JSCC literature's): k_over_n / 2
-    n_symbols: int
+    n_symbols: int  # real channel uses the row's system uses (digital: <= those of its JSCC comparison)
     steps: int  # sampling steps = network evaluations per image (0: no diffusion)
     sampler: str  # ddim | dpm++2m (DDIM for inversion), "-" without diffusion
     guidance: float | None  # classifier-free guidance scale (1: none; 2 network evaluations per step otherwise)
@@ -81,6 +82,13 @@ class ResultRow(TypedDict):
     lost_fraction: float | None
     capacity_bits_per_use: float | None
     capacity: str | None
+    codec: str | None  # digital: webp | jpeg | jpeg2000 | avif | heif
+    channel_code: str | None  # digital: ideal | ldpc
+    mcs: str | None  # ldpc: a name of the MCS table, or "adaptive" (then modulation/code_rate: the one chosen)
+    modulation: str | None  # ldpc: QPSK | 16-QAM | 64-QAM | 256-QAM
+    code_rate: float | None  # ldpc: k / n_cw of the codewords
+    header: str | None  # digital: file (whole files sent) | payload (headers known to the receiver)
+    bits_sent: float | None  # digital: mean over images of the file/payload bits sent (0 when nothing fits)
     checkpoint: str
 
 
@@ -163,10 +171,11 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
 
 TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
                  "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "patch_fd", "patch_kid", "fid",
-                 "lpips", "lost_fraction", "n"]
+                 "lpips", "lost_fraction", "modulation", "code_rate", "n"]
 TABLE_FORMATS = {"spread": ".2f", "patch_fd": ".3f", "patch_kid": ".4f",
                  "k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
-                 "lost_fraction": ".2f", "snr_db": "g", "fd_cls": ".3f", "kid_cls": ".4f", "acc_cls": ".3f"}
+                 "lost_fraction": ".2f", "snr_db": "g", "code_rate": ".3f", "fd_cls": ".3f", "kid_cls": ".4f",
+                 "acc_cls": ".3f"}
 
 
 def results_table(document: dict) -> str:

@@ -40,7 +40,20 @@ from diffjscc.config import CHANNELS, START_MODES
 from diffjscc.data.folder import subset_indices
 from diffjscc.diffusion.samplers import check_guidance_scale, check_spacing, resolve_sampler, sampling_eta
 from diffjscc.errors import UserError
-from diffjscc.evaluation.digital import CODECS, DigitalLink, byte_budget, capacity_bits_per_use, codec_available
+from diffjscc.evaluation.digital import (
+    ADAPTIVE,
+    CHANNEL_CODES,
+    CODECS,
+    HEADERS,
+    DigitalLink,
+    LdpcLink,
+    LinkOutcome,
+    byte_budget,
+    capacity_bits_per_use,
+    codec_available,
+)
+from diffjscc.evaluation.codecs import HEIF_MISSING
+from diffjscc.evaluation.link import MCS_TABLE, check_digital_channel
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
 from diffjscc.evaluation.patches import PatchRealism
@@ -59,6 +72,12 @@ from diffjscc.whole_image import pad_for_windows, pixel_spread
 __all__ = ["EvalModel", "ImageSelection", "Protocol", "load_models", "run_protocol", "select_images"]
 
 DEFAULT_MEAN_SAMPLES = 4
+LDPC_NOTE = ("LDPC rows: 5G NR LDPC (Sionna, rate-matched, BP 20 iterations) + Gray QAM, Es/N0 = SNR, one QAM symbol "
+             "= 2 real channel uses; codewords <= 8192 coded bits, 5G CRC bits paid; the image is lost (mean colour) "
+             "if its file does not fit or any codeword carrying it fails, drawn from a BLER table measured once on "
+             "random codewords (block fading: the AWGN BLER at SNR + 10 log10 |h|^2, one h per image); the "
+             "adaptive row picks per SNR the most efficient MCS whose predicted frame loss on random codewords is "
+             "<= 10 % (never tuned on the scored images); n_symbols: the real channel uses the frame actually uses")
 
 
 @dataclass
@@ -119,6 +138,9 @@ class Protocol:
     batch_size: int = 64
     channel: str | None = None
     digital: tuple[str, ...] = ()
+    channel_codes: tuple[str, ...] = ("ideal",)  # of the digital rows: ideal and/or ldpc
+    mcs: tuple[str, ...] = ()  # LDPC rows: MCS names and/or "adaptive" (empty: every MCS and adaptive)
+    headers: tuple[str, ...] = ("file",)  # header accounting of the digital rows
     controls: bool = False
     subset: str = "spread"  # which ``limit`` files: evenly spaced over the folder, or the first (SUBSETS)
     skip_bad: bool = False  # leave unreadable images out (recorded) instead of refusing
@@ -149,6 +171,21 @@ class Protocol:
         for codec in self.digital:
             if codec not in CODECS:
                 raise UserError(f"unknown codec {codec!r}; expected {', '.join(CODECS)}")
+        for values, known, option in ((self.channel_codes, CHANNEL_CODES, "--channel-code"),
+                                      (self.mcs, (*MCS_TABLE, ADAPTIVE), "--mcs"),
+                                      (self.headers, HEADERS, "--header")):
+            for value in values:
+                if value not in known:
+                    raise UserError(f"{option}: unknown {value!r}; expected {', '.join(known)}")
+        if not self.channel_codes or not self.headers:
+            raise UserError("--channel-code and --header need at least one value")
+
+    @property
+    def mcs_rows(self) -> tuple[str, ...]:
+        """The LDPC rows' MCS names (and "adaptive"), in table order; none without ldpc."""
+        if "ldpc" not in self.channel_codes:
+            return ()
+        return self.mcs or (*MCS_TABLE, ADAPTIVE)
 
     def steps_for(self, model: "EvalModel") -> int:
         """The sampling steps of ``model``'s diffusion rows: ``steps``, else its own ``sample_steps``
@@ -462,6 +499,12 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
     return rows, records
 
 
+def _digital_system(label: str, channel_code: str, mcs: str, header: str) -> str:
+    """A digital row's display label; the ideal code with whole files keeps today's ("WebP + ideal code")."""
+    code = "ideal code" if channel_code == "ideal" else f"LDPC {mcs}"
+    return f"{label}{' payload' if header == 'payload' else ''} + {code}"
+
+
 def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[tuple[str, int, int]],
                   protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
                   console: SweepConsole, realism: RealismScorer | None = None,
@@ -473,38 +516,51 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
     my_labels = realism_labels[share.start:share.stop] if realism_labels is not None else None
     rows = []
     for name in codecs:
-        link = DigitalLink(CODECS[name], mine)
+        ideal = DigitalLink(CODECS[name], mine)
         if sharded:  # a lost image is shown as the mean colour of the whole set, not of a share
-            link.mean_colour = DigitalLink(CODECS[name], images).mean_colour
+            ideal.mean_colour = DigitalLink(CODECS[name], images).mean_colour
         for kind, n_symbols, size in kinds_and_n:
+            ldpc = LdpcLink(ideal.search, kind, n_symbols, seed=protocol.seed, offset=share.start) \
+                if protocol.mcs_rows else None
             for snr in protocol.snrs:
-                capacity, capacity_name = capacity_bits_per_use(kind, snr)
-                budget = byte_budget(n_symbols, snr, kind)
-                if len(mine):
-                    received, stats = link.transmit(budget)
-                else:
-                    received, stats = mine, {"mean_bytes": 0.0, "lost_fraction": 0.0}
-                if sharded:  # byte sum, fitted and lost counts (exact integers) over ranks
-                    lost = round(stats["lost_fraction"] * len(mine))
-                    fitted = len(mine) - lost
-                    total = all_reduce_sum(torch.tensor([round(stats["mean_bytes"] * fitted), fitted, lost],
-                                                        dtype=torch.long)).tolist()
-                    stats = {"mean_bytes": total[0] / total[1] if total[1] else 0.0,
-                             "lost_fraction": total[2] / images.shape[0]}
-                outputs = torch.from_numpy(received).permute(0, 3, 1, 2).contiguous()
-                row = {"system": f"{CODECS[name].label} + ideal code", "receiver": name, "model": "", "mode": "digital",
-                       "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
-                       "n_symbols": n_symbols, "steps": 0, "sampler": "-", "guidance": None, "eta": None, "spacing": None,
-                       "start": "-", "oracle": False, "control": False,
-                       "samples_per_image": 1,
-                       "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
-                       "mean_bytes": stats["mean_bytes"], "lost_fraction": stats["lost_fraction"],
-                       "capacity_bits_per_use": capacity, "capacity": capacity_name, "checkpoint": ""}
-                row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded, realism=realism,
-                                         labels=my_labels, samples=1))
-                rows.append(row)
-                console.row(row)
-                console.advance(len(mine))
+                for header in protocol.headers:
+                    schemes: list[tuple[str, str]] = [("ideal", "-")] if "ideal" in protocol.channel_codes else []
+                    schemes += [("ldpc", mcs) for mcs in protocol.mcs_rows]
+                    for channel_code, mcs in schemes:
+                        fields = {"channel_code": channel_code, "mcs": None if channel_code == "ideal" else mcs}
+                        if channel_code == "ideal":
+                            capacity, capacity_name = capacity_bits_per_use(kind, snr)
+                            budget = byte_budget(n_symbols, snr, kind)
+                            outcome = ideal.deliver(budget, header) if len(mine) else LinkOutcome(mine, 0, 0, 0)
+                            fields.update(n_symbols=n_symbols, capacity_bits_per_use=capacity, capacity=capacity_name)
+                        else:
+                            chosen = ldpc.adaptive_mcs(snr) if mcs == ADAPTIVE else mcs
+                            frame = ldpc.frame(chosen)
+                            budget = frame.budget_bytes
+                            outcome = ldpc.deliver(chosen, snr, header) if len(mine) else LinkOutcome(mine, 0, 0, 0)
+                            fields.update(n_symbols=frame.used_real, modulation=MCS_TABLE[chosen].modulation,
+                                          code_rate=frame.info_bits / frame.codeword_bits,
+                                          mcs_chosen=chosen)
+                        sums = [outcome.sent_bytes, outcome.fitted, outcome.lost]
+                        if sharded:  # byte sum, fitted and lost counts (exact integers) over ranks
+                            sums = all_reduce_sum(torch.tensor(sums, dtype=torch.long)).tolist()
+                        sent, fitted, lost = sums
+                        outputs = torch.from_numpy(outcome.images).permute(0, 3, 1, 2).contiguous()
+                        chosen_note = fields.pop("mcs_chosen", None)
+                        row = {"system": _digital_system(CODECS[name].label, channel_code, mcs, header),
+                               "receiver": "digital", "model": "", "mode": "digital",
+                               "channel": kind, "snr_db": float(snr), "k_over_n": bandwidth_ratio(n_symbols, (3, size, size)),
+                               "steps": 0, "sampler": "-", "guidance": None, "eta": None, "spacing": None,
+                               "start": "-", "oracle": False, "control": False, "samples_per_image": 1,
+                               "n": int(images.shape[0]), "seed": protocol.seed, "budget_bytes": budget,
+                               "mean_bytes": sent / fitted if fitted else 0.0, "lost_fraction": lost / images.shape[0],
+                               "bits_sent": 8 * sent / images.shape[0], "codec": name, "header": header,
+                               "checkpoint": "", **fields}
+                        row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded, realism=realism,
+                                                 labels=my_labels, samples=1))
+                        rows.append(row)
+                        console.row(row, f"MCS {chosen_note}" if mcs == ADAPTIVE else "")
+                        console.advance(len(mine))
     return rows
 
 
@@ -531,6 +587,19 @@ def _skipped_notes(selection: ImageSelection, data_dir: Path) -> list[str]:
     names = ", ".join(p.name for p, _ in selection.skipped[:5]) + (" …" if len(selection.skipped) > 5 else "")
     return [f"{len(selection.skipped)} unreadable image(s) of {data_dir} left out (--skip-bad): {names} "
             f"(all in images.skipped)"]
+
+
+def check_digital(models: Sequence[EvalModel], protocol: Protocol) -> None:
+    """Before any work, a channel the digital chain cannot model is refused in one line (channel
+    'none' has no capacity limit: its digital rows are left out with a note instead)."""
+    if not protocol.digital:
+        return
+    for kind in {protocol.channel or m.system.cfg.channel for m in models} - {"none"}:
+        check_digital_channel(kind)
+    if protocol.mcs_rows:
+        from diffjscc.evaluation.link import require_sionna
+
+        require_sionna()
 
 
 def check_receivers(models: Sequence[EvalModel], protocol: Protocol) -> None:
@@ -565,6 +634,8 @@ def _settings(protocol: Protocol, digital: list[str]) -> dict:
             "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
             "batch_size": protocol.batch_size,
             "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
+            "channel_code": list(protocol.channel_codes), "mcs": list(protocol.mcs_rows),
+            "header": list(protocol.headers),
             "subset": protocol.subset, "skip_bad": protocol.skip_bad, "controls": protocol.controls}
 
 
@@ -636,6 +707,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
     """
     check_receivers(models, protocol)
+    check_digital(models, protocol)
     console = SweepConsole(progress, echo)
     selection = selection if selection is not None else protocol_images(models, data_dir, protocol)
     images, labels, files = selection.images, selection.labels, selection.files
@@ -680,9 +752,11 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     digital = [c for c in protocol.digital if codec_available(c)]
     for codec in protocol.digital:
         if codec not in digital:
-            notes.append(f"codec {codec} skipped: this Pillow build cannot write it")
+            notes.append(f"codec {codec} skipped: " + (HEIF_MISSING if codec == "heif" else
+                                                        "this Pillow build cannot write it"))
     work = (len(models) * len(protocol.snrs) * (covered.stop - covered.start)
-            + len(digital) * len(kinds_and_n) * len(protocol.snrs) * len(shard_range(images.shape[0])))
+            + len(digital) * len(kinds_and_n) * len(protocol.snrs) * len(shard_range(images.shape[0]))
+            * len(protocol.headers) * (("ideal" in protocol.channel_codes) + len(protocol.mcs_rows)))
     rows: list[dict] = []
     deep_jscc_seen: dict[str, str] = {}
     with console.bar(work):
@@ -696,10 +770,16 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     results = finish_rows(rows, fid_note=None if fid is not None else fid_info.get("skipped", "FID not computed"),
                           lpips_note=None if lpips is not None else lpips_note)
     notes += _row_notes(results, console)
-    if digital:
+    if digital and "ideal" in protocol.channel_codes:
         notes.append("digital rows: largest-quality file with at most floor(n * C / 8) bytes, C = capacity per real "
                      "channel use (AWGN: 1/2 log2(1+SNR); Rayleigh: ergodic); images that do not fit are lost and "
                      "shown as the mean-colour image of the set (lost_fraction)")
+    if digital and protocol.mcs_rows:
+        notes.append(LDPC_NOTE)
+    if digital and "payload" in protocol.headers:
+        notes.append("header 'payload': only the coded image data is sent, the receiver is assumed to know the "
+                     "file's headers (containers, marker segments, JPEG tables, length fields); 'file': the whole "
+                     "file as written")
     return results_document(
         seed=protocol.seed, data=data_dir, n_images=int(images.shape[0]),
         checkpoints=_checkpoints(models), settings=_settings(protocol, digital),
