@@ -654,6 +654,19 @@ def _check_transmit_output(source: Path, target: Path, overwrite: bool) -> None:
             raise UserError(f"{target} exists; choose another OUT or pass --overwrite to replace it")
 
 
+def _photo_hint(cfg, height: int, width: int) -> None:
+    """One line when a model trained on whole small images (CIFAR-10) is given a larger one: its
+    prior is 32x32 thumbnails, and the shipped photo models are the ones to use for photos."""
+    from diffjscc.runtime.pretrained import photo_models
+
+    if cfg.crop_size or max(height, width) <= cfg.image_size:
+        return
+    better = photo_models(cfg.latent_dim)
+    use = f"; for photos use {' or '.join(f'--model {name}' for name in better)}" if better else ""
+    print(f"note: this model was trained on whole {cfg.image_size}x{cfg.image_size} images ({Path(cfg.data_dir).name}), "
+          f"not on photos: it sends this {width}x{height} image in {cfg.image_size}x{cfg.image_size} blocks{use}")
+
+
 def _cmd_transmit(args) -> int:
     from diffjscc.diffusion.samplers import resolve_sampler
     from diffjscc.evaluation.transmit import LOSSY_SUFFIXES, samples_targets, transmit_file
@@ -684,6 +697,7 @@ def _cmd_transmit(args) -> int:
            if result.receiver == "diffusion" else "Deep JSCC decoder")
     height, width = result.output.shape[:2]
     print(f"wrote {args.output} ({width}x{height}) via the {how} over {channel} at {args.snr:g} dB")
+    _photo_hint(system.cfg, height, width)
     print(f"PSNR {result.psnr:.2f} dB")
     print(f"SSIM {result.ssim:.4f}" if result.ssim is not None else "SSIM n/a (image smaller than 11 px)")
     sent = "x".join(map(str, reversed(result.padded)))

@@ -28,6 +28,17 @@ if not os.environ.get("DIFFJSCC_TEST_GPU"):
 
 
 @pytest.fixture(scope="session")
+def kodak() -> Path:
+    """The folder of the 24 Kodak photos (DIFFJSCC_KODAK, default ../shared/data/kodak)."""
+    path = Path(os.environ.get("DIFFJSCC_KODAK", Path(__file__).resolve().parents[2] / "shared/data/kodak"))
+    if not (path / "kodim23.png").is_file():
+        if os.environ.get("DIFFJSCC_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"the Kodak photos are not in {path}")
+        pytest.skip(f"the Kodak photos are not in {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_archive() -> Path:
     """Path to the shared real CIFAR-10 archive (DIFFJSCC_SHARED_DATA: the file or its folder)."""
     override = os.environ.get("DIFFJSCC_SHARED_DATA")

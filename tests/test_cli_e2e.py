@@ -111,10 +111,10 @@ def test_sample_and_evaluate(data_root: Path, jscc_checkpoint: Path, tmp_path: P
     monkeypatch.setattr(grids, "receive", lambda system, receiver, received, context: (
         seen.append(received.shape[0]), original(system, receiver, received, context))[1])
     assert main(["sample", "--checkpoint", str(ckpt), "--data", str(test_dir), "--out", str(tmp_path / "b"),
-                 "--limit", "5", "--steps", "2", "--snr", "5", "--batch-size", "2"]) == 0
+                 "--limit", "5", "--subset", "first", "--steps", "2", "--snr", "5", "--batch-size", "2"]) == 0
     assert seen and max(seen) == 2 and len(list((tmp_path / "b").glob("received_*.png"))) == 5
     assert main(["sample", "--checkpoint", str(ckpt), "--data", str(test_dir), "--out", str(tmp_path / "b2"),
-                 "--limit", "2", "--steps", "2", "--snr", "5", "--batch-size", "2"]) == 0
+                 "--limit", "2", "--subset", "first", "--steps", "2", "--snr", "5", "--batch-size", "2"]) == 0
     for name in ("received_0000.png", "received_0001.png"):
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "b2" / name).read_bytes()
 

@@ -120,7 +120,7 @@ def test_sharded_evaluate_gives_the_single_process_numbers(launcher: str, setup:
     assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json", "results.md"]
     sharded = json.loads((out / "results.json").read_text())["results"]
     receivers = {(r["receiver"], r["start"]) for r in single}
-    assert receivers == {("deep_jscc", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"), ("webp", "-"),
+    assert receivers == {("deep_jscc", "-"), ("diffusion", "gaussian"), ("diffusion", "mean"), ("digital", "-"),
                          ("source", "-"), ("control_noise", "-")}
     assert all(r["fd_cls"] is not None and r["kid_cls"] is not None and r["acc_cls"] is not None for r in single)
     worst = _assert_same_rows(single, sharded, 1e-5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,14 @@ import torch
 from diffjscc.evaluation.patches import (PatchRealism, image_patches, load_patch_net, patch_features,
                                          shipped_patch_net_path)
 
-KODAK = Path(os.environ.get("DIFFJSCC_KODAK", Path(__file__).resolve().parents[2] / "shared/data/kodak"))
 
 
 @pytest.fixture(scope="module")
-def photo() -> torch.Tensor:
+def photo(kodak: Path) -> torch.Tensor:
     """kodim23 (the parrots), 768x512, in [-1, 1]."""
     from diffjscc.data import load_image_tensor
 
-    if not (KODAK / "kodim23.png").is_file():
-        pytest.skip(f"the Kodak photos are not in {KODAK}")
-    return load_image_tensor(KODAK / "kodim23.png")
+    return load_image_tensor(kodak / "kodim23.png")
 
 
 @pytest.fixture(scope="module")

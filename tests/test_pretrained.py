@@ -198,6 +198,8 @@ def test_transmit_a_photo_whole_without_seams(cifar_root: Path, tmp_path: Path, 
     assert psnr == pytest.approx(peak_signal_noise_ratio(photo, received, data_range=255), abs=0.01)
     assert "channel symbols 131072 real" in printed and "k/n 0.1667 real symbols, 0.0833 complex" in printed
     assert max(_seam_ratios(received, photo)) <= 1.10
+    if "deep_jscc_photo_512" in SHIPPED_NAMES:  # a CIFAR model on a photo says which model to use
+        assert "trained on whole 32x32 images" in printed and "--model deep_jscc_photo_512" in printed
     # the control: the same photo sent tile by tile (each 32x32 tile encoded and decoded alone) shows its grid
     from diffjscc.data import load_image_tensor
     from diffjscc.evaluation.metrics import to_uint8
@@ -212,6 +214,24 @@ def test_transmit_a_photo_whole_without_seams(cifar_root: Path, tmp_path: Path, 
         decoded = system.decode(received_tiles, 10.0).clamp(-1, 1)
     stitched = decoded.reshape(16, 16, 3, 32, 32).permute(2, 0, 3, 1, 4).reshape(3, 512, 512)
     assert min(_seam_ratios(to_uint8(stitched).permute(1, 2, 0).numpy(), photo)) > 1.5
+
+
+@pytest.mark.skipif("deep_jscc_photo_512" not in SHIPPED_NAMES, reason="the package ships no photo model")
+def test_a_photo_model_sends_a_kodak_photo_without_seams_or_notes(kodak: Path, tmp_path: Path, capsys) -> None:
+    """The photo model on kodim15 (a face, 768x512) at 10 dB: no seams on the 32-pixel grid, no
+    note that the model was trained on thumbnails, and better than the CIFAR model on it."""
+    source = kodak / "kodim15.png"
+    photo = np.asarray(Image.open(source).convert("RGB"))
+    psnrs = {}
+    for name in ("deep_jscc_photo_512", "deep_jscc_512"):
+        out = tmp_path / f"{name}.png"
+        assert main(["transmit", "--model", name, "--snr", "10", str(source), str(out)]) == 0
+        printed = capsys.readouterr().out
+        psnrs[name] = float(printed.split("PSNR ")[1].split(" dB")[0])
+        assert ("trained on whole 32x32 images" in printed) == (name == "deep_jscc_512")
+        if name == "deep_jscc_photo_512":
+            assert max(_seam_ratios(np.asarray(Image.open(out)), photo)) <= 1.10
+    assert psnrs["deep_jscc_photo_512"] > psnrs["deep_jscc_512"] + 1.0
 
 
 @pytest.mark.skipif("diffusion_512" not in SHIPPED_NAMES, reason="the package ships no diffusion_512")

@@ -171,7 +171,7 @@ def test_control_rows_through_evaluate(cifar_root: Path, tmp_path: Path) -> None
     assert main(train_argv(data, tmp_path / "frozen", 2, 2, [*micro, "mode=frozen", f"jscc_encoder_path={jscc}"])) == 0
     out = tmp_path / "eval"
     assert main(["evaluate", "--checkpoint", str(list_checkpoints(tmp_path / "frozen")[-1]),
-                 "--data", str(cifar_root / "cifar_test"), "--limit", "48", "--snr", "0,10", "--steps", "3",
+                 "--data", str(cifar_root / "cifar_test"), "--limit", "48", "--subset", "first", "--snr", "0,10", "--steps", "3",
                  "--samples-per-image", "2", "--controls", "--no-fid", "--no-progress", "--device", "cpu",
                  "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["results"]

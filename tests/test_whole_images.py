@@ -4,7 +4,6 @@ and scored at its own size; on crops of real Kodak photos (never committed: read
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from diffjscc.cli import main
 from diffjscc.runtime.pretrained import manifest, models_dir, verified_path
 
 SHIPPED_NAMES = list(manifest(models_dir())["models"])
-KODAK = Path(os.environ.get("DIFFJSCC_KODAK", Path(__file__).resolve().parents[2] / "shared/data/kodak"))
 needs_models = pytest.mark.skipif(not {"deep_jscc_512", "diffusion_512"} <= set(SHIPPED_NAMES),
                                   reason="the package ships no deep_jscc_512 / diffusion_512")
 
@@ -27,13 +25,11 @@ CROPS = {"a_parrots.png": ("kodim23.png", (300, 100, 396, 164)), "b_face.png": (
 
 
 @pytest.fixture(scope="module")
-def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_folder(kodak: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three crops of Kodak photos, 96x64, 64x96 and 80x80."""
-    if not all((KODAK / photo).is_file() for photo, _ in CROPS.values()):
-        pytest.skip(f"the Kodak photos are not in {KODAK}")
     folder = tmp_path_factory.mktemp("mixed")
     for name, (photo, box) in CROPS.items():
-        Image.open(KODAK / photo).convert("RGB").crop(box).save(folder / name)
+        Image.open(kodak / photo).convert("RGB").crop(box).save(folder / name)
     return folder
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -354,8 +355,14 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     return rows
 
 
-PER_IMAGE_SCORES = ("psnr", "ssim", "ms_ssim", "lpips", "spread", "patch_fd")
-"""What the per-image records of a whole-image evaluation hold for each image, row by row."""
+ROW_MEANS = ("psnr", "ssim", "ms_ssim", "lpips", "spread", "patch_fd")
+"""The scores of a whole-image row that are means of its per-image values."""
+PER_IMAGE_SCORES = (*ROW_MEANS, "colour_error", "seconds")
+"""What the per-image records of a whole-image evaluation hold for each image, row by row:
+also ``colour_error``, the largest per-channel mean error in 8-bit levels (colours pulled towards
+a training set's show there), and ``seconds``, the receiver's time for the image."""
+OutputHook = Callable[[str, str, float, Path, torch.Tensor], None]
+"""``keep_output(model label, receiver name, snr_db, file, first output (3, H, W) uint8)``."""
 
 
 def _check_whole_images(models: Sequence[EvalModel]) -> None:
@@ -371,7 +378,7 @@ def _check_whole_images(models: Sequence[EvalModel]) -> None:
 
 
 def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIPSScorer | None,
-                  patch_fd: float | None = None) -> list[float]:
+                  patch_fd: float | None = None, seconds: float = math.nan) -> list[float]:
     """:data:`PER_IMAGE_SCORES` of one image's S outputs (S, 3, H, W) against its source (3, H, W):
     means over the S outputs; NaN where a score does not apply (MS-SSIM under 32 px, LPIPS
     unavailable, the spread of one output, no patch network)."""
@@ -383,7 +390,9 @@ def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIP
             math.nan if small else float(ms_ssim_per_image(x, y).double().mean()),
             lpips.score(x, y) if lpips is not None else math.nan,
             float(pixel_spread(outputs_u8).mean()) if outputs_u8.shape[0] > 1 else math.nan,
-            math.nan if patch_fd is None else patch_fd]
+            math.nan if patch_fd is None else patch_fd,
+            float((outputs_u8.double().mean(dim=(2, 3)) - source_u8.double().mean(dim=(1, 2))).abs().amax(1).mean()),
+            seconds]
 
 
 def _patch_scores(patches: PatchRealism, outputs_u8: torch.Tensor, reference: torch.Tensor,
@@ -418,7 +427,8 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
                       protocol: Protocol, lpips: LPIPSScorer | None, console: SweepConsole,
                       patches: PatchRealism | None = None,
                       source_patches: dict[int, torch.Tensor] | None = None,
-                      reference: torch.Tensor | None = None) -> tuple[list[dict], list[dict]]:
+                      reference: torch.Tensor | None = None,
+                      keep_output: OutputHook | None = None) -> tuple[list[dict], list[dict]]:
     """Rows of images of any size, each sent whole as ``transmit`` sends it
     (:mod:`diffjscc.whole_image`: edges repeated to the windows' grid, one received latent,
     the diffusion receiver through blended windows) and scored at its own size; and one
@@ -455,11 +465,15 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
                                      generator=torch.Generator(device=device).manual_seed(sample_seed))
             source_u8 = to_uint8(image)
             for receiver in receivers:  # table order: the order they draw sampling noise in
+                started = time.perf_counter()
                 outputs = to_uint8(receive(system, receiver, received, context)[:, 0, :, :height, :width]).cpu()
+                seconds = time.perf_counter() - started
+                if keep_output is not None:
+                    keep_output(model.label, receiver.name, float(snr), files[index], outputs[0])
                 patch_fd = (_patch_scores(patches, outputs, source_patches[index], sets[receiver.name])
                             if patches is not None else None)
                 scores[receiver.name].append([float(index), float(symbols[-1])]
-                                             + _image_scores(source_u8, outputs, lpips, patch_fd))
+                                             + _image_scores(source_u8, outputs, lpips, patch_fd, seconds))
             console.advance(1)
         for receiver in receivers:  # the same on every rank: every image's numbers, in image order
             local = torch.tensor(scores[receiver.name], dtype=torch.float64).reshape(-1, 2 + len(PER_IMAGE_SCORES))
@@ -469,7 +483,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
             total_symbols = sum(record["symbols"] for record in per_image)
             source_values = sum(3 * images[i].shape[-2] * images[i].shape[-1] for i in range(len(images)))
             means = {}
-            for name in PER_IMAGE_SCORES:
+            for name in ROW_MEANS:
                 values = [record[name] for record in per_image]
                 means[name] = None if any(math.isnan(v) for v in values) else sum(values) / len(values)
             row = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,
@@ -645,7 +659,8 @@ def _checkpoints(models: Sequence[EvalModel]) -> list[dict]:
 
 
 def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: ImageSelection, protocol: Protocol, fid_info: dict, lpips: LPIPSScorer | None, lpips_note: str,
-                      console: SweepConsole, patches: PatchRealism | None = None) -> dict:
+                      console: SweepConsole, patches: PatchRealism | None = None,
+                      keep_output: OutputHook | None = None) -> dict:
     """:func:`run_protocol` on images that are not all of the models' size: each sent whole
     (:func:`_whole_image_rows`); the document also holds the per-image records."""
     _check_whole_images(models)
@@ -676,7 +691,7 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: Im
         for model in models:
             receivers = [r for r in _model_receivers(model, protocol, deep_jscc_seen, notes) if r.start != "inversion"]
             model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console,
-                                                          patches, source_patches, reference)
+                                                          patches, source_patches, reference, keep_output)
             rows += model_rows
             records += model_records
     results = finish_rows(rows, fid_note=fid_info["skipped"], lpips_note=None if lpips is not None else lpips_note)
@@ -693,7 +708,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
                  lpips: LPIPSScorer | None = None, lpips_note: str = "",
                  realism: RealismScorer | None = None, patches: PatchRealism | None = None,
                  progress: bool = True, echo: Callable[..., None] = print,
-                 selection: ImageSelection | None = None) -> dict:
+                 selection: ImageSelection | None = None, keep_output: OutputHook | None = None) -> dict:
     """Run the whole protocol; returns the results document (:mod:`~diffjscc.evaluation.results`).
 
     ``fid_reference``: files whose statistics FID compares against (cached); None means the
@@ -702,6 +717,8 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     ``patch_kid`` of the rows of whole images (photos; :mod:`~diffjscc.evaluation.patches`).
 
     ``selection``: the images from :func:`protocol_images`, when the caller took them already.
+    ``keep_output`` (whole images only): called with each receiver's first output of each image
+    (contact sheets).
 
     Inside a process group of several ranks (every rank calls this with the same arguments) the
     work is sharded and the scores combined exactly; only rank 0 echoes and shows progress.
@@ -716,7 +733,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     fid_info = dict(fid_info or {})
     if isinstance(images, list):
         return _run_whole_images(models, Path(data_dir), selection, protocol, fid_info, lpips, lpips_note, console,
-                                 patches)
+                                 patches, keep_output)
     source_u8 = to_uint8(images)
     if fid is not None:
         fid_info.update(prepare_fid_reference(fid, files, source_u8, data_dir, fid_reference,

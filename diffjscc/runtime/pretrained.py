@@ -72,6 +72,14 @@ def model_entry(name: str, folder: Path | None = None) -> dict[str, Any]:
     return models[name]
 
 
+def photo_models(symbols: int, folder: Path | None = None) -> list[str]:
+    """The shipped photo models (trained on crops of photos) with ``symbols`` real symbols per
+    32x32x3 block, Deep JSCC first: what to use for photos instead of a CIFAR model."""
+    entries = manifest(folder).get("models", {})
+    names = [name for name, entry in entries.items() if entry.get("photo") and entry.get("symbols") == symbols]
+    return sorted(names, key=lambda name: (entries[name].get("base") is not None, name))
+
+
 def verified_path(name: str, folder: Path | None = None) -> Path:
     """The checkpoint file of model ``name`` after checking its size and SHA-256 against the
     manifest: a missing or changed file is a one-line UserError naming the model."""
