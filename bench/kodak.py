@@ -180,28 +180,22 @@ def _fmt(value, spec: str) -> str:
 def write_sheets(sheet: dict, rows: list[dict], folder: Path) -> list[Path]:
     """One PNG per SNR: a column per crop (faces, sails' numbers, bricks, stream), a row per model
     and receiver (controls left out), the sources on top."""
-    from diffjscc.evaluation.figures import save_image_grid
+    from diffjscc.evaluation.figures import save_contact_sheet
 
-    sources = next((crops for (_, receiver, _), crops in sheet.items() if receiver == "source"), {})
-    crops = [name for name in SHEET_CROPS if name in sources]
-    if not crops:
+    found = next((crops for (_, receiver, _), crops in sheet.items() if receiver == "source"), {})
+    sources = {name: found[name] for name in SHEET_CROPS if name in found}
+    if not sources:
         return []
     written = []
     for snr in sorted({r["snr_db"] for r in rows}):
-        grid = [torch.stack([sources[c] for c in crops]).float() / 127.5 - 1]
-        labels = ["source (" + ", ".join(crops) + ")"]
-        shown = set()
+        shown = {}  # a Deep JSCC shared by two models' rows is shown once
         for r in rows:
             key = (r["model"], r["receiver"], snr)  # with the Gaussian start only, a receiver's name is its family
-            if r["snr_db"] != snr or r["control"] or key not in sheet or (r["system"], snr) in shown:
-                continue
-            if not all(c in sheet[key] for c in crops):
-                continue
-            shown.add((r["system"], snr))
-            grid.append(torch.stack([sheet[key][c] for c in crops]).float() / 127.5 - 1)
-            labels.append(f"{r['model']}: {r['system']} [{r['trained_on']}], 1/{1 / r['k_over_n_complex']:.0f} "
-                          f"complex, {snr:g} dB")
-        written.append(save_image_grid(grid, folder / f"kodak_sheet_{snr:g}dB.png", row_labels=labels, scale=1))
+            if r["snr_db"] == snr and not r["control"] and key in sheet:
+                label = (f"{r['model']}: {r['system']} [{r['trained_on']}], 1/{1 / r['k_over_n_complex']:.0f} "
+                         f"complex, {snr:g} dB")
+                shown.setdefault(label, sheet[key])
+        written.append(save_contact_sheet(sources, list(shown.items()), folder / f"kodak_sheet_{snr:g}dB.png"))
     return written
 
 

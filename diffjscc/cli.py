@@ -304,6 +304,9 @@ def _add_demo(sub) -> None:
                         "takes about 8 minutes on 2 CPU cores), 4 halves the training steps")
     p.add_argument("--snr", default=None,
                    help="comma-separated SNRs in dB to evaluate (default 0,10,20; with --train 0,5,10,15,20)")
+    p.add_argument("--photos", nargs="?", const="", default=None, metavar="DIR",
+                   help="send photos instead, through the shipped photo models: four crops of Kodak photos shipped "
+                        "with the package, or the photos of DIR (each sent whole; default SNRs 0,10)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
@@ -763,9 +766,14 @@ def _cmd_classifier(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from diffjscc.demo import run_demo, run_shipped_demo
+    from diffjscc.demo import run_demo, run_photo_demo, run_shipped_demo
 
-    if args.train:
+    if args.photos is not None:
+        if args.train or args.minutes is not None:
+            raise UserError("--photos runs the shipped photo models; it does not train (--train, --minutes)")
+        run_photo_demo(args.out, Path(args.photos) if args.photos else None, snr_text=args.snr or "0,10",
+                       seed=args.seed)
+    elif args.train:
         run_demo(args.out, minutes=args.minutes, snr_text=args.snr or "0,5,10,15,20", seed=args.seed)
     elif args.minutes is not None:
         raise UserError("--minutes sets the training budget of 'demo --train'; the default demo trains nothing")

@@ -99,3 +99,26 @@ def test_default_demo_transmits_with_the_shipped_models(tmp_path: Path, capsys) 
     assert main(["demo", "--out", str(out), "--minutes", "1"]) == 2
     assert "--minutes sets the training budget of 'demo --train'" in capsys.readouterr().err
 
+
+
+@pytest.mark.skipif("deep_jscc_photo_512" not in model_names(), reason="the package ships no photo models")
+def test_photo_demo_sends_the_embedded_kodak_crops_through_the_photo_models(tmp_path: Path, capsys) -> None:
+    from diffjscc.demo import PHOTO_BASES, PHOTO_RECEIVERS, embedded_photos_dir
+
+    out = tmp_path / "photos"
+    assert main(["demo", "--photos", "--out", str(out), "--snr", "10"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    shipped = [name for name in PHOTO_RECEIVERS if name in model_names()] or list(PHOTO_BASES)
+    assert list(results["demo"]["models"]) == shipped
+    assert results["n_images"] == 4 and {r["file"] for r in results["per_image"]} == {
+        p.name for p in embedded_photos_dir().glob("*.png")}
+    rows = {(r["model"], r["receiver"]): r for r in results["results"]}
+    for model in shipped:
+        deep_jscc = rows[model, "deep_jscc"]
+        assert deep_jscc["patch_fd"] is not None and deep_jscc["patch_fd"] > rows[model, "source"]["patch_fd"]
+        assert (model, "diffusion") in rows or model in PHOTO_BASES
+    assert rows[shipped[0], "deep_jscc"]["psnr"] > rows[shipped[1], "deep_jscc"]["psnr"] > 20
+    sheet = Image.open(out / "sheet.png")  # the sources and, per model, each receiver: 256-pixel crops
+    assert sheet.width > 4 * 256 and sheet.height >= (1 + len(shipped)) * 256
+    assert main(["demo", "--photos", "--train", "--out", str(out)]) == 2
+    assert "--photos runs the shipped photo models" in capsys.readouterr().err

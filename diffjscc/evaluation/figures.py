@@ -100,6 +100,21 @@ def save_image_grid(
     return out
 
 
+
+def save_contact_sheet(sources: dict[str, Tensor], rows: list[tuple[str, dict[str, Tensor]]],
+                       path: str | os.PathLike[str]) -> Path:
+    """A by-eye sheet: the sources ((3, H, W) uint8 images of one size, by name) in the top row,
+    then one row per ``(label, outputs by name)``, columns in the sources' order, at full size (no
+    upscaling). A row that lacks one of the sources' names is left out."""
+    names = list(sources)
+    grid = [torch.stack([sources[n] for n in names]).float() / 127.5 - 1]
+    labels = ["source (" + ", ".join(names) + ")"]
+    for label, outputs in rows:
+        if all(n in outputs for n in names):
+            grid.append(torch.stack([outputs[n] for n in names]).float() / 127.5 - 1)
+            labels.append(label)
+    return save_image_grid(grid, path, row_labels=labels, scale=1)
+
 def _new_figure(figsize: tuple[float, float]):
     """A pyplot-free Figure on an Agg canvas (no display, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -12,7 +12,9 @@ edges and noise apart, not CIFAR's objects. In the spirit of CDM-JSCC's FID on c
 * ``patch_fd``: the Fréchet distance between Gaussians fitted to the outputs' patch features and
   to those of the source images' patches, ``|mu_g - mu_r|^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))``
   (0 for the sources themselves);
-* ``patch_kid``: the unbiased polynomial-kernel MMD² between the two sets (subset mean).
+* ``patch_kid``: the unbiased polynomial-kernel MMD² between the two sets (subset mean), of the
+  outputs' odd patches against the sources' even ones (the two sets are paired patch for patch),
+  both scaled by the sources' RMS feature (the kernel expects features of order 1).
 
 Not Inception FID/KID: comparable only with numbers from the same weights file.
 """
@@ -124,7 +126,13 @@ class PatchRealism:
         if features.shape[0] < 2 or reference.shape[0] < 2:
             return {"patch_fd": None, "patch_kid": None}
         fd = frechet_distance(features.mean(0), torch.cov(features.T), reference.mean(0), torch.cov(reference.T))
-        kid, _ = kernel_distance(features, reference, self.kid_subsets, self.kid_subset_size, seed=self.seed)
+        # The polynomial kernel assumes features of order 1 (Inception's): these are ~3.5 in RMS, which makes
+        # k(x, y) ~ 1e3 and KID's noise ~10, so both sets are scaled by the sources' RMS feature. KID's estimator
+        # assumes independent sets, and outputs are paired with their sources patch for patch (a pair's own
+        # kernel term biases it down): it takes the outputs' odd and the sources' even patches.
+        scale = reference.square().mean().rsqrt()
+        kid, _ = kernel_distance(features[1::2] * scale, reference[0::2] * scale, self.kid_subsets,
+                                 self.kid_subset_size, seed=self.seed)
         return {"patch_fd": max(fd, 0.0), "patch_kid": None if math.isnan(kid) else kid}
 
     def describe(self) -> dict:
