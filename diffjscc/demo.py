@@ -137,7 +137,6 @@ def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10"
     patch realism; writes the results files, the plot and a contact sheet into ``out``."""
     from diffjscc.evaluation.figures import plot_results, save_contact_sheet
     from diffjscc.evaluation.patches import PatchRealism, load_patch_net
-    from diffjscc.evaluation.results import results_table, write_results
     from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
     from diffjscc.runtime.pretrained import model_entry, model_names, verified_path
 
@@ -169,17 +168,12 @@ def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10"
                         "note": "photo models trained on crops of other photos (shared/data/photos); the embedded "
                                 "photos are crops of Kodak images, which the models never saw"}
     sources = next((crops for (_, receiver, _), crops in kept.items() if receiver == "source"), {})
-    rows = [(f"{model}: {receiver.replace('_', ' ')}, {snr:g} dB", crops) for (model, receiver, snr), crops in sorted(kept.items())
-            if receiver in ("deep_jscc", "diffusion")]
-    sheet = save_contact_sheet(sources, rows, out / "sheet.png")
-    plot_results(document["results"], out / "psnr_vs_snr.png", metrics=["psnr", "ms_ssim", "patch_fd"],
-                 title=f"diffjscc demo --photos: {document['n_images']} photos sent whole, AWGN")
-    document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
-    write_results(document, out, overwrite=True)  # the demo regenerates its own folder's results
-    print("\n" + results_table(document))
-    print(f"wrote {sheet}, {out / 'psnr_vs_snr.png'} and results.json/.csv/.md in {out} in "
-          f"{document['demo']['total_minutes']:.1f} min")
-    return document
+    rows = [(f"{model}: {receiver.replace('_', ' ')}, {snr:g} dB", crops)
+            for (model, receiver, snr), crops in sorted(kept.items()) if receiver in ("deep_jscc", "diffusion")]
+    written = [save_contact_sheet(sources, rows, out / "sheet.png"),
+               plot_results(document["results"], out / "psnr_vs_snr.png", metrics=["psnr", "ms_ssim", "patch_fd"],
+                            title=f"diffjscc demo --photos: {document['n_images']} photos sent whole, AWGN")]
+    return _save_results(document, out, started, written)
 
 
 def _per_class_sample(folder: Path, per_class: int) -> Path:
@@ -232,16 +226,23 @@ def _finish(document: dict, out: Path, grid_rows: list[torch.Tensor], grid_names
             title: str) -> dict:
     """Write the grid, the plots and the results files; print the table."""
     from diffjscc.evaluation.figures import plot_perception_distortion, plot_results, save_image_grid
+
+    written = [save_image_grid(grid_rows, out / "grid.png", row_labels=grid_names),
+               plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim", "fd_cls"],
+                            title=title),
+               plot_perception_distortion(document["results"], out / "perception_distortion.png", title=title)]
+    return _save_results(document, out, started, written)
+
+
+def _save_results(document: dict, out: Path, started: float, written: list[Path]) -> dict:
+    """Write the results files beside the figures ``written``; print the table and what was written."""
     from diffjscc.evaluation.results import results_table, write_results
 
-    save_image_grid(grid_rows, out / "grid.png", row_labels=grid_names)
-    plot_results(document["results"], out / "psnr_ssim_vs_snr.png", metrics=["psnr", "ssim", "fd_cls"], title=title)
-    plot_perception_distortion(document["results"], out / "perception_distortion.png", title=title)
     document["demo"]["total_minutes"] = round((time.perf_counter() - started) / 60, 2)
     write_results(document, out, overwrite=True)  # the demo regenerates its own folder's results
     print("\n" + results_table(document))
-    print(f"wrote {out / 'grid.png'}, {out / 'psnr_ssim_vs_snr.png'}, {out / 'perception_distortion.png'} and "
-          f"results.json/.csv/.md in {out} in {document['demo']['total_minutes']:.1f} min")
+    print(f"wrote {', '.join(str(p) for p in written)} and results.json/.csv/.md in {out} in "
+          f"{document['demo']['total_minutes']:.1f} min")
     return document
 
 
