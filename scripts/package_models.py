@@ -30,7 +30,7 @@ from bench.train_step import train_flops_per_image  # noqa: E402
 from diffjscc.channel import bandwidth_ratio  # noqa: E402
 from diffjscc.config import config_from_dict  # noqa: E402
 from diffjscc.runtime.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint  # noqa: E402
-from diffjscc.runtime.pretrained import MANIFEST_FORMAT, models_dir, path_or_model, sha256_of_file  # noqa: E402
+from diffjscc.runtime.pretrained import MANIFEST_FORMAT, model_entry, models_dir, path_or_model, sha256_of_file  # noqa: E402
 
 SCORE_KEYS = ("psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "kid_cls_std", "acc_cls")
 
@@ -145,14 +145,15 @@ def scores(args: argparse.Namespace) -> None:
     print(f"{args.name}: scores at {', '.join(entry['scores']['by_snr'])} dB on {document['n_images']} images")
 
 
-KODAK_KEYS = ("psnr", "ms_ssim", "colour_error_max", "colour_error_median", "seconds_per_image")
+KODAK_KEYS = ("psnr", "ms_ssim", "patch_fd", "patch_kid", "colour_error_max", "colour_error_median", "seconds_per_image")
 
 
 def kodak_scores(args: argparse.Namespace) -> None:
     document = json.loads(Path(args.results).read_text())
-    rows = [r for r in document["rows"] if r["model"] == args.name and r["power_normalised"] == "per photo"]
+    receiver = "diffusion" if model_entry(args.name)["base"] else "deep_jscc"
+    rows = [r for r in document["rows"] if r["model"] == args.name and r["receiver"] == receiver]
     if not rows:
-        raise SystemExit(f"no rows of {args.name} in {args.results}")
+        raise SystemExit(f"no {receiver} rows of {args.name} in {args.results}")
     with _manifest(models_dir()) as manifest:
         entry = manifest["models"][args.name]
         entry["kodak"] = {

@@ -240,3 +240,28 @@ def test_quality_targets_preset_scores_the_shipped_receivers(cifar_root: Path, t
     mean = next(r for r in rows if r["start"] == "mean")
     assert one["psnr"] == pytest.approx(diffusion["psnr"], abs=1e-9)
     assert by["512 @ 0 dB", "shipped", "diffusion, mean of 8"]["psnr"] == pytest.approx(mean["psnr"], abs=1e-9)
+
+
+def test_kodak_scores_photos_whole_with_controls_patch_realism_and_verdicts(kodak: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    from diffjscc.runtime.pretrained import model_names
+
+    if not {"deep_jscc_photo_512", "deep_jscc_512"} <= set(model_names()):
+        pytest.skip("the package ships no deep_jscc_photo_512 / deep_jscc_512")
+    out = tmp_path / "kodak.json"
+    assert main(["kodak", "--kodak", str(kodak), "--models", "deep_jscc_photo_512,deep_jscc_512", "--snr", "10",
+                 "--limit", "2", "--json", str(out), "--sheet", str(tmp_path / "sheet")]) == 0
+    document = json.loads(out.read_text())
+    rows = {(r["model"], r["receiver"]): r for r in document["rows"]}
+    photo, cifar = rows["deep_jscc_photo_512", "deep_jscc"], rows["deep_jscc_512", "deep_jscc"]
+    assert photo["n_images"] == 2 and [p["file"] for p in photo["per_image"]] == ["kodim01.png", "kodim02.png"]
+    assert photo["psnr"] == pytest.approx(sum(p["psnr"] for p in photo["per_image"]) / 2)  # mean of per-image PSNR
+    assert photo["k_over_n_complex"] == pytest.approx(photo["k_over_n"] / 2)
+    assert rows["deep_jscc_photo_512", "source"]["patch_fd"] == pytest.approx(0, abs=1e-6)
+    assert 0 < photo["patch_fd"] < cifar["patch_fd"] and photo["colour_error_max"] < cifar["colour_error_max"]
+    assert photo["trained_on"] == "photo crops" and cifar["trained_on"] == "CIFAR-10 32x32"
+    assert photo["train_minutes"] > 0 and photo["train_tflop"] > 0
+    assert any(line.startswith(("MET", "MISSED")) and "deep_jscc_photo_512" in line for line in document["verdicts"])
+    text = out.with_suffix(".md").read_text()
+    assert "SwinJSCC" in text and "reported" in text and "published" in text  # anchors, labelled
+    assert (tmp_path / "sheet" / "kodak_sheet_10dB.png").is_file()  # kodim01's bricks
