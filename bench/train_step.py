@@ -145,9 +145,11 @@ def apply_unconfigured(train_step: TrainStep, variant: Variant) -> None:
 
 def synthetic_batch(cfg: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``cfg.batch_size`` uniform images in [-1, 1] (and class labels when class-conditional),
-    seeded by ``cfg.seed``: the step's cost does not depend on the pixels."""
+    seeded by ``cfg.seed``, of the size training sees (``crop_size`` where set): the step's cost
+    does not depend on the pixels."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    images = torch.rand(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=generator).mul(2).sub(1)
+    side = cfg.crop_size or cfg.image_size
+    images = torch.rand(cfg.batch_size, 3, side, side, generator=generator).mul(2).sub(1)
     labels = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=generator) if cfg.class_cond else None
     return images.to(device), labels.to(device) if labels is not None else None
 
