@@ -126,11 +126,11 @@ def test_above_the_top_mcs_threshold_the_image_is_bit_exact_the_codec_output(cif
 
 
 def test_block_fading_loses_images_in_deep_fades_where_awgn_loses_none(cifar_images) -> None:
-    search = QualitySearch(CODECS["webp"], cifar_images[:64])
-    snr, mcs = 14.0, "16qam-1/2"  # 62 payload bytes: every WebP payload here fits
-    assert all(search.fit(i, frame_for(mcs, 512).budget_bytes, "payload") is not None for i in range(64))
-    awgn = LdpcLink(search, "awgn", 512, max_codewords=40)
-    block = LdpcLink(search, "rayleigh_block", 512, max_codewords=40)
+    snr, mcs, n = 14.0, "16qam-1/2", 1024  # 126 payload bytes: every WebP payload here fits
+    search = QualitySearch(CODECS["webp"], cifar_images)
+    assert all(search.fit(i, frame_for(mcs, n).budget_bytes, "payload") is not None for i in range(64))
+    awgn = LdpcLink(search, "awgn", n, max_codewords=40)
+    block = LdpcLink(search, "rayleigh_block", n, max_codewords=40)
     assert awgn.frame_loss(mcs, snr) == 0.0 and awgn.deliver(mcs, snr, "payload").lost == 0
     # outage: P(|h|^2 SNR below the waterfall T) = 1 - exp(-10^((T - SNR)/10)), T ~ 5.5..8.5 dB here
     predicted = block.frame_loss(mcs, snr)
