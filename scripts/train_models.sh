@@ -50,15 +50,7 @@ if [ ! -d "$SPREAD" ]; then  # 1,000 images, 100 per class
 spread_subset(Path(sys.argv[1]), 1000, Path(sys.argv[2]))" "$TEST" "$SPREAD"
 fi
 
-train() {  # train LOG_DIR OVERRIDES...: a new run, or the rest of an interrupted one
-    local run=$1
-    shift
-    if [ -f "$run/config.yaml" ]; then
-        "$DIFFJSCC" train configs/tiny.yaml --set "log_dir=$run" "$@" --resume auto --no-progress
-    else
-        "$DIFFJSCC" train configs/tiny.yaml --set "log_dir=$run" "$@" --no-progress
-    fi
-}
+source scripts/train_run.sh  # train LOG_DIR OVERRIDES...: a new run, or the rest of an interrupted one
 
 common=(--set "data_dir=$WORK/data/cifar_train" --set snr_adaptive=true --set "snr_range=[0,20]" --set device=cpu
         --set seed=0 --set save_interval=1000 --set log_interval=200)

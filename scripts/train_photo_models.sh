@@ -25,15 +25,7 @@ LR=${LR:-5.0e-4}
 BANDWIDTHS=${BANDWIDTHS:-512 128}
 DIFFJSCC=${DIFFJSCC:-.venv/bin/diffjscc}
 
-train() {  # train LOG_DIR OVERRIDES...: a new run, or the rest of an interrupted one
-    local run=$1
-    shift
-    if [ -f "$run/config.yaml" ]; then
-        "$DIFFJSCC" train configs/tiny.yaml --set "log_dir=$run" "$@" --resume auto --no-progress
-    else
-        "$DIFFJSCC" train configs/tiny.yaml --set "log_dir=$run" "$@" --no-progress
-    fi
-}
+source scripts/train_run.sh  # train LOG_DIR OVERRIDES...: a new run, or the rest of an interrupted one
 
 mkdir -p "$WORK"
 for symbols in $BANDWIDTHS; do
