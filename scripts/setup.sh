@@ -21,5 +21,5 @@ if ! python -c "import torch" 2>/dev/null; then
         pip install --quiet "$CPU_TORCH"          # CPU machine: the pinned CPU build
     fi
 fi
-pip install --quiet -e ".[test,sionna]"   # sionna: Sionna 2.x (PyTorch) where Python >= 3.11, nothing elsewhere
+pip install --quiet -e ".[test,sionna,heif]"   # sionna: Sionna 2.x (PyTorch) where Python >= 3.11; heif: pillow-heif
 python -c "import torch, diffjscc; print(f'diffjscc {diffjscc.__version__} with torch {torch.__version__} ready in .venv')"
