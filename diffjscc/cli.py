@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from diffjscc import __version__
-from diffjscc.config import CHANNELS, FEW_STEPS, SAMPLERS, SPACINGS, SPREAD_SCALE
+from diffjscc.config import CHANNELS, EQUALIZERS, FEW_STEPS, SAMPLERS, SPACINGS, SPREAD_SCALE
 from diffjscc.data.folder import SUBSETS
 from diffjscc.errors import EXIT_USAGE, UserError
 from diffjscc.runtime.pretrained import checkpoint_for, verified_path
@@ -157,6 +157,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of channel noise and sampling (default 0)")
     p.add_argument("--channel", default=None, choices=list(CHANNELS),
                    help="channel for every model (default: each checkpoint's own)")
+    p.add_argument("--equalizer", default=None, choices=list(EQUALIZERS),
+                   help="fading with CSI: mmse (conj(h) y / (|h|^2 + sigma^2), bounded) or zf (y / h) for every "
+                        "model (default: each checkpoint's own, mmse unless trained otherwise)")
     p.add_argument("--digital", default="none", metavar="CODECS",
                    help="digital baselines: 'all' (webp,jpeg,jpeg2000,avif,heif), a comma-separated subset, or "
                         "'none' (default): the largest quality that fits the channel's bytes over the model's "
@@ -521,7 +524,7 @@ def _cmd_evaluate(args) -> int:
     protocol = Protocol(snrs=snrs, starts=starts, steps=args.steps, sampler=args.sampler, guidance=args.guidance,
                         eta=args.eta, spacing=args.spacing, samples_per_image=args.samples_per_image,
                         limit=args.limit, subset=args.subset, skip_bad=args.skip_bad, seed=args.seed,
-                        batch_size=args.batch_size, channel=args.channel,
+                        batch_size=args.batch_size, channel=args.channel, equalizer=args.equalizer,
                         digital=digital, channel_codes=listed(args.channel_code), mcs=mcs,
                         headers=listed(args.header), controls=args.controls)
     if not args.data.is_dir():

@@ -25,6 +25,7 @@ from diffjscc.errors import UserError
 MODES = ("jscc", "joint", "frozen", "unconditional")
 ENCODERS = ("jscc", "half_unet")
 CHANNELS = ("awgn", "rayleigh_block", "rayleigh_fast", "sionna_tdl", "none")
+FADING_CHANNELS = ("rayleigh_block", "rayleigh_fast", "sionna_tdl")  # with CSI: equalised by EQUALIZERS
 EQUALIZERS = ("mmse", "zf")  # fading with CSI: conj(h)·y/(|h|² + σ²), bounded; or y/h, unbounded in deep fades
 CONDITIONINGS = ("embed", "spatial", "residual")
 PREDICTIONS = ("epsilon", "x0", "v")  # what the diffusion network outputs (besides the variance)

@@ -56,12 +56,14 @@ def build_encoder(cfg: Config) -> nn.Module:
                        snr_adaptive=cfg.snr_adaptive and cfg.snr_feedback)
 
 
-def build_channel(cfg: Config, kind: str | None = None) -> Channel:
-    """The config's channel (or the channel ``kind`` with the config's CSI and TDL options)."""
+def build_channel(cfg: Config, kind: str | None = None, equalizer: str | None = None) -> Channel:
+    """The config's channel (or the channel ``kind`` with the config's CSI and TDL options; or
+    another ``equalizer`` than the config's, for a fading channel with CSI)."""
     kind = kind or cfg.channel
     tdl = {"model": cfg.tdl_model, "delay_spread_ns": cfg.tdl_delay_spread_ns, "speed_mps": cfg.tdl_speed_mps}
     return Channel(kind, snr_db=cfg.snr_db, snr_range=tuple(cfg.snr_range) if cfg.snr_range else None,
-                   csi=cfg.csi, sionna_options=tdl if kind == "sionna_tdl" else None, equalizer=cfg.equalizer)
+                   csi=cfg.csi, sionna_options=tdl if kind == "sionna_tdl" else None,
+                   equalizer=equalizer or cfg.equalizer)
 
 
 def has_jscc_decoder(cfg: Config) -> bool:

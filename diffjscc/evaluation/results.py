@@ -37,7 +37,8 @@ __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "
 
 FORMAT = "diffjscc-evaluation/6"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
 # 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped), numerics, per_image (whole images),
-# patch_fd, patch_kid, spread, and the digital rows' codec, channel_code, mcs, modulation, code_rate, header, bits_sent
+# patch_fd, patch_kid, spread, equalizer, and the digital rows' codec, channel_code, mcs, modulation, code_rate,
+# header, bits_sent
 
 
 class ResultRow(TypedDict):
@@ -48,6 +49,7 @@ class ResultRow(TypedDict):
     model: str  # checkpoint label ("" for digital rows)
     mode: str  # the checkpoint's mode, or "digital"
     channel: str
+    equalizer: str | None  # fading with CSI: mmse | zf (the received symbols' equaliser); None otherwise
     snr_db: float
     k_over_n: float  # real channel symbols per source dimension (RGB value)
     k_over_n_complex: float  # complex channel uses per source dimension (the Deep JSCC literature's): k_over_n / 2
@@ -169,7 +171,7 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
     return document
 
 
-TABLE_COLUMNS = ["system", "model", "channel", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
+TABLE_COLUMNS = ["system", "model", "channel", "equalizer", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
                  "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "patch_fd", "patch_kid", "fid",
                  "lpips", "lost_fraction", "modulation", "code_rate", "n"]
 TABLE_FORMATS = {"spread": ".2f", "patch_fd": ".3f", "patch_kid": ".4f",

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from diffjscc.channel import bandwidth_ratio
-from diffjscc.config import CHANNELS, START_MODES
+from diffjscc.config import CHANNELS, EQUALIZERS, FADING_CHANNELS, START_MODES
 from diffjscc.data.folder import subset_indices
 from diffjscc.diffusion.samplers import check_guidance_scale, check_spacing, resolve_sampler, sampling_eta
 from diffjscc.errors import UserError
@@ -115,6 +115,11 @@ def load_models(paths: Sequence[Path], device: torch.device | str = "cpu",
     return models
 
 
+def _equalizer_column(channel) -> str | None:
+    """The equaliser a row's received symbols went through: fading channels with CSI only."""
+    return channel.equalizer if channel.kind in FADING_CHANNELS and channel.csi else None
+
+
 def _sampler_column(receiver: Receiver, protocol: "Protocol", steps: int) -> str:
     """The sampler a row's outputs came from; "-" without diffusion."""
     if not receiver.uses_unet:
@@ -138,6 +143,7 @@ class Protocol:
     seed: int = 0
     batch_size: int = 64
     channel: str | None = None
+    equalizer: str | None = None  # fading with CSI: mmse | zf; None: each model's own (EQUALIZERS)
     digital: tuple[str, ...] = ()
     channel_codes: tuple[str, ...] = ("ideal",)  # of the digital rows: ideal and/or ldpc
     mcs: tuple[str, ...] = ()  # LDPC rows: MCS names and/or "adaptive" (empty: every MCS and adaptive)
@@ -164,6 +170,8 @@ class Protocol:
             raise UserError("--start mean averages K posterior samples: give --samples-per-image K >= 2")
         resolve_sampler(self.sampler, self.steps or 1, eta=self.eta)  # a one-line error for a bad sampler or eta
         subset_indices(1, None, self.subset)  # and for an unknown subset
+        if self.equalizer is not None and self.equalizer not in EQUALIZERS:
+            raise UserError(f"unknown equalizer {self.equalizer!r}; expected one of {', '.join(EQUALIZERS)}")
         check_guidance_scale(self.guidance)
         if self.spacing is not None:
             check_spacing(self.spacing)
@@ -310,7 +318,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
     system, cfg = model.system, model.system.cfg
     device = next(system.parameters()).device
     kind = protocol.channel or cfg.channel
-    channel = build_channel(cfg, kind).eval()
+    channel = build_channel(cfg, kind, protocol.equalizer).eval()
     K = protocol.samples
     steps = protocol.steps_for(model)
     use_labels = labels is not None and cfg.class_cond
@@ -335,7 +343,7 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
                 outputs[receiver.name].append(to_uint8(receive(system, receiver, received, context)).cpu())
             console.advance(x.shape[0])
         base = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,
-                "snr_db": float(snr), "k_over_n": bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size)),
+                "equalizer": _equalizer_column(channel), "snr_db": float(snr), "k_over_n": bandwidth_ratio(cfg.latent_dim, (3, cfg.image_size, cfg.image_size)),
                 "n_symbols": cfg.latent_dim, "seed": protocol.seed, "n": int(images.shape[0])}
         for receiver in receivers:  # the same on every rank, whether it had batches or not
             chunks = outputs[receiver.name]
@@ -441,7 +449,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
     system, cfg = model.system, model.system.cfg
     device = next(system.parameters()).device
     kind = protocol.channel or cfg.channel
-    channel = build_channel(cfg, kind).eval()
+    channel = build_channel(cfg, kind, protocol.equalizer).eval()
     K = protocol.samples
     steps = protocol.steps_for(model)
     share = shard_range(len(images))
@@ -487,7 +495,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
                 values = [record[name] for record in per_image]
                 means[name] = None if any(math.isnan(v) for v in values) else sum(values) / len(values)
             row = {"model": model.label, "checkpoint": str(model.checkpoint), "mode": cfg.mode, "channel": kind,
-                   "snr_db": float(snr), "k_over_n": total_symbols / source_values,
+                   "equalizer": _equalizer_column(channel), "snr_db": float(snr), "k_over_n": total_symbols / source_values,
                    "n_symbols": round(total_symbols / len(images)), "seed": protocol.seed, "n": len(images),
                    "system": receiver.describe(receiver.label, samples=K), "receiver": receiver.family,
                    "steps": steps if receiver.uses_unet else 0, "start": receiver.start or "-",
