@@ -343,13 +343,42 @@ def test_a_training_log_file_gets_plain_progress_lines_not_bar_frames(cifar_root
     with log.open("w") as handle:
         done = subprocess.run([sys.executable, "-m", "diffjscc", *argv], stdout=handle, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=PROCESS_TIMEOUT)
-    text = log.read_text()
+    raw = log.read_bytes()  # bytes: read_text() would turn each \r into \n
+    text = raw.decode()
     assert done.returncode == 0, text[-2000:]
-    assert "\r" not in text
+    assert b"\r" not in raw
     lines = [line for line in text.splitlines() if line.startswith("train[jscc]: step ")]
     assert lines[0].startswith("train[jscc]: step 1/6 (17 %)") and len(lines) <= 3, lines
     assert lines[-1].startswith("train[jscc]: step 6/6 (100 %) loss=") and "img_s=" in lines[-1], lines
     assert lines[-1].endswith("ETA 0:00:00")
+
+
+_SAMPLER_WITH_PROGRESS = """
+import torch
+from diffjscc.diffusion.gaussian import GaussianDiffusion
+from diffjscc.diffusion.respace import parse_respacing, respace
+from diffjscc.diffusion.samplers import ddim_invert, ddim_sample, ddpm_sample, dpm_solver_2m_sample
+process = respace(GaussianDiffusion.from_schedule("cosine", 1000), parse_respacing("ddim5", 1000))
+zero = lambda x, t: torch.zeros_like(x)
+x = torch.randn(1, 3, 8, 8)
+for run in (ddim_sample, ddpm_sample, dpm_solver_2m_sample, ddim_invert):
+    run(process, zero, x, progress=True)
+"""
+
+
+def test_the_samplers_progress_in_a_log_file_is_plain_lines(tmp_path: Path) -> None:
+    """The samplers' own progress (``progress=True``) goes through the one helper of
+    diffjscc.runtime.progress: with stderr to a file, plain lines, never tqdm's \\r frames."""
+    log = tmp_path / "sample.log"
+    with log.open("w") as handle:
+        done = subprocess.run([sys.executable, "-c", _SAMPLER_WITH_PROGRESS], stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=PROCESS_TIMEOUT)
+    raw = log.read_bytes()  # bytes: read_text() would turn each \r into \n
+    text = raw.decode()
+    assert done.returncode == 0, text[-2000:]
+    assert b"\r" not in raw
+    for name in ("DDIM", "DDPM", "DPM-Solver++(2M)", "DDIM inversion"):
+        assert any(line.startswith(f"{name}: step 5/5 (100 %)") for line in text.splitlines()), text
 
 
 def test_progress_lines_are_periodic(monkeypatch) -> None:

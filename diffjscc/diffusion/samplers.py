@@ -39,11 +39,11 @@ import math
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from diffjscc.config import FEW_STEPS, FROM_PURE_NOISE_SPACINGS, SAMPLERS, SPACINGS
 from diffjscc.diffusion.gaussian import GaussianDiffusion
 from diffjscc.errors import UserError
+from diffjscc.runtime.progress import progress_steps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -110,7 +110,8 @@ def _alpha_bar(diffusion: GaussianDiffusion, index: int, like: torch.Tensor) -> 
 
 
 def _steps(indices, progress: bool, desc: str):
-    return tqdm(list(indices), desc=desc, leave=False, disable=not progress)
+    """The sampler's indices, with the one progress mechanism (a bar on a terminal, lines in a log)."""
+    return progress_steps(indices, desc, enabled=progress)
 
 
 @torch.no_grad()

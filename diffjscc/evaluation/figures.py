@@ -175,6 +175,14 @@ def markdown_table(
 _METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fid": "FID (lower is better)",
                   "lpips": "LPIPS (lower is better)", "fd_cls": "fd_cls (not Inception FID; lower is better)",
                   "kid_cls": "kid_cls (not Inception KID; lower is better)", "acc_cls": "acc_cls (classifier top-1)"}
+_LEGEND_BELOW_MAX = 10
+"""Legends with more entries go to the right of the panels, one entry a line: below them, a long
+one (many digital rows) would be taller than the panels."""
+_POINT_LABEL_PT = 7.0
+
+
+def _is_digital(row: Mapping[str, object]) -> bool:
+    return row.get("mode") == "digital" or row.get("receiver") == "digital"
 
 
 def _line_style(row: Mapping[str, object]) -> dict:
@@ -184,7 +192,7 @@ def _line_style(row: Mapping[str, object]) -> dict:
         return {"linestyle": "-."}
     if row.get("oracle"):
         return {"linestyle": "--"}
-    if row.get("mode") == "digital":  # LDPC at a fixed MCS thin (the staircase), adaptive LDPC thick
+    if _is_digital(row):  # LDPC at a fixed MCS thin (the staircase), adaptive LDPC thick
         if row.get("channel_code") == "ldpc":
             return {"linestyle": ":", "linewidth": 2.4} if row.get("mcs") == "adaptive" else \
                 {"linestyle": ":", "linewidth": 1.0, "alpha": 0.75}
@@ -194,7 +202,84 @@ def _line_style(row: Mapping[str, object]) -> dict:
 
 def _system_order(row: Mapping[str, object]) -> tuple:
     """JSCC systems first, oracle next, digital baselines last; then by name."""
-    return (row.get("mode") == "digital", bool(row.get("oracle")), str(row.get("system")))
+    return (_is_digital(row), bool(row.get("oracle")), str(row.get("system")))
+
+
+def _colour_key(row: Mapping[str, object]) -> str:
+    """What a colour stands for: a JSCC system, or a digital baseline's codec (its channel codes
+    and MCS share the codec's colour and differ by marker and line width)."""
+    return f"codec {row.get('codec') or row['system']}" if _is_digital(row) else f"system {row['system']}"
+
+
+def _colours(rows: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """A distinct colour per :func:`_colour_key`, JSCC systems first (matplotlib's C0-C9), then
+    the codecs; past ten, Dark2 and tab20b's colours."""
+    from matplotlib import colormaps
+
+    palette = [f"C{i}" for i in range(10)] + list(colormaps["Dark2"].colors) + list(colormaps["tab20b"].colors)
+    keys = list(dict.fromkeys(_colour_key(r) for r in sorted(rows, key=_system_order)))
+    return {key: palette[i % len(palette)] for i, key in enumerate(keys)}
+
+
+def _series_labels(firsts: Mapping[tuple, Mapping[str, object]], shown: Sequence[str] = ()) -> dict[tuple, str]:
+    """Legend labels, one per series (given by its first row), naming a series by what tells it
+    apart from the other series of its system: symbols per image, channel, model (less those
+    fields in ``shown``, which the caller writes into every label). The ``model`` of a Deep JSCC
+    row is the checkpoint its decoder came in, often a diffusion model's: Deep JSCC curves are
+    told apart by "decoder of MODEL" only where nothing else differs."""
+    labels: dict[tuple, str] = {}
+    for key, row in firsts.items():
+        rivals = [r for k, r in firsts.items() if k != key and r["system"] == row["system"]]
+        text = str(row["system"])
+        group = [row, *rivals]
+        decoder_only = row.get("receiver") == "deep_jscc" and row.get("mode") not in (None, "jscc")
+        if "n_symbols" not in shown and len({r.get("n_symbols") for r in group}) > 1 and row.get("n_symbols"):
+            text += f", {int(row['n_symbols'])} symbols"
+        if "channel" not in shown and len({str(r.get("channel")) for r in group}) > 1:
+            text += f", {row['channel']}"
+        if len({str(r.get("model") or "") for r in group}) > 1 and row.get("model") and not decoder_only:
+            text += f" [{row['model']}]"
+        labels[key] = text
+    for key, text in labels.items():  # the same text for two series: only the checkpoint differs
+        row = firsts[key]
+        if list(labels.values()).count(text) > 1 and row.get("model"):
+            labels[key] = f"{text} (decoder of {row['model']})" if row.get("receiver") == "deep_jscc" \
+                else f"{text} [{row['model']}]"
+    return labels
+
+
+def _fit_title(fig, title: str, fontsize: float = 11.0) -> None:
+    """``title`` as the figure's suptitle, broken at spaces into as few lines as keep every line
+    within 96 % of the figure's width (measured, in the font it is drawn in)."""
+    words = title.split()
+    limit = 0.96 * fig.bbox.width
+    text = fig.suptitle(title, fontsize=fontsize)
+    renderer = fig.canvas.get_renderer()
+    lines: list[str] = []
+    for word in words:
+        trial = f"{lines[-1]} {word}" if lines else word
+        text.set_text(trial)
+        if lines and text.get_window_extent(renderer).width > limit:
+            lines.append(word)
+        elif lines:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    text.set_text("\n".join(lines))
+
+
+def _legend(fig, handles: list, labels: list[str], width: float, wide_entries: bool) -> None:
+    """One legend for the figure: below the panels when short, else to their right (one entry a
+    line, the figure made tall enough to hold it)."""
+    if len(labels) <= _LEGEND_BELOW_MAX:
+        columns = max(1, min(len(labels), int(width // (3.4 if wide_entries else 2.6))))
+        fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
+        return
+    fig.legend(handles, labels, loc="outside right upper", ncols=1, fontsize="small")
+    fig.canvas.draw()
+    needed = fig.legends[0].get_window_extent().height / fig.dpi + 0.3
+    if needed > fig.get_figheight():
+        fig.set_figheight(needed)
 
 
 def plot_results(
@@ -210,9 +295,11 @@ def plot_results(
     panels: each metric (default PSNR, SSIM, MS-SSIM, and FID/LPIPS where any row has them)
     against SNR, one line per system x model x k/n x channel. When the rows hold several
     bandwidth ratios, a second row plots the same metrics against k/n at ``ratio_snr``
-    (default: the median SNR present at every ratio). A system keeps its colour everywhere;
-    markers tell bandwidth ratios apart; oracle curves are dashed and digital baselines
-    dotted. One legend under the panels; 150-dpi PNG.
+    (default: the median SNR present at every ratio). A JSCC system keeps its colour everywhere,
+    solid (oracle dashed, controls dash-dotted); digital baselines are dotted, one colour per
+    codec, a marker per channel code and MCS (adaptive LDPC thick), listed after the JSCC
+    systems under "digital baselines". One legend: under the panels, or to their right when it
+    has more than ``_LEGEND_BELOW_MAX`` entries; the title wraps to the width; 150-dpi PNG.
     """
     rows = [r for r in rows if r.get("psnr") is not None and r.get("receiver") != "source"]  # PSNR 100: not a curve
     if not rows:
@@ -222,46 +309,55 @@ def plot_results(
     metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
     if not metrics:
         raise ValueError("none of the requested metrics has values in these results")
-    systems = sorted({str(r["system"]): r for r in rows}.values(), key=_system_order)
-    colour = {str(r["system"]): f"C{i % 10}" for i, r in enumerate(systems)}
+    colour = _colours(rows)
     ratios = sorted({float(r["k_over_n"]) for r in rows})
-    models = sorted({str(r.get("model") or "") for r in rows} - {""})
     channels = sorted({str(r.get("channel")) for r in rows})
+    jscc_names = list(dict.fromkeys(str(r["system"]) for r in sorted(rows, key=_system_order) if not _is_digital(r)))
+    schemes = list(dict.fromkeys((str(r.get("channel_code")), str(r.get("mcs")), str(r.get("header")))
+                                 for r in rows if _is_digital(r)))
 
     def curve_key(row: Mapping[str, object]) -> tuple:
         return (_system_order(row), str(row.get("model") or ""), float(row["k_over_n"]), str(row.get("channel")))
 
-    def label(row: Mapping[str, object]) -> str:
-        text = str(row["system"])
-        if len(models) > 1 and row.get("model"):
-            text += f" [{row['model']}]"
+    def suffix(row: Mapping[str, object]) -> str:
+        text = ""
         if len(ratios) > 1:
             text += f", k/n={float(row['k_over_n']):.3f} real ({float(row['k_over_n']) / 2:.3f} complex)"
         if len(channels) > 1:
             text += f", {row['channel']}"
         return text
 
-    def style(row: Mapping[str, object], index: int) -> dict:
-        marker = ratios.index(float(row["k_over_n"])) if len(ratios) > 1 else index
-        return {"color": colour[str(row["system"])], "marker": _MARKERS[marker % len(_MARKERS)],
+    def style(row: Mapping[str, object]) -> dict:
+        if len(ratios) > 1:
+            marker = ratios.index(float(row["k_over_n"]))
+        elif _is_digital(row):
+            marker = schemes.index((str(row.get("channel_code")), str(row.get("mcs")), str(row.get("header"))))
+        else:
+            marker = jscc_names.index(str(row["system"]))
+        return {"color": colour[_colour_key(row)], "marker": _MARKERS[marker % len(_MARKERS)],
                 "linewidth": 1.5, "markersize": 5, **_line_style(row)}
 
     curves: dict[tuple, list] = {}
     for row in rows:
         curves.setdefault(curve_key(row), []).append(row)
+    keys = sorted(curves)
+    names = _series_labels({key: curves[key][0] for key in keys},  # k/n and channel: in every label (suffix)
+                           shown=(["n_symbols"] if len(ratios) > 1 else []) + (["channel"] if len(channels) > 1 else []))
     by_ratio = len(ratios) > 1
     width = max(4.2 * len(metrics), 9.0)
     fig = _new_figure((width, 3.6 * (2 if by_ratio else 1) + 1.2))
     axes = fig.subplots(2 if by_ratio else 1, len(metrics), squeeze=False)
-    system_index = {str(r["system"]): i for i, r in enumerate(systems)}
+    digital_in_legend: list[bool] = []  # the first panel's lines, in legend order: digital or not
     for col, metric in enumerate(metrics):
         ax = axes[0][col]
-        for key in sorted(curves):
+        for key in keys:
             group = curves[key]
             points = sorted((float(r["snr_db"]), float(r[metric])) for r in group if r.get(metric) is not None)
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, label=label(group[0]), **style(group[0], system_index[str(group[0]["system"])]))
+                ax.plot(xs, ys, label=names[key] + suffix(group[0]), **style(group[0]))
+                if col == 0:
+                    digital_in_legend.append(_is_digital(group[0]))
         ax.set_xlabel("Channel SNR (dB)")
         ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
         ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
@@ -285,16 +381,21 @@ def plot_results(
                 points = sorted((float(r["k_over_n"]), float(r[metric])) for r in group if r.get(metric) is not None)
                 if points:
                     xs, ys = zip(*points)
-                    ax.plot(xs, ys, color=colour[str(group[0]["system"])], marker="o", linewidth=1.5,
+                    ax.plot(xs, ys, color=colour[_colour_key(group[0])], marker="o", linewidth=1.5,
                             markersize=5, **_line_style(group[0]))
             ax.set_xlabel(f"k/n, real symbols per dimension; complex uses: half (at {ratio_snr:g} dB)")
             ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
             ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    columns = max(1, min(len(labels), int(width // (3.4 if by_ratio or len(models) > 1 else 2.6))))
-    fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
+    if True in digital_in_legend and len(labels) > _LEGEND_BELOW_MAX:  # a heading above the baselines
+        from matplotlib.lines import Line2D
+
+        first = digital_in_legend.index(True)
+        handles.insert(first, Line2D([], [], linestyle="none"))
+        labels.insert(first, "digital baselines:")
     if title:
-        fig.suptitle(title)
+        _fit_title(fig, title)
+    _legend(fig, handles, labels, width, wide_entries=by_ratio or len(set(names.values())) < len(names))
     return _save(fig, path)
 
 
@@ -302,35 +403,119 @@ def plot_perception_distortion(rows: Sequence[Mapping[str, object]], path: str |
                                title: str | None = None) -> Path:
     """PSNR (x) against ``fd_cls`` (y, lower is more realistic), one series per system and model,
     each point labelled with its SNR; the ``source`` control (the real images, the realism floor)
-    is a horizontal line, since its PSNR is not a distortion. Styles as in :func:`plot_results`.
+    is a horizontal line, since its PSNR is not a distortion. Styles and colours as in
+    :func:`plot_results`, series named as there (:func:`_series_labels`).
+
+    Readable by construction: the title wraps to the figure's width; points of one series that
+    (nearly) coincide share one label ("0, 5 dB"), and each label takes the first position around
+    its point that overlaps no other label or marker and stays inside the axes
+    (:func:`_place_point_labels`).
     """
     rows = [r for r in rows if r.get("fd_cls") is not None and r.get("psnr") is not None]
     if not rows:
         raise ValueError("no result rows with fd_cls to plot (evaluate without --no-realism)")
     floor = [r for r in rows if r.get("receiver") == "source"]
     rows = [r for r in rows if r.get("receiver") != "source"]
-    fig = _new_figure((7.5, 5.6))
+    width = 8.0
+    fig = _new_figure((width, 6.0))
+    fig.set_dpi(150)  # the saved resolution: label extents are measured as they will be drawn
     ax = fig.subplots()
     series: dict[tuple, list] = {}
     for row in rows:
         key = (_system_order(row), str(row.get("model") or ""), float(row["k_over_n"]), str(row.get("channel")))
         series.setdefault(key, []).append(row)
-    for index, key in enumerate(sorted(series)):
+    keys = sorted(series)
+    names = _series_labels({key: series[key][0] for key in keys})
+    colour = _colours(rows)
+    points = []
+    for index, key in enumerate(keys):
         group = sorted(series[key], key=lambda r: float(r["snr_db"]))
-        first = group[0]
-        label = str(first["system"]) + (f" [{first['model']}]" if first.get("model") else "")
         xs, ys = [float(r["psnr"]) for r in group], [float(r["fd_cls"]) for r in group]
-        ax.plot(xs, ys, marker=_MARKERS[index % len(_MARKERS)], color=f"C{index % 10}", linewidth=1.2,
-                markersize=5, label=label, **_line_style(first))
-        for r, x, y in zip(group, xs, ys):
-            ax.annotate(f"{float(r['snr_db']):g} dB", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.plot(xs, ys, marker=_MARKERS[index % len(_MARKERS)], color=colour[_colour_key(group[0])], linewidth=1.2,
+                markersize=5, label=names[key], **_line_style(group[0]))
+        points += [(index, x, y, float(r["snr_db"])) for r, x, y in zip(group, xs, ys)]
     if floor:
         level = sum(float(r["fd_cls"]) for r in floor) / len(floor)
         ax.axhline(level, color="0.3", linestyle="-.", linewidth=1.0, label="control: source images (floor)")
     ax.set_xlabel("PSNR (dB): higher is less distortion")
     ax.set_ylabel("fd_cls (not Inception FID): lower is more realistic")
     ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
+    ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
+    handles, labels = ax.get_legend_handles_labels()
     if title:
-        fig.suptitle(title)
+        _fit_title(fig, title)
+    _legend(fig, handles, labels, width, wide_entries=True)
+    fig.canvas.draw()  # the final layout; frozen, so the labels are placed in the pixels it is saved in
+    fig.set_layout_engine("none")
+    _place_point_labels(fig, ax, points)
     return _save(fig, path)
+
+
+def _place_point_labels(fig, ax, points: list[tuple[int, float, float, float]]) -> None:
+    """Label data points ``(series, x, y, snr_db)`` with their SNR, no label over another.
+
+    Points of one series closer than two markers share a label ("10, 15, 20 dB"), as do points of
+    several series that coincide. Each label tries positions on rings around its point, nearest
+    first, and takes the first that overlaps no label and no marker, crosses no line and stays
+    inside the axes (outer rings get a leader line); where none is free, the one that overlaps
+    least, other labels and the axes' edge weighing most. Call once the layout is final.
+    """
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    scale = fig.dpi / 72.0  # points to pixels
+    radius = 3.5 * scale  # about half a marker, in pixels
+    groups: list[tuple[int, list[tuple[float, float]], list[float]]] = []  # series, pixel positions, SNRs
+    for series, x, y, snr in points:
+        px, py = ax.transData.transform((x, y))
+        for s, where, snrs in groups:
+            near = 4 * radius if s == series else 1.0
+            if any(abs(gx - px) < near and abs(gy - py) < near for gx, gy in where):
+                where.append((px, py))
+                snrs.append(snr)
+                break
+        else:
+            groups.append((series, [(px, py)], [snr]))
+    markers = [Bbox.from_bounds(px - radius, py - radius, 2 * radius, 2 * radius)
+               for px, py in (ax.transData.transform((x, y)) for _, x, y, _ in points)]
+    paths = [line.get_transform().transform_path(line.get_path()) for line in ax.get_lines()]
+    frame = ax.get_window_extent(renderer)
+    directions = [(1, 0.4), (1, -1.4), (-1, 0.4), (-1, -1.4), (0, 1), (0, -2)]
+    candidates = [(5 * r * dx, 5 * r * dy, r > 1) for r in (1, 2, 3, 4) for dx, dy in directions]
+    placed: list = []
+    for _, where, snrs in groups:
+        text = ", ".join(f"{v:g}" for v in sorted(set(snrs))) + " dB"
+        best = None
+        for dx, dy, leader in candidates:  # from the group's point furthest in that direction
+            px, py = max(where, key=lambda p: dx * p[0] + dy * p[1])
+            note = _point_label(ax, text, (px, py), dx, dy, leader=False)
+            box = note.get_window_extent(renderer)
+            note.remove()
+            hard = sum(_overlap(box, other) for other in placed)
+            outside = box.width * box.height - _overlap(box, frame)
+            soft = sum(_overlap(box, other) for other in markers) + 20 * sum(p.intersects_bbox(box, filled=False) for p in paths)
+            cost = 1e6 * (hard + outside) + soft
+            if best is None or cost < best[0]:
+                best = (cost, dx, dy, leader, (px, py), box)
+            if cost == 0:
+                break
+        _, dx, dy, leader, anchor, box = best
+        _point_label(ax, text, anchor, dx, dy, leader)
+        placed.append(box)
+
+
+def _point_label(ax, text: str, pixel: tuple[float, float], dx: float, dy: float, leader: bool):
+    """An SNR label ``(dx, dy)`` points from the data point at display ``pixel``, aligned away from
+    it; a grey leader line back to the point when ``leader``."""
+    return ax.annotate(text, ax.transData.inverted().transform(pixel), textcoords="offset points", xytext=(dx, dy),
+                       fontsize=_POINT_LABEL_PT, ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                       va="bottom" if dy >= 0 else "top",
+                       arrowprops={"arrowstyle": "-", "color": "0.5", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3}
+                       if leader else None)
+
+
+def _overlap(a, b) -> float:
+    """Area of the intersection of two boxes (0 when they do not meet)."""
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0

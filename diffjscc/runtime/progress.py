@@ -11,13 +11,16 @@ from __future__ import annotations
 import datetime
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["LINE_INTERVAL_S", "ProgressLines", "is_terminal", "progress_bar"]
+__all__ = ["LINE_INTERVAL_S", "ProgressLines", "is_terminal", "progress_bar", "progress_steps"]
 
 LINE_INTERVAL_S = 30.0
+
+T = TypeVar("T")
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
@@ -87,3 +90,22 @@ def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0, 
     if enabled and not is_terminal():
         return ProgressLines(total, desc, initial=initial, unit=unit)
     return tqdm(total=total, desc=desc, initial=initial, unit=unit, disable=not enabled, **tqdm_options)
+
+
+def progress_steps(items: Iterable[T], desc: str, enabled: bool = True, unit: str = "step") -> Iterator[T]:
+    """``items``, one by one, with the progress of :func:`progress_bar` over them (a loop's
+    steps, e.g. a sampler's): a transient tqdm bar on a terminal, plain lines in a log file,
+    nothing when not ``enabled``. A loop that leaves early (a sampler returns from its last
+    step) has finished the item in hand: it is counted."""
+    items = list(items)
+    if not enabled:
+        yield from items
+        return
+    with progress_bar(len(items), desc, unit=unit, leave=False) as bar:
+        for item in items:
+            try:
+                yield item
+            except GeneratorExit:
+                bar.update(1)
+                raise
+            bar.update(1)
