@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from diffjscc.errors import UserError
 from diffjscc.evaluation.realism import frechet_distance, kernel_distance
+from diffjscc.runtime.seeding import Stream, stream_seed
 
 __all__ = ["PATCH_NOTE", "PATCH_SIZE", "PATCH_STRIDE", "PatchNet", "PatchRealism", "image_patches",
            "load_patch_net", "patch_features", "shipped_patch_net_path"]
@@ -132,7 +133,7 @@ class PatchRealism:
         # kernel term biases it down): it takes the outputs' odd and the sources' even patches.
         scale = reference.square().mean().rsqrt()
         kid, _ = kernel_distance(features[1::2] * scale, reference[0::2] * scale, self.kid_subsets,
-                                 self.kid_subset_size, seed=self.seed)
+                                 self.kid_subset_size, seed=stream_seed(self.seed, Stream.PATCH_KID_SUBSETS))
         return {"patch_fd": max(fd, 0.0), "patch_kid": None if math.isnan(kid) else kid}
 
     def describe(self) -> dict:
