@@ -35,7 +35,7 @@ class Stream(enum.Enum):
     changes every seeded number of that stream) and unique (``tests/test_seeding.py``).
     """
 
-    MODEL_INIT = 1, ()  # the global RNG when a model is built: its initial weights, then rank 0's dropout
+    MODEL_INIT = 1, ()  # the global RNG when a model is built: its initial weights, then (trainer) rank 0's dropout
     TRAINING_STEP = 2, ("step",)  # one training step's t, ε, channel SNR and noise (all ranks alike)
     DROPOUT = 3, ("step", "rank")  # the global RNG of data-parallel rank > 0, reseeded at the step it starts from
     EPOCH_ORDER = 4, ("epoch",)  # the shuffle of one training epoch
@@ -48,6 +48,8 @@ class Stream(enum.Enum):
     DIGITAL_CODEWORDS = 11, ("image", "snr_millidb", "mcs")  # whether its codewords fail, per MCS
     KID_SUBSETS = 12, ("set",)  # the random subsets of one output set's kid_cls
     PATCH_KID_SUBSETS = 13, ()  # the random subsets of patch_kid
+    CLASSIFIER_BATCHES = 14, ()  # train-classifier's epoch shuffles and augmentations (its init: MODEL_INIT)
+    PATCH_CROPS = 15, ("split",)  # the patch net's random crops: split 0 trains it, split 1 measures it
 
     def __init__(self, tag: int, indices: tuple[str, ...]) -> None:
         self.tag, self.indices = tag, indices

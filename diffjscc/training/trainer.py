@@ -17,8 +17,9 @@ global batch does, up to the order of floating-point sums:
 * the global batch of step k is the single-process batch k; rank r takes its contiguous
   slice (:class:`EpochBatchSampler`);
 * the step's draws (diffusion t, ε, channel SNR and noise) come from the generator of
-  (seed, step) (:attr:`~diffjscc.runtime.seeding.Stream.TRAINING_STEP`) and are drawn for the whole global batch, each rank keeping its rows
-  (:func:`step_generator`, :class:`~diffjscc.channel.BatchGenerator`);
+  (seed, step) (:attr:`~diffjscc.runtime.seeding.Stream.TRAINING_STEP`) and are drawn for the
+  whole global batch, each rank keeping its rows (:func:`step_generator`,
+  :class:`~diffjscc.channel.BatchGenerator`);
 * DistributedDataParallel averages the gradients of equal-sized local means, which is the
   gradient of the global mean, so every rank takes the same AdamW step and EMA update.
 
@@ -216,10 +217,10 @@ class TrainStep:
 
     A class of its own so that ``python -m bench train-step`` times, and a test compares, this
     very step rather than a copy. Set-up: the system on ``device`` (initial weights from
-    ``cfg.seed``'s :attr:`~Stream.MODEL_INIT` stream, or ``cfg.init_from``'s), channels_last, the frozen mode's pre-trained encoder,
-    AdamW (fused when ``cfg.fused_adamw``), the EMA copy, in-place ``torch.compile``;
-    :meth:`distribute` adds the DistributedDataParallel wrapper once the Trainer has resumed. A
-    call is one step on one batch.
+    ``cfg.seed``'s :attr:`~Stream.MODEL_INIT` stream, or ``cfg.init_from``'s), channels_last,
+    the frozen mode's pre-trained encoder, AdamW (fused when ``cfg.fused_adamw``), the EMA copy,
+    in-place ``torch.compile``; :meth:`distribute` adds the DistributedDataParallel wrapper once
+    the Trainer has resumed. A call is one step on one batch.
     """
 
     def __init__(self, cfg: Config, device: torch.device, dist: DistContext | None = None) -> None:
