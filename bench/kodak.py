@@ -38,6 +38,7 @@ from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, to_ui
 from diffjscc.evaluation.transmit import transmit_image
 from diffjscc.whole_image import padded_size
 from diffjscc.runtime.pretrained import path_or_model
+from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import load_system
 
 DEFAULT_KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
@@ -301,7 +302,7 @@ def _run_power_per_block(names: list[str], snrs: list[float], args: argparse.Nam
             for index, path in enumerate(photos):
                 image = load_image_tensor(path)
                 with torch.no_grad():
-                    output = to_uint8(_per_block_deep_jscc(system, image, snr, args.seed + index))
+                    output = to_uint8(_per_block_deep_jscc(system, image, snr, batch_seeds(args.seed, index)[0]))
                 source = to_uint8(image)
                 psnrs.append(float(psnr_per_image(source[None].float() / 255, output[None].float() / 255)[0]))
                 colours.append(channel_mean_error(source, output))

@@ -404,6 +404,7 @@ def _cmd_sample(args) -> int:
     from diffjscc.evaluation.figures import save_image_grid
     from diffjscc.evaluation.grids import COMPARISON, reconstruct_rows
     from diffjscc.receivers import by_start, require
+    from diffjscc.runtime.seeding import Stream, stream_generator
 
     system, selection, snr, earlier = _load_for_receiving(args)
     steps = system.cfg.sample_steps if args.steps is None else args.steps
@@ -416,7 +417,7 @@ def _cmd_sample(args) -> int:
         return _sample_whole(system, selection, receivers, snr, steps, args)
     images, labels = selection.images, selection.labels
     count = images.shape[0]
-    generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, batch after batch
+    generator = stream_generator(args.seed, Stream.GRID, device=device)  # one stream, batch after batch
     chunks = []
     for start in range(0, count, args.batch_size):  # at most --batch-size images in the model at once
         part = slice(start, start + args.batch_size)
@@ -444,14 +445,13 @@ def _cmd_sample(args) -> int:
 
 def _sample_whole(system, selection, receivers, snr: float, steps: int, args) -> int:
     """``sample`` on images not all of the model's size: each sent whole, one grid per image."""
-    import torch
-
     from diffjscc.data import save_image_tensor
     from diffjscc.evaluation.figures import save_image_grid
     from diffjscc.evaluation.grids import reconstruct_whole
+    from diffjscc.runtime.seeding import Stream, stream_generator
 
     device = next(system.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(args.seed)  # one stream, image after image
+    generator = stream_generator(args.seed, Stream.GRID, device=device)  # one stream, image after image
     args.out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(selection.images):
         rows, names = reconstruct_whole(system, image.to(device), steps=steps, sampler=args.sampler,

@@ -46,6 +46,7 @@ from diffjscc.config import load_config
 from diffjscc.data import ImageFolderDataset, label_prefix
 from diffjscc.errors import UserError
 from diffjscc.evaluation.grids import write_training_grid
+from diffjscc.runtime.seeding import Stream, stream_generator
 from diffjscc.training.runs import train_or_reuse
 
 HELD_BACK_EVERY = 5  # every 5th embedded image is held back: 64 of 320
@@ -215,7 +216,7 @@ def _class_grid(system, folder: Path, steps: int, seed: int) -> tuple[list[torch
     images = torch.stack([dataset[i][0] for i in first_of_class.values()])
     rows, names = [images], ["source"]
     for snr in GRID_SNRS:
-        generator = torch.Generator().manual_seed(seed)
+        generator = stream_generator(seed, Stream.GRID)  # the same draws at every SNR
         recon, recon_names = reconstruct_rows(system, images, None, steps=steps, generator=generator, snr_db=snr)
         rows += recon[1:]
         names += [f"{name} @{snr:g}dB" for name in recon_names[1:]]

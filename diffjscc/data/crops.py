@@ -8,8 +8,9 @@ covered and none comes from padding. A photo smaller than the crop is an error n
 
 The dataset is deterministic, so that a resumed or data-parallel run sees exactly the crops one
 uninterrupted process does: item ``i`` is a crop of photo ``i mod N`` whose corner and
-horizontal flip come from a generator seeded by (``seed``, ``i``). One epoch holds
-``crops_per_photo`` crops of every photo; the trainer's sampler shuffles them.
+horizontal flip come from the generator of (``seed``, ``i``) of the stream
+:attr:`~diffjscc.runtime.seeding.Stream.CROP`. One epoch holds ``crops_per_photo`` crops of
+every photo; the trainer's sampler shuffles them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 
 from diffjscc.data.folder import NO_LABEL, image_files, read_rgb_array, rgb_array_to_tensor
 from diffjscc.errors import UserError
+from diffjscc.runtime.seeding import Stream, stream_sequence
 
 CROPS_PER_PHOTO = 2048  # crops of each photo in one epoch of the dataset (its length / N)
 
@@ -56,7 +58,7 @@ class RandomCropDataset(Dataset):
         """(photo, top, left, flipped) of item ``index``: a pure function of (seed, index)."""
         photo = index % len(self.photos)
         height, width = self.photos[photo].shape[:2]
-        draws = np.random.default_rng([self.seed, index])
+        draws = np.random.default_rng(stream_sequence(self.seed, Stream.CROP, index))
         top = int(draws.integers(0, height - self.crop_size + 1))
         left = int(draws.integers(0, width - self.crop_size + 1))
         flipped = bool(self.flip and draws.random() < 0.5)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from diffjscc.errors import UserError
 from diffjscc.runtime.checkpoint import load_weights_file, save_checkpoint
 from diffjscc.runtime.pretrained import sha256_of_file
+from diffjscc.runtime.seeding import Stream, stream_generator, stream_seed
 
 __all__ = ["CLASSIFIER_NOTE", "ClassifierTrainingSettings", "ImageClassifier", "LoadedClassifier",
            "accuracy", "classifier_features", "load_classifier", "save_classifier", "shipped_classifier_path",
@@ -174,8 +175,8 @@ def train_classifier(train_images: Tensor, train_labels: Tensor, class_names: li
     The payload records the reference statistics of all training images (their features under
     the trained network) and, with test images, the test accuracy.
     """
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(stream_seed(settings.seed, Stream.MODEL_INIT))
+    generator = stream_generator(settings.seed, Stream.CLASSIFIER_BATCHES)
     network = ImageClassifier(len(class_names), settings.widths)
     decay = [p for p in network.parameters() if p.dim() > 1]
     no_decay = [p for p in network.parameters() if p.dim() <= 1]

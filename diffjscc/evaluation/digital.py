@@ -42,6 +42,7 @@ from diffjscc.evaluation.link import (
     check_digital_channel,
     frame_for,
 )
+from diffjscc.runtime.seeding import Stream, stream_sequence
 
 __all__ = [
     "ADAPTIVE",
@@ -192,12 +193,9 @@ class DigitalLink:
         return outcome.images, stats
 
 
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) & 0xFFFFFFFF for k in key])
-
-
-def _snr_key(snr_db: float) -> int:
-    return int(round(float(snr_db) * 1000)) + 10**6
+def _rng(seed: int, stream: Stream, image: int, snr_db: float, *more: int) -> np.random.Generator:
+    """The generator of one image's ``stream`` at ``snr_db`` (to 0.001 dB) of the run seeded ``seed``."""
+    return np.random.default_rng(stream_sequence(seed, stream, image, round(float(snr_db) * 1000), *more))
 
 
 class LdpcLink:
@@ -249,7 +247,7 @@ class LdpcLink:
     def _codeword_snrs(self, i: int, snr_db: float) -> float:
         if self.channel != "rayleigh_block":
             return float(snr_db)
-        h = _rng(self.seed, self.offset + i, _snr_key(snr_db), 1).standard_normal(2) * math.sqrt(0.5)
+        h = _rng(self.seed, Stream.DIGITAL_FADE, self.offset + i, snr_db).standard_normal(2) * math.sqrt(0.5)
         return float(snr_db + 10 * math.log10(max(float(h @ h), 1e-12)))
 
     def deliver(self, mcs: str, snr_db: float, header: str = "file") -> LinkOutcome:
@@ -266,7 +264,8 @@ class LdpcLink:
             size = self.search.encoded(i, step).size(header)
             sent, fitted = sent + size, fitted + 1
             bler = float(curve.bler(self._codeword_snrs(i, snr_db)))
-            draws = _rng(self.seed, self.offset + i, _snr_key(snr_db), 2, mcs_index).random(frame.codewords_for(size))
+            draws = _rng(self.seed, Stream.DIGITAL_CODEWORDS, self.offset + i, snr_db, mcs_index).random(
+                frame.codewords_for(size))
             if (draws < bler).any():
                 out[i], lost = self.search.mean_colour, lost + 1
             else:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from diffjscc.receivers import ReceiveContext, missing_part, receive, select
 from diffjscc.errors import UserError
+from diffjscc.runtime.seeding import Stream, stream_generator
 from diffjscc.system import TransmissionSystem
 from diffjscc.whole_image import pad_for_windows
 
@@ -84,9 +85,10 @@ def reconstruct_whole(system: TransmissionSystem, image: torch.Tensor, steps: in
 def write_training_grid(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
                         path: Path) -> None:
     """The trainer's sample grid (:data:`~diffjscc.training.trainer.SampleGrid`): the comparison
-    rows at the config's SNR and ``sample_steps``, sampling seeded by the config's seed."""
+    rows at the config's SNR and ``sample_steps``, drawn from the config seed's
+    :attr:`~diffjscc.runtime.seeding.Stream.GRID` stream."""
     from diffjscc.evaluation.figures import save_image_grid
 
-    generator = torch.Generator(device=images.device).manual_seed(system.cfg.seed)
+    generator = stream_generator(system.cfg.seed, Stream.GRID, device=images.device)
     rows, names = reconstruct_rows(system, images, labels, steps=system.cfg.sample_steps, generator=generator)
     save_image_grid(rows, path, row_labels=names)

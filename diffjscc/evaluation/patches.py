@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from diffjscc.errors import UserError
 from diffjscc.evaluation.realism import frechet_distance, kernel_distance
+from diffjscc.runtime.seeding import Stream, stream_generator, stream_seed
 
 __all__ = ["PATCH_NOTE", "PATCH_SIZE", "PATCH_STRIDE", "PatchNet", "PatchRealism", "image_patches",
            "load_patch_net", "patch_features", "shipped_patch_net_path"]
@@ -132,7 +133,7 @@ class PatchRealism:
         # kernel term biases it down): it takes the outputs' odd and the sources' even patches.
         scale = reference.square().mean().rsqrt()
         kid, _ = kernel_distance(features[1::2] * scale, reference[0::2] * scale, self.kid_subsets,
-                                 self.kid_subset_size, seed=self.seed)
+                                 self.kid_subset_size, seed=stream_seed(self.seed, Stream.PATCH_KID_SUBSETS))
         return {"patch_fd": max(fd, 0.0), "patch_kid": None if math.isnan(kid) else kid}
 
     def describe(self) -> dict:
@@ -164,8 +165,8 @@ def train_patch_net(photos: list[Tensor], steps: int = 600, batch: int = 64, lr:
     accuracy on 2,048 fresh random crops of the same photos (chance: 1 / len(photos))."""
     import time
 
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(stream_seed(seed, Stream.MODEL_INIT))
+    generator = stream_generator(seed, Stream.PATCH_CROPS, 0)
     network = PatchNet(classes=len(photos), widths=widths)
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -179,7 +180,7 @@ def train_patch_net(photos: list[Tensor], steps: int = 600, batch: int = 64, lr:
         schedule.step()
     seconds = time.perf_counter() - started
     network.eval()
-    crops, labels = _random_crops(photos, 2048, torch.Generator().manual_seed(seed + 1))
+    crops, labels = _random_crops(photos, 2048, stream_generator(seed, Stream.PATCH_CROPS, 1))
     with torch.no_grad():
         accuracy = float((network(crops.float().div(127.5).sub(1)).argmax(1) == labels).float().mean())
     return network, {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "train_seconds": round(seconds, 1),

@@ -29,6 +29,7 @@ from diffjscc.data.folder import label_prefix
 from diffjscc.evaluation.classifier import CLASSIFIER_NOTE, LoadedClassifier, classifier_features
 from diffjscc.runtime.device import full_fp32
 from diffjscc.runtime.distributed import all_gather_cat, all_reduce_sum
+from diffjscc.runtime.seeding import Stream, stream_seed
 
 __all__ = ["KID_SUBSETS", "KID_SUBSET_SIZE", "RealismScorer", "frechet_distance", "kernel_distance",
            "labels_from_file_names"]
@@ -116,7 +117,8 @@ class RealismScorer:
             fd = frechet_distance(chosen.mean(dim=0), torch.cov(chosen.T), self.classifier.reference_mean,
                                   self.classifier.reference_cov)
             per_set.append((fd, *kernel_distance(chosen, self.classifier.reference_features, self.kid_subsets,
-                                                 self.kid_subset_size, seed=self.seed + k)))
+                                                 self.kid_subset_size,
+                                                 seed=stream_seed(self.seed, Stream.KID_SUBSETS, k))))
         means = [sum(values) / len(values) for values in zip(*per_set)] if per_set else [math.nan] * 3
         scores = {"fd_cls": means[0], "kid_cls": means[1], "kid_cls_std": means[2], "acc_cls": None}
         if labels is not None:

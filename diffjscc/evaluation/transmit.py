@@ -29,6 +29,7 @@ from PIL import Image
 from diffjscc.errors import UserError
 from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.receivers import available, require
+from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import TransmissionSystem, build_channel
 from diffjscc.whole_image import pad_for_windows, pixel_spread, receive_windowed, spread_image
 
@@ -96,8 +97,9 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
     padded = pad_for_windows(image[None], cfg.image_size).to(device)
     size = tuple(padded.shape[-2:])
     link = build_channel(cfg, channel).eval()
-    g_channel = torch.Generator(device=device).manual_seed(seed)
-    g_sample = torch.Generator(device=device).manual_seed(seed + 1)
+    channel_seed, sample_seed = batch_seeds(seed, 0)  # the draws evaluate gives the first image sent whole
+    g_channel = torch.Generator(device=device).manual_seed(channel_seed)
+    g_sample = torch.Generator(device=device).manual_seed(sample_seed)
     received, told = system.transmit(padded, snr_db=snr_db, generator=g_channel, channel=link, return_receiver_snr=True)
     if receiver == "deep_jscc":
         drawn = [system.decode(received, told).clamp(-1, 1)]

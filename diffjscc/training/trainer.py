@@ -16,9 +16,10 @@ global batch does, up to the order of floating-point sums:
 
 * the global batch of step k is the single-process batch k; rank r takes its contiguous
   slice (:class:`EpochBatchSampler`);
-* the step's draws (diffusion t, ε, channel SNR and noise) come from a generator seeded by
-  (seed, step) and are drawn for the whole global batch, each rank keeping its rows
-  (:func:`step_generator`, :class:`~diffjscc.channel.BatchGenerator`);
+* the step's draws (diffusion t, ε, channel SNR and noise) come from the generator of
+  (seed, step) (:attr:`~diffjscc.runtime.seeding.Stream.TRAINING_STEP`) and are drawn for the
+  whole global batch, each rank keeping its rows (:func:`step_generator`,
+  :class:`~diffjscc.channel.BatchGenerator`);
 * DistributedDataParallel averages the gradients of equal-sized local means, which is the
   gradient of the global mean, so every rank takes the same AdamW step and EMA update.
 
@@ -56,8 +57,8 @@ from diffjscc.runtime.distributed import (DistContext, DistributedError, all_gat
                                           barrier, broadcast_buffers)
 from diffjscc.runtime.progress import progress_bar
 from diffjscc.runtime.rundir import RESUMES_NAME, RunLock, new_run_id, prepare_fresh_run, write_text_atomic
-from diffjscc.runtime.seeding import (BatchGenerator, global_rng_states, mixed_seed, restore_global_rng_states,
-                                      step_generator)
+from diffjscc.runtime.seeding import (BatchGenerator, Stream, global_rng_states, restore_global_rng_states,
+                                      step_generator, stream_generator, stream_seed)
 from diffjscc.training.run_log import RunLog
 
 MAX_NONFINITE_IN_A_ROW = 10
@@ -69,7 +70,8 @@ GRID_IMAGES = 8
 
 
 class EpochBatchSampler(Sampler[list[int]]):
-    """Endless batches: epoch e shuffles with seed + e, so a resumed run sees the same order.
+    """Endless batches: epoch e shuffles with the (seed, e) generator of :attr:`~Stream.EPOCH_ORDER`, so a
+    resumed run sees the same order.
 
     ``start_step`` skips the batches already consumed; with ``drop_last`` semantics every
     step has exactly ``batch_size`` images. Data-parallel: ``batch_size`` is the global batch
@@ -94,7 +96,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         epoch, offset = divmod(self.start_step, self.steps_per_epoch)
         start, stop = self.rows
         while True:
-            order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + epoch))
+            order = torch.randperm(self.num_items, generator=stream_generator(self.seed, Stream.EPOCH_ORDER, epoch))
             for b in range(offset, self.steps_per_epoch):
                 yield order[b * self.batch_size:(b + 1) * self.batch_size][start:stop].tolist()
             epoch, offset = epoch + 1, 0
@@ -215,17 +217,17 @@ class TrainStep:
 
     A class of its own so that ``python -m bench train-step`` times, and a test compares, this
     very step rather than a copy. Set-up: the system on ``device`` (initial weights from
-    ``cfg.seed``, or ``cfg.init_from``'s), channels_last, the frozen mode's pre-trained encoder,
-    AdamW (fused when ``cfg.fused_adamw``), the EMA copy, in-place ``torch.compile``;
-    :meth:`distribute` adds the DistributedDataParallel wrapper once the Trainer has resumed. A
-    call is one step on one batch.
+    ``cfg.seed``'s :attr:`~Stream.MODEL_INIT` stream, or ``cfg.init_from``'s), channels_last,
+    the frozen mode's pre-trained encoder, AdamW (fused when ``cfg.fused_adamw``), the EMA copy,
+    in-place ``torch.compile``; :meth:`distribute` adds the DistributedDataParallel wrapper once
+    the Trainer has resumed. A call is one step on one batch.
     """
 
     def __init__(self, cfg: Config, device: torch.device, dist: DistContext | None = None) -> None:
         self.cfg, self.device = cfg, device
         self.dist = dist or DistContext()
         self.rows = self.dist.rows(cfg.batch_size)  # this rank's rows of every global batch
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(stream_seed(cfg.seed, Stream.MODEL_INIT))
         self.system = TransmissionSystem(cfg).to(device)
         if cfg.channels_last:  # NHWC convolutions; the state_dict keys and values are unchanged
             self.system = self.system.to(memory_format=torch.channels_last)
@@ -353,7 +355,7 @@ class Trainer:
             self._check_ranks_start_together()
             if self.dist.rank:  # rank 0 keeps a single process's global RNG (dropout)
                 # Identical dropout masks on different images would correlate the ranks.
-                torch.manual_seed(mixed_seed(cfg.seed, self.step, self.dist.rank))
+                torch.manual_seed(stream_seed(cfg.seed, Stream.DROPOUT, self.step, self.dist.rank))
             self.train_step.distribute()
 
     def release(self) -> None:
@@ -536,7 +538,7 @@ class Trainer:
         # state a resumed run restores (so that dropout continues exactly).
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                             pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(cfg.seed))
+                            generator=stream_generator(cfg.seed, Stream.DATA_LOADER))
         run_log = RunLog(self.log_dir, start_step=self.step) if main else None
         if main:
             tqdm.write(self.describe())
