@@ -25,7 +25,7 @@ from diffjscc.diffusion.unet import Condition
 from diffjscc.system import TransmissionSystem, sample_from
 
 __all__ = ["larger_than_network", "pad_for_windows", "padded_size", "pixel_spread", "receive_windowed",
-           "spread_image", "window_stride"]
+           "spread_image", "transmitted_symbols", "window_stride"]
 
 
 def window_stride(image_size: int) -> int:
@@ -47,6 +47,14 @@ def pad_for_windows(images: torch.Tensor, image_size: int) -> torch.Tensor:
     stride = window_stride(image_size)
     size = tuple(padded_size(side, image_size, stride) for side in (h, w))
     return F.pad(images, (0, size[1] - w, 0, size[0] - h), mode="replicate")
+
+
+def transmitted_symbols(c_out: int, image_size: int, height: int, width: int) -> int:
+    """Real channel symbols of an ``height`` × ``width`` image sent whole by a Deep JSCC encoder of
+    ``c_out`` latent channels and windows of ``image_size``: ``c_out · (H'/4) · (W'/4)`` over the
+    padded size (:func:`padded_size`), what the digital baselines of whole images get."""
+    stride = window_stride(image_size)
+    return c_out * (padded_size(height, image_size, stride) // 4) * (padded_size(width, image_size, stride) // 4)
 
 
 def larger_than_network(system: TransmissionSystem, received: torch.Tensor) -> bool:

@@ -94,3 +94,70 @@ def test_heif_asked_for_without_pillow_heif_is_one_line(cifar_root: Path, tmp_pa
                  "--no-fid", "--no-realism", "--no-progress", "--digital", "heif,webp"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "pip install 'diffjscc[heif]'" in err[-1]
+
+
+# two crops of Kodak photos of different sizes and so different JSCC channel uses (landscape 80x32:
+# 1280 real uses with deep_jscc_512, portrait 32x56: 896), small enough for BLER tables measured in seconds
+KODAK_CROPS = {"a_parrots.png": ("kodim23.png", (300, 100, 380, 132)), "b_face.png": ("kodim04.png", (150, 150, 182, 206))}
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+def test_digital_rows_of_whole_images_of_mixed_sizes(kodak: Path, tmp_path: Path) -> None:
+    from diffjscc.evaluation.digital import byte_budget
+    from diffjscc.evaluation.link import frame_for
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, (photo, box) in KODAK_CROPS.items():
+        Image.open(kodak / photo).convert("RGB").crop(box).save(folder / name)
+    out = tmp_path / "res"
+    assert main(["evaluate", "--model", "deep_jscc_512", "--data", str(folder), "--snr", "0,20", "--no-fid",
+                 "--no-realism", "--no-progress", "--out", str(out), "--digital", "webp,jpeg",
+                 "--channel-code", "ldpc,ideal", "--mcs", "qpsk-3/4", "--header", "payload,file"]) == 0
+    document = json.loads((out / "results.json").read_text())
+    rows, records = document["results"], document["per_image"]
+    files = sorted(KODAK_CROPS)
+    sources = [np.asarray(Image.open(folder / f).convert("RGB")) for f in files]
+    jscc = next(r for r in rows if r["receiver"] == "deep_jscc")
+    jscc_uses = {r["file"]: r["n_symbols"] for r in records if r["system"] == jscc["system"] and r["snr_db"] == 0}
+    assert [jscc_uses[f] for f in files] == [1280, 896]
+    digital = [r for r in rows if r["receiver"] == "digital"]
+    assert len(digital) == 2 * 2 * 2 * 2  # codecs x SNRs x headers x (ideal + qpsk-3/4)
+    # a lost image is the mean colour of both images, pixel-weighted
+    mean_colour = np.round(np.concatenate([s.reshape(-1, 3) for s in sources]).astype(np.float64).mean(0))
+    for row in digital:
+        assert list(row) == ROW_FIELDS and row["mode"] == "digital" and row["model"] == ""
+        assert row["codec"] in ("webp", "jpeg") and row["header"] in ("file", "payload") and row["n"] == 2
+        assert row["k_over_n"] == jscc["k_over_n"] and row["n_symbols"] <= jscc["n_symbols"]
+        mine = [r for r in records if r["system"] == row["system"] and r["snr_db"] == row["snr_db"]]
+        assert [r["file"] for r in mine] == files
+        assert [(r["width"], r["height"]) for r in mine] == [(80, 32), (32, 56)]
+        assert all(r["n_symbols"] <= jscc_uses[r["file"]] == r["jscc_n_symbols"] for r in mine)
+        assert row["psnr"] == pytest.approx(np.mean([r["psnr"] for r in mine]), abs=1e-9)
+        assert row["ms_ssim"] == pytest.approx(np.mean([r["ms_ssim"] for r in mine]), abs=1e-9)
+        assert row["lost_fraction"] == sum(r["lost"] for r in mine) / 2
+        assert row["bits_sent"] == pytest.approx(8 * sum(r["bytes_sent"] for r in mine) / 2)
+        if row["channel_code"] == "ldpc":
+            assert row["mcs"] == "qpsk-3/4" and row["modulation"] == "QPSK" and abs(row["code_rate"] - 0.75) < 2e-3
+        else:
+            assert row["mcs"] is None and row["capacity"] == "awgn"
+        for r, source, name in zip(mine, sources, files):
+            n = jscc_uses[name]
+            budget = (frame_for("qpsk-3/4", n).budget_bytes if row["channel_code"] == "ldpc"
+                      else byte_budget(n, row["snr_db"]))
+            assert r["budget_bytes"] == budget
+            step = QualitySearch(CODECS[row["codec"]], source[None]).fit(0, budget, row["header"])
+            if row["snr_db"] == 20 and step is not None:  # far above qpsk-3/4's threshold: the codec's own output
+                codec_output = QualitySearch(CODECS[row["codec"]], source[None]).decoded(0, step)
+                assert not r["lost"] and r["psnr"] == pytest.approx(_psnr(source, codec_output), abs=1e-4)
+            if row["channel_code"] == "ldpc" and row["snr_db"] == 0 or step is None:  # the cliff, or nothing fits
+                lost_image = np.broadcast_to(mean_colour, source.shape)
+                assert r["lost"] and r["psnr"] == pytest.approx(_psnr(source, lost_image), abs=1e-4)
+    by = {(r["codec"], r["channel_code"], r["header"], r["snr_db"]): r for r in digital}
+    assert by[("webp", "ldpc", "payload", 20.0)]["lost_fraction"] == 0  # both WebP payloads fit qpsk-3/4's frames
+    assert by[("jpeg", "ldpc", "file", 20.0)]["lost_fraction"] == 1  # a whole JPEG file (~300 B) does not
+    assert by[("jpeg", "ideal", "file", 20.0)]["lost_fraction"] == 0  # the ideal code's 373+ B carry it
+    assert not any("no digital baselines" in note for note in document["notes"])

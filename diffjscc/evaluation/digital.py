@@ -213,11 +213,11 @@ class LdpcLink:
     """
 
     def __init__(self, search: QualitySearch, channel: str, n_real: int, seed: int = 0, offset: int = 0,
-                 max_codewords: int = 200) -> None:
+                 max_codewords: int = 200, curves: dict[str, BlerCurve] | None = None) -> None:
         check_digital_channel(channel)
         self.search, self.channel, self.n_real = search, channel, int(n_real)
         self.seed, self.offset, self.max_codewords = int(seed), int(offset), max_codewords
-        self._curves: dict[str, BlerCurve] = {}
+        self._curves: dict[str, BlerCurve] = curves if curves is not None else {}  # shared by links of one frame
 
     def frame(self, mcs: str) -> Frame:
         return frame_for(mcs, self.n_real)

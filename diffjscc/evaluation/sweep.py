@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from diffjscc.channel import bandwidth_ratio
@@ -53,7 +54,7 @@ from diffjscc.evaluation.digital import (
     capacity_bits_per_use,
     codec_available,
 )
-from diffjscc.evaluation.codecs import HEIF_MISSING
+from diffjscc.evaluation.codecs import HEIF_MISSING, QualitySearch
 from diffjscc.evaluation.link import MCS_TABLE, check_digital_channel
 from diffjscc.evaluation.fid import FIDScorer
 from diffjscc.evaluation.lpips import LPIPSScorer
@@ -68,7 +69,7 @@ from diffjscc.runtime.device import bf16_enabled, numerics
 from diffjscc.runtime.distributed import all_gather_cat, all_reduce_sum, get_world_size, shard_range
 from diffjscc.runtime.seeding import batch_seeds
 from diffjscc.system import TransmissionSystem, build_channel, load_system
-from diffjscc.whole_image import pad_for_windows, pixel_spread
+from diffjscc.whole_image import pad_for_windows, pixel_spread, transmitted_symbols
 
 __all__ = ["EvalModel", "ImageSelection", "Protocol", "load_models", "run_protocol", "select_images"]
 
@@ -521,6 +522,135 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
     return rows, records
 
 
+DIGITAL_RECORD = ("index", "n_symbols", "budget_bytes", "bytes", "fitted", "lost", "code_rate", "mcs_index")
+"""What a digital row keeps of each whole image, before its :data:`PER_IMAGE_SCORES`."""
+
+
+def _digital_schemes(protocol: Protocol) -> list[tuple[str, str]]:
+    """(channel_code, mcs) of the digital rows, in row order: the ideal code, then each LDPC MCS."""
+    schemes: list[tuple[str, str]] = [("ideal", "-")] if "ideal" in protocol.channel_codes else []
+    return schemes + [("ldpc", mcs) for mcs in protocol.mcs_rows]
+
+
+@torch.no_grad()
+def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: list[str],
+                        groups: list[tuple[str, int, int]], protocol: Protocol, lpips: LPIPSScorer | None,
+                        console: SweepConsole, patches: PatchRealism | None = None,
+                        source_patches: dict[int, torch.Tensor] | None = None,
+                        reference: torch.Tensor | None = None) -> tuple[list[dict], list[dict]]:
+    """Digital rows of images of any size: each image coded whole by the codec to the budget of
+    the channel uses its JSCC comparison spends on it (``groups``: (channel, c_out, image_size)
+    of the models; :func:`~diffjscc.whole_image.transmitted_symbols` per image, as the JSCC rows
+    count them), over the ideal code or LDPC + QAM (its own frame, and under ``adaptive`` its own
+    MCS, per image), and scored at its own size, as :func:`_whole_image_rows` scores the JSCC
+    rows: a row's PSNR (SSIM, MS-SSIM, LPIPS) is the mean of the per-image values, its ``k_over_n``
+    that of the JSCC rows, its ``n_symbols`` the mean over images of the real channel uses sent.
+    A lost image is the mean colour of all the images (pixel-weighted). Image ``i`` draws its
+    codeword failures (and block fade) from (seed, i), as in :class:`~.digital.LdpcLink`."""
+    share = shard_range(len(images))
+    sharded = get_world_size() > 1
+    sources = {i: to_uint8(images[i]).cpu() for i in share}
+    total = torch.zeros(3, dtype=torch.float64)  # the set's mean colour: every rank holds every image
+    for image in images:
+        total += to_uint8(image).double().sum(dim=(1, 2))
+    mean_colour = (total / sum(im.shape[-2] * im.shape[-1] for im in images)).round().to(torch.uint8).numpy()
+    source_values = sum(3 * im.shape[-2] * im.shape[-1] for im in images)
+    mcs_names = list(MCS_TABLE)
+    rows, records = [], []
+    for name in codecs:
+        codec = CODECS[name]
+        searches = {}
+        for i in share:
+            searches[i] = QualitySearch(codec, sources[i].permute(1, 2, 0).contiguous().numpy()[None])
+            searches[i].mean_colour = mean_colour
+        for kind, c_out, size in groups:
+            jscc = {i: transmitted_symbols(c_out, size, *images[i].shape[-2:]) for i in range(len(images))}
+            curves: dict[int, dict] = {}  # one BLER memo per frame size
+            links = {i: LdpcLink(searches[i], kind, jscc[i], seed=protocol.seed, offset=i,
+                                 curves=curves.setdefault(jscc[i], {})) for i in share} if protocol.mcs_rows else {}
+            k_over_n = sum(jscc.values()) / source_values
+            for snr in protocol.snrs:
+                for header in protocol.headers:
+                    for channel_code, mcs in _digital_schemes(protocol):
+                        label = _digital_system(codec.label, channel_code, mcs, header)
+                        sets = [[]]  # patch features of the outputs
+                        local = []
+                        for i in share:
+                            started = time.perf_counter()
+                            if channel_code == "ideal":
+                                used, budget, rate, chosen = jscc[i], byte_budget(jscc[i], snr, kind), math.nan, -1
+                                step = searches[i].fit(0, budget, header)
+                                outcome = (LinkOutcome(searches[i].decoded(0, step)[None],
+                                                       searches[i].encoded(0, step).size(header), 1, 0)
+                                           if step is not None else
+                                           LinkOutcome(np.broadcast_to(mean_colour, searches[i].images.shape), 0, 0, 1))
+                            else:
+                                picked = links[i].adaptive_mcs(snr) if mcs == ADAPTIVE else mcs
+                                frame = links[i].frame(picked)
+                                used, budget, chosen = frame.used_real, frame.budget_bytes, mcs_names.index(picked)
+                                rate = frame.info_bits / frame.codeword_bits
+                                outcome = links[i].deliver(picked, snr, header)
+                            output = torch.from_numpy(np.array(outcome.images[0])).permute(2, 0, 1)[None]
+                            seconds = time.perf_counter() - started
+                            patch_fd = (_patch_scores(patches, output, source_patches[i], sets)
+                                        if patches is not None else None)
+                            local.append([float(i), float(used), float(budget), float(outcome.sent_bytes),
+                                          float(outcome.fitted), float(outcome.lost), rate, float(chosen)]
+                                         + _image_scores(sources[i], output, lpips, patch_fd, seconds))
+                            console.advance(1)
+                        table = torch.tensor(local, dtype=torch.float64).reshape(
+                            -1, len(DIGITAL_RECORD) + len(PER_IMAGE_SCORES))
+                        table = all_gather_cat(table) if sharded else table
+                        table = table[table[:, 0].argsort()]
+                        per_image = [dict(zip((*DIGITAL_RECORD, *PER_IMAGE_SCORES), values.tolist()))
+                                     for values in table]
+                        n = len(images)
+                        sent = sum(r["bytes"] for r in per_image)
+                        fitted = sum(r["fitted"] for r in per_image)
+                        lost = sum(r["lost"] for r in per_image)
+                        means = {}
+                        for score in ROW_MEANS:
+                            values = [r[score] for r in per_image]
+                            means[score] = None if any(math.isnan(v) for v in values) else sum(values) / n
+                        fields: dict = {"channel_code": channel_code, "mcs": None if channel_code == "ideal" else mcs}
+                        chosen_names = sorted({mcs_names[int(r["mcs_index"])] for r in per_image
+                                               if r["mcs_index"] >= 0}, key=mcs_names.index)
+                        if channel_code == "ideal":
+                            capacity, capacity_name = capacity_bits_per_use(kind, snr)
+                            fields.update(capacity_bits_per_use=capacity, capacity=capacity_name)
+                        else:  # images of other sizes may pick other MCSs under "adaptive": all are named
+                            fields.update(modulation="/".join(dict.fromkeys(MCS_TABLE[c].modulation
+                                                                            for c in chosen_names)),
+                                          code_rate=sum(r["code_rate"] for r in per_image) / n)
+                        row = {"system": label, "receiver": "digital", "model": "", "mode": "digital",
+                               "channel": kind, "snr_db": float(snr), "k_over_n": k_over_n,
+                               "n_symbols": round(sum(r["n_symbols"] for r in per_image) / n),
+                               "steps": 0, "sampler": "-", "guidance": None, "eta": None, "spacing": None,
+                               "start": "-", "oracle": False, "control": False, "samples_per_image": 1,
+                               "n": n, "seed": protocol.seed, "fid": None,
+                               "budget_bytes": round(sum(r["budget_bytes"] for r in per_image) / n),
+                               "mean_bytes": sent / fitted if fitted else 0.0, "lost_fraction": lost / n,
+                               "bits_sent": 8 * sent / n, "codec": name, "header": header, "checkpoint": "",
+                               **fields, **means}
+                        if patches is not None:
+                            row.update(_row_patch_scores(patches, sets, reference, sharded))
+                        rows.append(row)
+                        for i, record in enumerate(per_image):
+                            height, width = images[i].shape[-2:]
+                            records.append({"model": "", "system": label, "snr_db": float(snr),
+                                            "file": files[i].name, "width": int(width), "height": int(height),
+                                            "n_symbols": int(record["n_symbols"]),
+                                            "k_over_n": record["n_symbols"] / (3 * height * width),
+                                            **{score: None if math.isnan(record[score]) else record[score]
+                                               for score in PER_IMAGE_SCORES},
+                                            "jscc_n_symbols": jscc[i], "budget_bytes": int(record["budget_bytes"]),
+                                            "bytes_sent": int(record["bytes"]), "lost": bool(record["lost"]),
+                                            "mcs": (mcs_names[int(record["mcs_index"])]
+                                                    if record["mcs_index"] >= 0 else None)})
+                        console.row(row, f"MCS {', '.join(chosen_names)}" if mcs == ADAPTIVE else "")
+    return rows, records
+
+
 def _digital_system(label: str, channel_code: str, mcs: str, header: str) -> str:
     """A digital row's display label; the ideal code with whole files keeps today's ("WebP + ideal code")."""
     code = "ideal code" if channel_code == "ideal" else f"LDPC {mcs}"
@@ -546,9 +676,7 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                 if protocol.mcs_rows else None
             for snr in protocol.snrs:
                 for header in protocol.headers:
-                    schemes: list[tuple[str, str]] = [("ideal", "-")] if "ideal" in protocol.channel_codes else []
-                    schemes += [("ldpc", mcs) for mcs in protocol.mcs_rows]
-                    for channel_code, mcs in schemes:
+                    for channel_code, mcs in _digital_schemes(protocol):
                         fields = {"channel_code": channel_code, "mcs": None if channel_code == "ideal" else mcs}
                         if channel_code == "ideal":
                             capacity, capacity_name = capacity_bits_per_use(kind, snr)
@@ -609,6 +737,32 @@ def _skipped_notes(selection: ImageSelection, data_dir: Path) -> list[str]:
     names = ", ".join(p.name for p, _ in selection.skipped[:5]) + (" …" if len(selection.skipped) > 5 else "")
     return [f"{len(selection.skipped)} unreadable image(s) of {data_dir} left out (--skip-bad): {names} "
             f"(all in images.skipped)"]
+
+
+def _available_codecs(protocol: Protocol, notes: list[str]) -> list[str]:
+    """The ``--digital`` codecs this install can write; a note for each one skipped."""
+    digital = [c for c in protocol.digital if codec_available(c)]
+    for codec in protocol.digital:
+        if codec not in digital:
+            notes.append(f"codec {codec} skipped: " + (HEIF_MISSING if codec == "heif" else
+                                                        "this Pillow build cannot write it"))
+    return digital
+
+
+def _digital_notes(protocol: Protocol, digital: list[str]) -> list[str]:
+    """What the digital rows are: the ideal budget rule, the LDPC chain, the header accounting."""
+    notes = []
+    if digital and "ideal" in protocol.channel_codes:
+        notes.append("digital rows: largest-quality file with at most floor(n * C / 8) bytes, C = capacity per real "
+                     "channel use (AWGN: 1/2 log2(1+SNR); Rayleigh: ergodic); images that do not fit are lost and "
+                     "shown as the mean-colour image of the set (lost_fraction)")
+    if digital and protocol.mcs_rows:
+        notes.append(LDPC_NOTE)
+    if digital and "payload" in protocol.headers:
+        notes.append("header 'payload': only the coded image data is sent, the receiver is assumed to know the "
+                     "file's headers (containers, marker segments, JPEG tables, length fields); 'file': the whole "
+                     "file as written")
+    return notes
 
 
 def check_digital(models: Sequence[EvalModel], protocol: Protocol) -> None:
@@ -681,8 +835,12 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: Im
     if fid_info.get("skipped") is None:
         fid_info = {**fid_info, "skipped": "FID not computed: the images have mixed sizes (sent whole)"}
     notes.append("fd_cls/kid_cls/acc_cls not computed: the classifier knows 32x32 CIFAR-10 images, not whole photos")
-    if protocol.digital:
-        notes.append("no digital baselines for whole images of mixed sizes")
+    groups = sorted({(protocol.channel or m.system.cfg.channel, m.system.cfg.c_out, m.system.cfg.image_size)
+                     for m in models}) if protocol.digital else []
+    if any(kind == "none" for kind, _, _ in groups):
+        notes.append("no digital baseline over channel 'none' (no capacity limit)")
+        groups = [g for g in groups if g[0] != "none"]
+    digital = _available_codecs(protocol, notes) if groups else []
     if "inversion" in protocol.starts:
         notes.append("no ORACLE inversion row: whole images are sampled through windows from a Gaussian start only")
     source_patches, reference, patch_info = None, None, None
@@ -695,17 +853,33 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: Im
         console.say(f"patch realism: {reference.shape[0]} source patches of 32x32 ({patches.loaded.identity})")
     rows, records = [], []
     deep_jscc_seen: dict[str, str] = {}
-    with console.bar(len(models) * len(protocol.snrs) * len(shard_range(len(images)))):
+    mine = len(shard_range(len(images)))
+    work = (len(models) + len(digital) * len(groups) * len(protocol.headers) * len(_digital_schemes(protocol))) \
+        * len(protocol.snrs) * mine
+    with console.bar(work):
         for model in models:
             receivers = [r for r in _model_receivers(model, protocol, deep_jscc_seen, notes) if r.start != "inversion"]
             model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console,
                                                           patches, source_patches, reference, keep_output)
             rows += model_rows
             records += model_records
+        if digital:
+            started = time.perf_counter()
+            digital_rows, digital_records = _whole_digital_rows(images, files, digital, groups, protocol, lpips,
+                                                                console, patches, source_patches, reference)
+            rows += digital_rows
+            records += digital_records
+            console.say(f"digital rows: {time.perf_counter() - started:.1f} s")
     results = finish_rows(rows, fid_note=fid_info["skipped"], lpips_note=None if lpips is not None else lpips_note)
     notes += _row_notes(results, console)
+    notes += _digital_notes(protocol, digital)
+    if digital:
+        notes.append("digital rows of whole images: each image coded whole to the budget of the real channel uses "
+                     "its JSCC comparison spends on it (edge-padded as the JSCC rows send it), its own LDPC frame "
+                     "(and adaptive MCS) per image; PSNR, SSIM, MS-SSIM and LPIPS are means of per-image values, "
+                     "n_symbols and budget_bytes means over images, a lost image the mean colour of all images")
     return results_document(seed=protocol.seed, data=data_dir, n_images=len(images), checkpoints=_checkpoints(models),
-                            settings=_settings(protocol, []), fid_info=fid_info, lpips_note=lpips_note, notes=notes,
+                            settings=_settings(protocol, digital), fid_info=fid_info, lpips_note=lpips_note, notes=notes,
                             rows=results, images=selection.describe(protocol.subset, protocol.limit),
                             numerics=_numerics(models), per_image=records, patch_info=patch_info)
 
@@ -774,11 +948,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     if any(kind == "none" for kind, _, _ in kinds_and_n) and protocol.digital:
         notes.append("no digital baseline over channel 'none' (no capacity limit)")
         kinds_and_n = [k for k in kinds_and_n if k[0] != "none"]
-    digital = [c for c in protocol.digital if codec_available(c)]
-    for codec in protocol.digital:
-        if codec not in digital:
-            notes.append(f"codec {codec} skipped: " + (HEIF_MISSING if codec == "heif" else
-                                                        "this Pillow build cannot write it"))
+    digital = _available_codecs(protocol, notes)
     work = (len(models) * len(protocol.snrs) * (covered.stop - covered.start)
             + len(digital) * len(kinds_and_n) * len(protocol.snrs) * len(shard_range(images.shape[0]))
             * len(protocol.headers) * (("ideal" in protocol.channel_codes) + len(protocol.mcs_rows)))
@@ -795,16 +965,7 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     results = finish_rows(rows, fid_note=None if fid is not None else fid_info.get("skipped", "FID not computed"),
                           lpips_note=None if lpips is not None else lpips_note)
     notes += _row_notes(results, console)
-    if digital and "ideal" in protocol.channel_codes:
-        notes.append("digital rows: largest-quality file with at most floor(n * C / 8) bytes, C = capacity per real "
-                     "channel use (AWGN: 1/2 log2(1+SNR); Rayleigh: ergodic); images that do not fit are lost and "
-                     "shown as the mean-colour image of the set (lost_fraction)")
-    if digital and protocol.mcs_rows:
-        notes.append(LDPC_NOTE)
-    if digital and "payload" in protocol.headers:
-        notes.append("header 'payload': only the coded image data is sent, the receiver is assumed to know the "
-                     "file's headers (containers, marker segments, JPEG tables, length fields); 'file': the whole "
-                     "file as written")
+    notes += _digital_notes(protocol, digital)
     return results_document(
         seed=protocol.seed, data=data_dir, n_images=int(images.shape[0]),
         checkpoints=_checkpoints(models), settings=_settings(protocol, digital),
