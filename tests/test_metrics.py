@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,6 +252,101 @@ def test_results_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5_000
     with Image.open(path) as im:
         assert im.size[0] > 800  # two panels at 150 dpi
+
+
+def _captured_figure(monkeypatch, draw):
+    """The matplotlib Figure a plot function builds (its ``_save`` intercepted), drawn."""
+    from diffjscc.evaluation import figures
+
+    kept = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: kept.append(fig) or Path(path))
+    draw()
+    fig = kept[0]
+    fig.canvas.draw()
+    return fig
+
+
+def _jscc_row(model: str, symbols: int, system: str, receiver: str, snr: float, psnr: float, fd: float) -> dict:
+    return {"system": system, "receiver": receiver, "model": model, "mode": "frozen", "channel": "awgn",
+            "k_over_n": symbols / 3072, "n_symbols": symbols, "snr_db": snr, "psnr": psnr, "fd_cls": fd,
+            "oracle": False, "control": receiver == "source", "ssim": psnr / 30}
+
+
+def _digital_row(codec: str, code: str, mcs, snr: float, psnr: float, fd: float = 90.0) -> dict:
+    label = {"webp": "WebP", "jpeg": "JPEG", "avif": "AVIF"}[codec]
+    return {"system": f"{label} + {'ideal code' if code == 'ideal' else 'LDPC ' + mcs}", "receiver": "digital",
+            "mode": "digital", "model": "", "codec": codec, "channel_code": code, "mcs": mcs, "header": "file",
+            "channel": "awgn", "k_over_n": 512 / 3072, "n_symbols": 512, "snr_db": snr, "psnr": psnr, "fd_cls": fd,
+            "oracle": False, "control": False, "ssim": psnr / 30}
+
+
+def test_perception_distortion_plot_is_readable(tmp_path, monkeypatch):
+    """Issue 28 item 15: the title fits the figure, a Deep JSCC curve is not named by the diffusion
+    checkpoint its decoder came in, and no two SNR labels overlap (points 0 dB and 20 dB nearly
+    coincide here, and the lost digital points all coincide)."""
+    from diffjscc.evaluation.figures import plot_perception_distortion
+
+    rows = []
+    for model, symbols, shift in (("diffusion_128", 128, 0.0), ("diffusion_512", 512, 3.0)):
+        for snr, psnr, fd in ((0.0, 21.50, 27.7), (5.0, 21.52, 27.72), (10.0, 21.55, 27.69), (15.0, 21.58, 27.75),
+                              (20.0, 21.51, 27.71)):
+            rows.append(_jscc_row(model, symbols, "Deep JSCC", "deep_jscc", snr, psnr + shift, fd))
+            rows.append(_jscc_row(model, symbols, "diffusion", "diffusion", snr, psnr + shift - 2, fd / 2))
+        rows.append(_jscc_row(model, symbols, "control: source images", "source", 0.0, 100.0, 5.0))
+    rows += [_digital_row(codec, "ideal", None, snr, 12.9) for codec in ("webp", "jpeg") for snr in (0.0, 5.0)]
+    title = ("diffjscc demo: 64 held-back CIFAR-10 images, AWGN, k/n = 1/6 real (1/12 complex), two diffusion "
+             "receivers against their Deep JSCC decoders and the digital baselines, one sample per image")
+    fig = _captured_figure(monkeypatch, lambda: plot_perception_distortion(rows, tmp_path / "pd.png", title=title))
+    renderer = fig.canvas.get_renderer()
+
+    extent = fig._suptitle.get_window_extent(renderer)
+    assert fig.bbox.x0 <= extent.x0 and extent.x1 <= fig.bbox.x1 and extent.y1 <= fig.bbox.y1, (extent, fig.bbox)
+
+    names = [text.get_text() for text in fig.legends[0].get_texts()]
+    deep = [name for name in names if name.startswith("Deep JSCC")]
+    assert len(deep) == 2 and len(set(deep)) == 2, names
+    assert not any("[diffusion" in name for name in deep), names
+    assert {"Deep JSCC, 128 symbols", "Deep JSCC, 512 symbols"} == set(deep)
+
+    (ax,) = fig.axes
+    labels = [(note.get_text(), note.get_window_extent(renderer)) for note in ax.texts]
+    frame = ax.get_window_extent(renderer)
+    for i, (text, box) in enumerate(labels):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text
+        for other, other_box in labels[i + 1:]:
+            assert not box.overlaps(other_box), f"{text!r} overlaps {other!r}"
+    shown = {value for text, _ in labels for value in text.removesuffix(" dB").split(", ")}
+    assert shown == {"0", "5", "10", "15", "20"}  # every SNR still named
+
+
+def test_snr_plot_tells_digital_baselines_from_jscc_curves(tmp_path, monkeypatch):
+    """Many digital rows (codec x channel code x MCS): dotted, one colour per codec, labelled by codec,
+    channel code and MCS, in a legend beside the panels that the figure holds whole."""
+    rows = [_jscc_row("deep_jscc_512", 512, "Deep JSCC", "deep_jscc", snr, 20 + snr / 5, 20.0) for snr in (0, 10, 20)]
+    rows += [_jscc_row("deep_jscc_512", 512, "diffusion", "diffusion", snr, 18 + snr / 5, 10.0) for snr in (0, 10, 20)]
+    schemes = [("ideal", None)] + [("ldpc", mcs) for mcs in ("qpsk-1/2", "qpsk-3/4", "16qam-1/2", "16qam-3/4",
+                                                            "64qam-2/3", "adaptive")]
+    rows += [_digital_row(codec, code, mcs, snr, 12 + snr / (2 + i)) for codec in ("webp", "jpeg", "avif")
+             for i, (code, mcs) in enumerate(schemes) for snr in (0, 10, 20)]
+    fig = _captured_figure(monkeypatch, lambda: plot_results(rows, tmp_path / "snr.png", metrics=["psnr", "ssim"]))
+    renderer = fig.canvas.get_renderer()
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert len(lines) == 2 + 3 * len(schemes)
+    digital = {name: line for name, line in lines.items() if not name.startswith(("Deep JSCC", "diffusion"))}
+    assert "WebP + LDPC 16qam-3/4" in digital and "AVIF + ideal code" in digital
+    assert all(line.get_linestyle() == ":" for line in digital.values())
+    assert all(lines[name].get_linestyle() == "-" for name in ("Deep JSCC", "diffusion"))
+    by_codec: dict[str, set] = {}
+    for name, line in digital.items():
+        by_codec.setdefault(name.split(" + ")[0], set()).add(line.get_color())
+    assert all(len(colours) == 1 for colours in by_codec.values()) and len({c for s in by_codec.values() for c in s}) == 3
+    assert not {lines["Deep JSCC"].get_color(), lines["diffusion"].get_color()} & {c for s in by_codec.values() for c in s}
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert box.x0 >= max(ax.get_window_extent(renderer).x1 for ax in fig.axes)  # beside the panels
+    assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1 and box.x1 <= fig.bbox.x1  # and whole
+    entries = [text.get_text() for text in legend.get_texts()]
+    assert entries.index("digital baselines:") == 2  # after the JSCC systems
 
 
 def test_markdown_table_formatting():
