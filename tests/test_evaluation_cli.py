@@ -226,7 +226,8 @@ def test_evaluate_equalizer_is_chosen_recorded_and_changes_the_received_symbols(
                      "--no-fid", "--no-realism", "--no-progress", "--out", str(out)]) == 0
         document = json.loads((out / "results.json").read_text())
         rows[equalizer] = next(r for r in document["results"] if r["receiver"] == "deep_jscc")
-        assert rows[equalizer]["equalizer"] == equalizer and "| equalizer |" in (out / "results.md").read_text()
+        assert rows[equalizer]["equalizer"] == document["settings"]["equalizer"] == equalizer
+        assert "| equalizer |" in (out / "results.md").read_text()
     assert rows["zf"]["psnr"] != pytest.approx(rows["mmse"]["psnr"], abs=1e-3)
     out = tmp_path / "awgn"
     assert main(["evaluate", "--checkpoint", str(checkpoints["jscc"]), "--data", str(data_root / "cifar_test"),

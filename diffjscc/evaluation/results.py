@@ -171,8 +171,8 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
     return document
 
 
-TABLE_COLUMNS = ["system", "model", "channel", "equalizer", "snr_db", "k_over_n", "k_over_n_complex", "steps", "samples_per_image",
-                 "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "patch_fd", "patch_kid", "fid",
+TABLE_COLUMNS = ["system", "model", "channel", "equalizer", "snr_db", "k_over_n", "k_over_n_complex", "steps",
+                 "samples_per_image", "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "patch_fd", "patch_kid", "fid",
                  "lpips", "lost_fraction", "modulation", "code_rate", "n"]
 TABLE_FORMATS = {"spread": ".2f", "patch_fd": ".3f", "patch_kid": ".4f",
                  "k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffjscc.channel import bandwidth_ratio
+from diffjscc.channel import Channel, bandwidth_ratio
 from diffjscc.config import CHANNELS, EQUALIZERS, FADING_CHANNELS, START_MODES
 from diffjscc.data.folder import subset_indices
 from diffjscc.diffusion.samplers import check_guidance_scale, check_spacing, resolve_sampler, sampling_eta
@@ -116,7 +116,7 @@ def load_models(paths: Sequence[Path], device: torch.device | str = "cpu",
     return models
 
 
-def _equalizer_column(channel) -> str | None:
+def _equalizer_column(channel: Channel) -> str | None:
     """The equaliser a row's received symbols went through: fading channels with CSI only."""
     return channel.equalizer if channel.kind in FADING_CHANNELS and channel.csi else None
 
@@ -809,7 +809,8 @@ def _settings(protocol: Protocol, digital: list[str]) -> dict:
             "steps": protocol.steps, "sampler": protocol.sampler, "guidance": protocol.guidance,
             "eta": protocol.eta, "spacing": protocol.spacing, "samples_per_image": protocol.samples,
             "batch_size": protocol.batch_size,
-            "channel": protocol.channel, "digital": list(digital), "limit": protocol.limit,
+            "channel": protocol.channel, "equalizer": protocol.equalizer, "digital": list(digital),
+            "limit": protocol.limit,
             "channel_code": list(protocol.channel_codes), "mcs": list(protocol.mcs_rows),
             "header": list(protocol.headers),
             "subset": protocol.subset, "skip_bad": protocol.skip_bad, "controls": protocol.controls}
