@@ -105,6 +105,11 @@ def _add_receiver_args(p: argparse.ArgumentParser, default_limit: int | None) ->
     p.add_argument("--batch-size", type=int, default=64, help="images in the model at once (default 64)")
 
 
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="do not show the sampler's steps (a bar on a terminal, a line every 30 s in a log)")
+
+
 def _add_subset_args(p: argparse.ArgumentParser, default_limit: int | None) -> None:
     default = f"default {default_limit}" if default_limit is not None else "default: all"
     p.add_argument("--limit", type=int, default=default_limit,
@@ -124,6 +129,7 @@ def _add_sample(sub) -> None:
                    help="output folder: grid.png, received_*.png and sources.txt (which file each one is)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier sample run in --out (default: refuse)")
+    _add_no_progress(p)
     p.set_defaults(func=_cmd_sample)
 
 
@@ -252,6 +258,7 @@ def _add_transmit(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="windows of the diffusion receiver per network call")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUT (default: refuse; OUT may never be IN itself)")
+    _add_no_progress(p)
     p.add_argument("--samples", type=int, default=1, metavar="K",
                    help="K >= 2 posterior samples of the diffusion receiver: OUT is the first; also writes their "
                         "mean as OUT_mean and the per-pixel standard deviation map OUT_spread.png (where the "
@@ -424,7 +431,7 @@ def _cmd_sample(args) -> int:
         chunks.append(reconstruct_rows(system, images[part], None if labels is None else labels[part],
                                        steps=steps, sampler=args.sampler, guidance=args.guidance, eta=args.eta,
                                        spacing=args.spacing, generator=generator, snr_db=snr,
-                                       receivers=receivers))
+                                       receivers=receivers, progress=not args.no_progress))
     names = chunks[0][1]
     rows = [torch.cat([chunk_rows[r] for chunk_rows, _ in chunks]) for r in range(len(names))]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -456,7 +463,8 @@ def _sample_whole(system, selection, receivers, snr: float, steps: int, args) ->
     for i, image in enumerate(selection.images):
         rows, names = reconstruct_whole(system, image.to(device), steps=steps, sampler=args.sampler,
                                         guidance=args.guidance, eta=args.eta, spacing=args.spacing,
-                                        generator=generator, snr_db=snr, receivers=receivers)
+                                        generator=generator, snr_db=snr, receivers=receivers,
+                                        progress=not args.no_progress)
         save_image_grid(rows, args.out / f"grid_{i:04d}.png", row_labels=names, scale=1)
         save_image_tensor(rows[-1][0].cpu(), args.out / f"received_{i:04d}.png")
     (args.out / "sources.txt").write_text("".join(f"received_{i:04d}.png\t{source.name}\n"
@@ -694,7 +702,7 @@ def _cmd_transmit(args) -> int:
                            receiver=args.receiver, steps=steps, sampler=args.sampler, guidance=args.guidance,
                            eta=args.eta, spacing=args.spacing, seed=args.seed,
                            batch_size=args.batch_size, samples=args.samples,
-                           overwrite=getattr(args, "overwrite", False))
+                           overwrite=getattr(args, "overwrite", False), progress=not args.no_progress)
     guided = f", guidance {args.guidance:g}" if args.guidance != 1 else ""
     stochastic = f", eta {args.eta:g}" if args.eta else ""
     spacing = f", {args.spacing} spacing" if args.spacing else ""

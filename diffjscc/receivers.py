@@ -72,7 +72,8 @@ class ReceiveContext:
     ``steps``: sampling steps (network evaluations); ``sampler``: one of
     :data:`diffjscc.config.SAMPLERS`; ``guidance``: classifier-free guidance scale (1: none);
     ``eta``: DDIM's stochasticity (0: deterministic); ``spacing``: the sampling timesteps (one of
-    :data:`diffjscc.config.SPACINGS`; None: the model's ``sample_spacing``); ``generator``: the
+    :data:`diffjscc.config.SPACINGS`; None: the model's ``sample_spacing``); ``progress``: show
+    the sampler's steps (:func:`~diffjscc.runtime.progress.progress_steps`); ``generator``: the
     sampling noise, shared by the receivers in table order; ``samples``: K posterior samples per
     image; ``class_labels``: for class-conditional models; ``batch``: the number of images,
     needed only when there is no received latent
@@ -86,7 +87,7 @@ class ReceiveContext:
     def __init__(self, *, snr_db: float | torch.Tensor | None, steps: int, generator: torch.Generator | None = None,
                  sampler: str = "auto", samples: int = 1, class_labels: torch.Tensor | None = None, source: torch.Tensor | None = None,
                  batch: int | None = None, guidance: float = 1.0, eta: float = 0.0,
-                 spacing: str | None = None) -> None:
+                 spacing: str | None = None, progress: bool = False) -> None:
         if samples < 1:
             raise ValueError(f"samples must be positive, got {samples}")
         self.snr_db = snr_db
@@ -95,6 +96,7 @@ class ReceiveContext:
         self.guidance = guidance
         self.eta = eta
         self.spacing = spacing
+        self.progress = progress
         self.generator = generator
         self.samples = samples
         self.class_labels = class_labels
@@ -198,12 +200,13 @@ def _diffuse(system: TransmissionSystem, received: torch.Tensor | None, context:
         one = (lambda i: snr[i:i + 1]) if isinstance(snr, torch.Tensor) and snr.ndim else (lambda i: snr)
         return torch.cat([receive_windowed(system, received[i:i + 1], context.steps, snr_db=one(i),
                                            sampler=context.sampler, generator=context.generator,
-                                           guidance=context.guidance, eta=context.eta, spacing=context.spacing)
+                                           guidance=context.guidance, eta=context.eta, spacing=context.spacing,
+                                           progress=context.progress)
                           for i in range(received.shape[0])])
     return system.receive(received, steps=context.steps, sampler=context.sampler, guidance=context.guidance,
                           eta=context.eta, spacing=context.spacing, start=start, source=source,
                           class_labels=context.class_labels, generator=context.generator, batch=context.batch,
-                          snr_db=context.snr_db)
+                          snr_db=context.snr_db, progress=context.progress)
 
 
 def _posterior_samples(system: TransmissionSystem, received: torch.Tensor | None,

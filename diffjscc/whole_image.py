@@ -69,7 +69,7 @@ def receive_windowed(system: TransmissionSystem, received: torch.Tensor, steps: 
                      snr_db: float | torch.Tensor | None = None, sampler: str = "auto",
                      generator: torch.Generator | None = None, stride: int | None = None,
                      batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0,
-                     spacing: str | None = None) -> torch.Tensor:
+                     spacing: str | None = None, progress: bool = False) -> torch.Tensor:
     """Diffusion receiver of ``system`` for one image larger than its network: received latent
     (1, c, h, w) of an image of 4h × 4w pixels → that image in [−1, 1].
 
@@ -122,7 +122,7 @@ def receive_windowed(system: TransmissionSystem, received: torch.Tensor, steps: 
 
     x_T = torch.randn((1, 3, height, width), generator=generator, device=received.device)
     generated = sample_from(system.sampling_process(steps, spacing), denoise, x_T, system.clip_range(base),
-                            resolve_sampler(sampler, steps, eta=eta), generator, eta=eta)
+                            resolve_sampler(sampler, steps, eta=eta), generator, progress=progress, eta=eta)
     return system.from_residual(generated, base).clamp(-1, 1)
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -161,3 +162,59 @@ def test_digital_rows_of_whole_images_of_mixed_sizes(kodak: Path, tmp_path: Path
     assert by[("jpeg", "ldpc", "file", 20.0)]["lost_fraction"] == 1  # a whole JPEG file (~300 B) does not
     assert by[("jpeg", "ideal", "file", 20.0)]["lost_fraction"] == 0  # the ideal code's 373+ B carry it
     assert not any("no digital baselines" in note for note in document["notes"])
+
+
+def test_whole_image_digital_rows_score_each_distinct_output_once(kodak: Path, tmp_path: Path, monkeypatch) -> None:
+    """Every SNR and MCS row delivers one of a few outputs per image (the codec's output at a
+    budget, or the lost image): the sweep scores each once. The memoised scores equal a fresh
+    scoring of each row's outputs, and rows of the same outputs (LDPC at 15 and 20 dB) are not
+    scored twice."""
+    from diffjscc.evaluation import sweep
+    from diffjscc.evaluation.patches import PatchRealism, load_patch_net
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name, (photo, box) in KODAK_CROPS.items():
+        Image.open(kodak / photo).convert("RGB").crop(box).save(folder / name)
+    calls = {"image": 0, "row": 0}
+    image_scores, row_scores = sweep._image_scores, sweep._row_patch_scores
+
+    def counted(kind, function):
+        def wrapper(*args, **kwargs):
+            calls[kind] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(sweep, "_image_scores", counted("image", image_scores))
+    monkeypatch.setattr(sweep, "_row_patch_scores", counted("row", row_scores))
+    out = tmp_path / "res"
+    assert main(["evaluate", "--model", "deep_jscc_512", "--data", str(folder), "--snr", "0,15,20", "--no-fid",
+                 "--no-progress", "--out", str(out), "--digital", "webp", "--channel-code", "ldpc,ideal",
+                 "--mcs", "qpsk-3/4", "--header", "payload"]) == 0
+    document = json.loads((out / "results.json").read_text())
+    digital = [r for r in document["results"] if r["receiver"] == "digital"]
+    assert len(digital) == 6 and all(r["patch_fd"] is not None for r in digital)
+    by = {(r["channel_code"], r["snr_db"]): r for r in digital}
+    assert by[("ldpc", 0.0)]["lost_fraction"] == 1 and by[("ldpc", 15.0)]["lost_fraction"] == 0
+    jscc_rows = len(document["results"]) - len(digital)
+    assert calls["row"] - jscc_rows < len(digital)  # ldpc at 15 and 20 dB: one scoring
+    assert calls["image"] - 2 * jscc_rows < 2 * len(digital)  # per image, likewise
+    sources = {f: np.asarray(Image.open(folder / f).convert("RGB")) for f in sorted(KODAK_CROPS)}
+    mean_colour = np.round(np.concatenate([s.reshape(-1, 3) for s in sources.values()]).astype(np.float64).mean(0))
+    realism = PatchRealism(load_patch_net(None), seed=0)
+    as_tensor = lambda a: torch.from_numpy(np.array(a)).permute(2, 0, 1)  # noqa: E731
+    reference = torch.cat([realism.features(as_tensor(s)) for s in sources.values()])
+    for row in digital:
+        mine = {r["file"]: r for r in document["per_image"]
+                if r["system"] == row["system"] and r["snr_db"] == row["snr_db"]}
+        outputs = []
+        for name, source in sources.items():
+            search = QualitySearch(CODECS["webp"], source[None])
+            step = search.fit(0, mine[name]["budget_bytes"], "payload")
+            output = (np.broadcast_to(mean_colour, source.shape).astype(np.uint8) if mine[name]["lost"]
+                      else search.decoded(0, step))
+            assert mine[name]["psnr"] == pytest.approx(_psnr(source, output), abs=1e-4)
+            outputs.append(realism.features(as_tensor(output)))
+        fresh = realism.score(torch.cat(outputs), reference)
+        assert row["patch_fd"] == pytest.approx(fresh["patch_fd"], rel=1e-6)
+        assert row["patch_kid"] == pytest.approx(fresh["patch_kid"], rel=1e-6, abs=1e-9)

@@ -381,6 +381,21 @@ def test_the_samplers_progress_in_a_log_file_is_plain_lines(tmp_path: Path) -> N
         assert any(line.startswith(f"{name}: step 5/5 (100 %)") for line in text.splitlines()), text
 
 
+def test_sample_and_transmit_show_the_samplers_steps_unless_no_progress(tmp_path: Path, capsys) -> None:
+    """``sample`` and ``transmit`` with a diffusion receiver show its sampler's steps (plain lines
+    where stderr is not a terminal, as here); ``--no-progress`` shows none."""
+    demo = Path(__file__).resolve().parents[1] / "diffjscc" / "assets" / "cifar10_demo"
+    source = sorted(demo.glob("*.png"))[0]
+    steps_line = "DPM-Solver++(2M): step 8/8 (100 %)"
+    base = ["--model", "diffusion_512", "--snr", "10", "--device", "cpu"]
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        out = tmp_path / f"out{len(extra)}"
+        assert main(["transmit", *base, *extra, str(source), str(out / "received.png")]) == 0
+        assert (steps_line in capsys.readouterr().err) == shown
+        assert main(["sample", *base, *extra, "--data", str(demo), "--limit", "2", "--out", str(out / "grid")]) == 0
+        assert (steps_line in capsys.readouterr().err) == shown
+
+
 def test_progress_lines_are_periodic(monkeypatch) -> None:
     from diffjscc.runtime import progress
 

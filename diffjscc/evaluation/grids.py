@@ -40,7 +40,8 @@ def latent_preview(received: torch.Tensor, size: int) -> torch.Tensor:
 def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: torch.Tensor | None,
                      steps: int, generator: torch.Generator | None = None, snr_db: float | None = None,
                      receivers: Sequence[str] = COMPARISON, sampler: str = "auto", guidance: float = 1.0,
-                     eta: float = 0.0, spacing: str | None = None) -> tuple[list[torch.Tensor], list[str]]:
+                     eta: float = 0.0, spacing: str | None = None,
+                     progress: bool = False) -> tuple[list[torch.Tensor], list[str]]:
     """Rows for a grid: the source, then each of ``receivers`` (registry names, run in table
     order) that ``system`` has; one output each. A comparison grid of a system without a Deep
     JSCC decoder shows the received latent in its place. The transmission and the receivers
@@ -53,7 +54,7 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
         rows.append(latent_preview(received, images.shape[-1]))
         names.append("received y")
     context = ReceiveContext(snr_db=told, steps=steps, sampler=sampler, generator=generator, class_labels=labels, source=images,
-                             batch=images.shape[0], guidance=guidance, eta=eta, spacing=spacing)
+                             batch=images.shape[0], guidance=guidance, eta=eta, spacing=spacing, progress=progress)
     for receiver in select(receivers):
         if missing_part(system, receiver) is None:
             rows.append(receive(system, receiver, received, context)[0])
@@ -65,7 +66,8 @@ def reconstruct_rows(system: TransmissionSystem, images: torch.Tensor, labels: t
 def reconstruct_whole(system: TransmissionSystem, image: torch.Tensor, steps: int,
                       generator: torch.Generator | None = None, snr_db: float | None = None,
                       receivers: Sequence[str] = COMPARISON, sampler: str = "auto", guidance: float = 1.0,
-                      eta: float = 0.0, spacing: str | None = None) -> tuple[list[torch.Tensor], list[str]]:
+                      eta: float = 0.0, spacing: str | None = None,
+                      progress: bool = False) -> tuple[list[torch.Tensor], list[str]]:
     """:func:`reconstruct_rows` of one (3, H, W) image of any size, sent whole as ``transmit``
     sends it (:mod:`diffjscc.whole_image`): rows of one (1, 3, H, W) image each."""
     cfg = system.cfg
@@ -78,7 +80,8 @@ def reconstruct_whole(system: TransmissionSystem, image: torch.Tensor, steps: in
     height, width = image.shape[-2:]
     padded = pad_for_windows(image[None], cfg.image_size)
     rows, names = reconstruct_rows(system, padded, None, steps, generator=generator, snr_db=snr_db,
-                                   receivers=receivers, sampler=sampler, guidance=guidance, eta=eta, spacing=spacing)
+                                   receivers=receivers, sampler=sampler, guidance=guidance, eta=eta, spacing=spacing,
+                                   progress=progress)
     return [row[..., :height, :width] for row in rows], names
 
 

@@ -557,9 +557,10 @@ def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: l
     source_values = sum(3 * im.shape[-2] * im.shape[-1] for im in images)
     mcs_names = list(MCS_TABLE)
     rows, records = [], []
+    row_patches: dict[tuple, dict] = {}  # a row's patch_fd/patch_kid, by the outputs it holds
     for name in codecs:
         codec = CODECS[name]
-        searches = {}
+        searches, scored = {}, {}  # scored: an image's distinct outputs' scores and patch features
         for i in share:
             searches[i] = QualitySearch(codec, sources[i].permute(1, 2, 0).contiguous().numpy()[None])
             searches[i].mean_colour = mean_colour
@@ -574,7 +575,7 @@ def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: l
                     for channel_code, mcs in _digital_schemes(protocol):
                         label = _digital_system(codec.label, channel_code, mcs, header)
                         sets = [[]]  # patch features of the outputs
-                        local = []
+                        local, outputs = [], []
                         for i in share:
                             started = time.perf_counter()
                             if channel_code == "ideal":
@@ -592,11 +593,20 @@ def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: l
                                 outcome = links[i].deliver(picked, snr, header)
                             output = torch.from_numpy(np.array(outcome.images[0])).permute(2, 0, 1)[None]
                             seconds = time.perf_counter() - started
-                            patch_fd = (_patch_scores(patches, output, source_patches[i], sets)
-                                        if patches is not None else None)
+                            # Every SNR and MCS row delivers one of a few outputs (the codec's at a
+                            # budget, or the lost image): each is scored once, by its bytes.
+                            key = (i, hashlib.blake2b(output.numpy().tobytes(), digest_size=16).digest())
+                            if key not in scored:
+                                own: list[list[torch.Tensor]] = [[]]
+                                patch_fd = (_patch_scores(patches, output, source_patches[i], own)
+                                            if patches is not None else None)
+                                scored[key] = (_image_scores(sources[i], output, lpips, patch_fd), own[0])
+                            scores, features = scored[key]
+                            sets[0].extend(features)
+                            outputs.append(key)
                             local.append([float(i), float(used), float(budget), float(outcome.sent_bytes),
                                           float(outcome.fitted), float(outcome.lost), rate, float(chosen)]
-                                         + _image_scores(sources[i], output, lpips, patch_fd, seconds))
+                                         + scores[:-1] + [seconds])
                             console.advance(1)
                         table = torch.tensor(local, dtype=torch.float64).reshape(
                             -1, len(DIGITAL_RECORD) + len(PER_IMAGE_SCORES))
@@ -632,8 +642,13 @@ def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: l
                                "mean_bytes": sent / fitted if fitted else 0.0, "lost_fraction": lost / n,
                                "bits_sent": 8 * sent / n, "codec": name, "header": header, "checkpoint": "",
                                **fields, **means}
-                        if patches is not None:
-                            row.update(_row_patch_scores(patches, sets, reference, sharded))
+                        if patches is not None:  # rows of the same outputs (all lost; a fixed MCS
+                            # at each SNR it delivers) have the same scores; sharded, every rank
+                            # gathers every row (a collective), its share of the outputs unknown
+                            same = tuple(outputs)
+                            if sharded or same not in row_patches:
+                                row_patches[same] = _row_patch_scores(patches, sets, reference, sharded)
+                            row.update(row_patches[same])
                         rows.append(row)
                         for i, record in enumerate(per_image):
                             height, width = images[i].shape[-2:]

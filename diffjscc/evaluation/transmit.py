@@ -69,10 +69,10 @@ TRANSMIT_RECEIVERS = ("diffusion", "deep_jscc")
 def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: float, channel: str,
                    receiver: str = "auto", steps: int | None = None, sampler: str = "auto", seed: int = 0,
                    batch_size: int = 64, gray: bool = False, guidance: float = 1.0, eta: float = 0.0,
-                   spacing: str | None = None, samples: int = 1) -> TransmitResult:
+                   spacing: str | None = None, samples: int = 1, progress: bool = False) -> TransmitResult:
     """Transmit a (3, H, W) image in [-1, 1] as one image; reconstruction at the input's size
     (with ``samples`` K ≥ 2, also the mean and the per-pixel spread of K diffusion samples).
-    ``steps`` None: the model's own ``sample_steps``."""
+    ``steps`` None: the model's own ``sample_steps``; ``progress``: show the sampler's steps."""
     cfg = system.cfg
     steps = cfg.sample_steps if steps is None else steps
     if samples < 1:
@@ -105,7 +105,8 @@ def transmit_image(system: TransmissionSystem, image: torch.Tensor, snr_db: floa
         drawn = [system.decode(received, told).clamp(-1, 1)]
     else:  # K samples from one stream: the first is the single-sample output
         drawn = [receive_windowed(system, received, steps, snr_db=told, sampler=sampler, generator=g_sample,
-                                  batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing)
+                                  batch_size=batch_size, guidance=guidance, eta=eta, spacing=spacing,
+                                  progress=progress)
                  for _ in range(samples)]
     source_u8 = to_uint8(image)[:1] if gray else to_uint8(image)  # a grey input has R = G = B
     outputs = [_as_written(to_uint8(recon[0, :, :h, :w].cpu()), gray) for recon in drawn]
@@ -148,7 +149,8 @@ def samples_targets(target: Path) -> tuple[Path, Path]:
 def transmit_file(system: TransmissionSystem, source: Path, target: Path, snr_db: float, channel: str,
                   receiver: str = "auto", steps: int | None = None, sampler: str = "auto", seed: int = 0,
                   batch_size: int = 64, guidance: float = 1.0, eta: float = 0.0,
-                  spacing: str | None = None, samples: int = 1, overwrite: bool = False) -> TransmitResult:
+                  spacing: str | None = None, samples: int = 1, overwrite: bool = False,
+                  progress: bool = False) -> TransmitResult:
     """Read ``source`` (any size and mode Pillow reads), transmit, write ``target`` at the same size;
     with ``samples`` K ≥ 2 also the mean and the spread map (:func:`samples_targets`), which
     replace files already there only with ``overwrite``."""
@@ -163,7 +165,7 @@ def transmit_file(system: TransmissionSystem, source: Path, target: Path, snr_db
         gray = probe.mode in GRAY_MODES
     result = transmit_image(system, image, snr_db, channel, receiver=receiver, steps=steps, sampler=sampler,
                             seed=seed, batch_size=batch_size, gray=gray, guidance=guidance, eta=eta,
-                            spacing=spacing, samples=samples)
+                            spacing=spacing, samples=samples, progress=progress)
     pictures = [(target, result.output)]
     if result.spread is not None:
         pictures += [(extra[0], result.mean), (extra[1], spread_image(torch.from_numpy(result.spread)).numpy())]
