@@ -6,6 +6,7 @@ Every user mistake ends as one line ``diffjscc: error: …`` on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import re
 import sys
 from pathlib import Path
@@ -229,6 +230,10 @@ def _add_plot(sub) -> None:
                    help="instead: PSNR (x) against fd_cls (y) for each receiver and control, points labelled by SNR")
     p.add_argument("--ratio-snr", type=float, default=None,
                    help="SNR (dB) of the quality-vs-k/n panels (default: the median SNR evaluated at every ratio)")
+    p.add_argument("--systems", default=None, metavar="PATTERNS",
+                   help="only the rows whose system matches one of these comma-separated shell patterns "
+                        "(fnmatch, case-sensitive), e.g. 'deep_jscc,*adaptive,*ideal code' to keep a digital "
+                        "figure readable")
     p.add_argument("--title", default=None)
     p.set_defaults(func=_cmd_plot)
 
@@ -594,6 +599,11 @@ def _cmd_plot(args) -> int:
     from diffjscc.evaluation.results import read_results
 
     rows = read_results(args.results)
+    if args.systems:
+        patterns = [p.strip() for p in args.systems.split(",") if p.strip()]
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(str(r.get("system")), p) for p in patterns)]
+        if not rows:
+            raise UserError(f"--systems {args.systems}: no result rows match")
     metrics = None
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

@@ -135,6 +135,25 @@ def test_plot_draws_snr_and_ratio_curves(sweep: Path, tmp_path: Path, capsys) ->
     assert double.height > single.height * 1.5
 
 
+def test_plot_systems_keeps_only_the_matching_rows(sweep: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from diffjscc.evaluation import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "plot_results", lambda rows, path, **_: drawn.append(rows) or Path(path))
+    rows = json.loads((sweep / "results.json").read_text())["results"]
+    systems = sorted({r["system"] for r in rows})
+    assert len(systems) >= 2
+    keep = systems[0]
+    assert main(["plot", str(sweep / "results.json"), "--out", str(tmp_path / "f.png"),
+                 "--systems", f"{keep[:2]}*{keep[2:]}, nothing-else"]) == 0
+    assert {r["system"] for r in drawn[0]} == {keep}
+    assert len(drawn[0]) == sum(r["system"] == keep for r in rows)
+    capsys.readouterr()
+    assert main(["plot", str(sweep / "results.json"), "--out", str(tmp_path / "g.png"), "--systems", "zzz*"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no result rows match" in err[0]
+
+
 def test_evaluate_with_fid_weights_where_present(data_root: Path, checkpoints: dict[str, Path], tmp_path: Path) -> None:
     import os
 
