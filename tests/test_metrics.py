@@ -328,7 +328,9 @@ def test_snr_plot_tells_digital_baselines_from_jscc_curves(tmp_path, monkeypatch
                                                             "64qam-2/3", "adaptive")]
     rows += [_digital_row(codec, code, mcs, snr, 12 + snr / (2 + i)) for codec in ("webp", "jpeg", "avif")
              for i, (code, mcs) in enumerate(schemes) for snr in (0, 10, 20)]
-    fig = _captured_figure(monkeypatch, lambda: plot_results(rows, tmp_path / "snr.png", metrics=["psnr", "ssim"]))
+    title = "Kodak (24 photos), AWGN, 1/12: deep_jscc_photo_512 against codec + 5G LDPC + QAM (payload)"
+    fig = _captured_figure(monkeypatch, lambda: plot_results(rows, tmp_path / "snr.png", metrics=["psnr", "ssim"],
+                                                             title=title))
     renderer = fig.canvas.get_renderer()
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     assert len(lines) == 2 + 3 * len(schemes)
@@ -345,6 +347,9 @@ def test_snr_plot_tells_digital_baselines_from_jscc_curves(tmp_path, monkeypatch
     box = legend.get_window_extent(renderer)
     assert box.x0 >= max(ax.get_window_extent(renderer).x1 for ax in fig.axes)  # beside the panels
     assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1 and box.x1 <= fig.bbox.x1  # and whole
+    heading = fig._suptitle.get_window_extent(renderer)
+    assert fig.bbox.x0 <= heading.x0 and heading.x1 <= box.x0 and not heading.overlaps(box)  # the title beside it
+    assert all(ax.get_window_extent(renderer).width > 0.3 * fig.bbox.width / 2 for ax in fig.axes)  # panels not squeezed
     entries = [text.get_text() for text in legend.get_texts()]
     assert entries.index("digital baselines:") == 2  # after the JSCC systems
 

@@ -248,12 +248,14 @@ def _series_labels(firsts: Mapping[tuple, Mapping[str, object]], shown: Sequence
     return labels
 
 
-def _fit_title(fig, title: str, fontsize: float = 11.0) -> None:
+def _fit_title(fig, title: str, fontsize: float = 11.0, right: float = 0.0) -> None:
     """``title`` as the figure's suptitle, broken at spaces into as few lines as keep every line
-    within 96 % of the figure's width (measured, in the font it is drawn in)."""
+    within 96 % of the figure's width less ``right`` pixels (a legend to the right of the panels,
+    which the title is centred beside: measured, in the font it is drawn in)."""
     words = title.split()
-    limit = 0.96 * fig.bbox.width
-    text = fig.suptitle(title, fontsize=fontsize)
+    free = 1 - right / fig.bbox.width
+    limit = 0.96 * free * fig.bbox.width
+    text = fig.suptitle(title, fontsize=fontsize, x=free / 2)
     renderer = fig.canvas.get_renderer()
     lines: list[str] = []
     for word in words:
@@ -268,18 +270,22 @@ def _fit_title(fig, title: str, fontsize: float = 11.0) -> None:
     text.set_text("\n".join(lines))
 
 
-def _legend(fig, handles: list, labels: list[str], width: float, wide_entries: bool) -> None:
+def _legend(fig, handles: list, labels: list[str], width: float, wide_entries: bool) -> float:
     """One legend for the figure: below the panels when short, else to their right (one entry a
-    line, the figure made tall enough to hold it)."""
+    line; the figure made wider by the legend's width, so the panels keep theirs, and tall
+    enough to hold it). Returns the pixels the legend takes at the right (0 when below)."""
     if len(labels) <= _LEGEND_BELOW_MAX:
         columns = max(1, min(len(labels), int(width // (3.4 if wide_entries else 2.6))))
         fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
-        return
+        return 0.0
     fig.legend(handles, labels, loc="outside right upper", ncols=1, fontsize="small")
     fig.canvas.draw()
-    needed = fig.legends[0].get_window_extent().height / fig.dpi + 0.3
+    extent = fig.legends[0].get_window_extent()
+    fig.set_figwidth(width + extent.width / fig.dpi)
+    needed = extent.height / fig.dpi + 0.3
     if needed > fig.get_figheight():
         fig.set_figheight(needed)
+    return extent.width + 0.1 * fig.dpi
 
 
 def plot_results(
@@ -393,9 +399,9 @@ def plot_results(
         first = digital_in_legend.index(True)
         handles.insert(first, Line2D([], [], linestyle="none"))
         labels.insert(first, "digital baselines:")
+    right = _legend(fig, handles, labels, width, wide_entries=by_ratio or len(set(names.values())) < len(names))
     if title:
-        _fit_title(fig, title)
-    _legend(fig, handles, labels, width, wide_entries=by_ratio or len(set(names.values())) < len(names))
+        _fit_title(fig, title, right=right)
     return _save(fig, path)
 
 
@@ -442,9 +448,9 @@ def plot_perception_distortion(rows: Sequence[Mapping[str, object]], path: str |
     ax.grid(True, linestyle=":", linewidth=0.8, alpha=0.8)
     ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
     handles, labels = ax.get_legend_handles_labels()
+    right = _legend(fig, handles, labels, width, wide_entries=True)
     if title:
-        _fit_title(fig, title)
-    _legend(fig, handles, labels, width, wide_entries=True)
+        _fit_title(fig, title, right=right)
     fig.canvas.draw()  # the final layout; frozen, so the labels are placed in the pixels it is saved in
     fig.set_layout_engine("none")
     _place_point_labels(fig, ax, points)
