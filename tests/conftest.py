@@ -26,6 +26,22 @@ torch.set_num_threads(1)
 if not os.environ.get("DIFFJSCC_TEST_GPU"):
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+LONGEST_FIRST = (
+    "test_pretrained.py", "test_demo.py", "test_distributed.py", "test_realism.py", "test_bench.py",
+    "test_reliability.py", "test_distributed_evaluate.py", "test_conditioning.py", "test_digital_link.py",
+    "test_digital_cli.py", "test_run_directory.py", "test_cli_e2e.py", "test_evaluation_cli.py",
+)
+"""Test files by their measured time, longest first (``--durations=0``, 2026-12-04: 73 s down to 10 s
+of a 477 s suite). The README's command hands whole files to two workers in collection order
+(``--dist loadfile --no-loadscope-reorder``): longest first, the short files fill in at the end and
+the two workers finish together. xdist's own order (most tests first) left the long end-to-end
+files for last and one worker idle for ~30 s. A stale list costs balance only, never a test."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
 
 @pytest.fixture(scope="session")
 def kodak() -> Path:
@@ -67,25 +83,36 @@ def cifar_root(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def cifar_test_split(shared_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder holding cifar_test/: all 10,000 CIFAR-10 test images as PNGs, written once per session.
+    """A folder holding cifar_test/: all 10,000 CIFAR-10 test images as PNGs, written once per run.
 
     Only the test batch (and the class names) is taken from the archive, so the 50,000 training
-    images are not written: extract_cifar10 writes the splits whose batch files it finds.
+    images are not written: extract_cifar10 writes the splits whose batch files it finds. The
+    xdist workers of one run share the copy (the first to get the lock writes it, ~4 s).
     """
+    import shutil
     import tarfile
+
+    from filelock import FileLock
 
     from diffjscc.data import extract_cifar10
 
-    root = tmp_path_factory.mktemp("cifar_full_test")
-    batches = root / "cifar-10-batches-py"
-    batches.mkdir()
-    wanted = {"batches.meta", "test_batch"}
-    with tarfile.open(shared_archive, "r:gz") as archive:
-        for member in archive:
-            name = Path(member.name).name
-            if member.isfile() and name in wanted:
-                (batches / name).write_bytes(archive.extractfile(member).read())
-    assert extract_cifar10(batches, root) == {"cifar_train": 0, "cifar_test": 10_000}
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's folder, above each worker's own
+    root, done = base / "cifar_full_test", base / "cifar_full_test.done"
+    with FileLock(str(base / "cifar_full_test.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a worker killed while writing leaves part of it
+            batches = root / "cifar-10-batches-py"
+            batches.mkdir(parents=True)
+            wanted = {"batches.meta", "test_batch"}
+            with tarfile.open(shared_archive, "r:gz") as archive:
+                for member in archive:
+                    name = Path(member.name).name
+                    if member.isfile() and name in wanted:
+                        (batches / name).write_bytes(archive.extractfile(member).read())
+            assert extract_cifar10(batches, root) == {"cifar_train": 0, "cifar_test": 10_000}
+            done.touch()
     return root
 
 

@@ -113,7 +113,9 @@ def load_classifier(path: str | Path | None = None, device: torch.device | str =
     except (KeyError, RuntimeError, TypeError) as err:
         raise UserError(f"{path} is not a diffjscc classifier file ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    network.eval().requires_grad_(False).to(device)
+    # channels_last: oneDNN's convolutions run 1.8x faster on CPU in that layout (500 images on one
+    # thread, 2026-12-04: 1.11 -> 0.63 s), with the same features to float precision
+    network.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)
     digest = sha256_of_file(path)[:12]
     accuracy_value = payload.get("test_accuracy")
     return LoadedClassifier(network, list(payload["class_names"]), *reference,
@@ -128,6 +130,7 @@ def classifier_features(network: ImageClassifier, images_u8: Tensor, batch: int 
     features, predictions = [], []
     for start in range(0, images_u8.shape[0], batch):
         x = images_u8[start:start + batch].to(device).float().div(127.5).sub(1.0)
+        x = x.contiguous(memory_format=torch.channels_last)  # see load_classifier
         f = network.features(x)
         features.append(f.double().cpu())
         predictions.append(network.head(f).argmax(dim=1).cpu())

@@ -94,7 +94,8 @@ def load_patch_net(path: str | Path | None = None, device: torch.device | str = 
     payload = torch.load(path, map_location="cpu", weights_only=True)
     network = PatchNet(classes=len(payload["photos"]), widths=tuple(payload["widths"]))
     network.load_state_dict(payload["state_dict"])
-    return LoadedPatchNet(network.to(device).eval(), f"{path.name} sha256:{sha256_of_file(path)[:16]}",
+    return LoadedPatchNet(network.to(device, memory_format=torch.channels_last).eval(),  # see load_classifier
+                          f"{path.name} sha256:{sha256_of_file(path)[:16]}",
                           payload["provenance"])
 
 
@@ -103,7 +104,8 @@ def patch_features(network: PatchNet, image_u8: Tensor, batch: int = 512) -> Ten
     """Features (P, D) float64 of the patches of one uint8 image (3, H, W)."""
     device = next(network.parameters()).device
     patches = image_patches(image_u8)
-    parts = [network.features(patches[i:i + batch].to(device).float().div(127.5).sub(1)).double().cpu()
+    parts = [network.features(patches[i:i + batch].to(device).float().div(127.5).sub(1)
+                              .contiguous(memory_format=torch.channels_last)).double().cpu()
              for i in range(0, patches.shape[0], batch)]
     return torch.cat(parts) if parts else torch.zeros(0, network.widths[-1], dtype=torch.float64)
 
