@@ -322,6 +322,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--photos", nargs="?", const="", default=None, metavar="DIR",
                    help="send photos instead, through the shipped photo models: four crops of Kodak photos shipped "
                         "with the package, or the photos of DIR (each sent whole; default SNRs 0,10)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps of the diffusion receivers (default: the shipped models' own 8; 20 with "
+                        "--train)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
@@ -789,17 +792,20 @@ def _cmd_classifier(args) -> int:
 def _cmd_demo(args) -> int:
     from diffjscc.demo import run_demo, run_photo_demo, run_shipped_demo
 
+    if args.steps is not None and args.steps <= 0:
+        raise UserError(f"--steps must be positive, got {args.steps}")
+    steps = {} if args.steps is None else {"steps": args.steps}
     if args.photos is not None:
         if args.train or args.minutes is not None:
             raise UserError("--photos runs the shipped photo models; it does not train (--train, --minutes)")
         run_photo_demo(args.out, Path(args.photos) if args.photos else None, snr_text=args.snr or "0,10",
-                       seed=args.seed)
+                       seed=args.seed, **steps)
     elif args.train:
-        run_demo(args.out, minutes=args.minutes, snr_text=args.snr or "0,5,10,15,20", seed=args.seed)
+        run_demo(args.out, minutes=args.minutes, snr_text=args.snr or "0,5,10,15,20", seed=args.seed, **steps)
     elif args.minutes is not None:
         raise UserError("--minutes sets the training budget of 'demo --train'; the default demo trains nothing")
     else:
-        run_shipped_demo(args.out, snr_text=args.snr or "0,10,20", seed=args.seed)
+        run_shipped_demo(args.out, snr_text=args.snr or "0,10,20", seed=args.seed, **steps)
     return 0
 
 

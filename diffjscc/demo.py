@@ -105,7 +105,7 @@ def _train(mode: str, steps: int, train_dir: Path, held_dir: Path, log_dir: Path
 
 
 def run_shipped_demo(out: Path, snr_text: str = "0,10,20", seed: int = 0,
-                     models: tuple[str, ...] = SHIPPED_RECEIVERS) -> dict:
+                     models: tuple[str, ...] = SHIPPED_RECEIVERS, steps: int = SHIPPED_SAMPLING_STEPS) -> dict:
     """Transmit the embedded images with the shipped ``models`` into ``out``; returns the results
     document also written to results.json (with a ``demo`` section naming the models)."""
     from diffjscc.evaluation.sweep import load_models
@@ -121,21 +121,23 @@ def run_shipped_demo(out: Path, snr_text: str = "0,10,20", seed: int = 0,
     started = time.perf_counter()
     loaded = load_models([verified_path(name) for name in models], device="cpu", names=list(models))
     held_dir = _per_class_sample(out / "images", SHIPPED_IMAGES_PER_CLASS)
-    document = _score(loaded, held_dir, snrs, seed, digital=())
+    document = _score(loaded, held_dir, snrs, seed, digital=(), steps=steps)
     document["demo"] = {"models": {name: model_entry(name)["receiver"] for name in models},
-                        "held_back_images": document["n_images"], "sampling_steps": SHIPPED_SAMPLING_STEPS,
+                        "held_back_images": document["n_images"], "sampling_steps": steps,
                         "note": "the shipped models were trained on CIFAR-10 training images; these are test images"}
-    grid_rows, grid_names = _class_grid(loaded[0].system, held_dir, SHIPPED_SAMPLING_STEPS, seed)
+    grid_rows, grid_names = _class_grid(loaded[0].system, held_dir, steps, seed)
     symbols = " and ".join(f"{m.system.cfg.latent_dim}" for m in loaded)
     return _finish(document, out, grid_rows, grid_names, started,
                    title=f"diffjscc demo (shipped models): {document['n_images']} CIFAR-10 test images, AWGN, "
                          f"{symbols} real symbols per image")
 
 
-def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10", seed: int = 0) -> dict:
+def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10", seed: int = 0,
+                   steps: int | None = None) -> dict:
     """``demo --photos``: the shipped photo models send photos whole (the embedded Kodak crops, or
-    the folder ``photos``) through Deep JSCC and the diffusion receiver, with the controls and
-    patch realism; writes the results files, the plot and a contact sheet into ``out``."""
+    the folder ``photos``) through Deep JSCC and the diffusion receiver (``steps`` sampling steps;
+    None: each model's own), with the controls and patch realism; writes the results files, the
+    plot and a contact sheet into ``out``."""
     from diffjscc.evaluation.figures import plot_results, save_contact_sheet
     from diffjscc.evaluation.patches import PatchRealism, load_patch_net
     from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
@@ -161,7 +163,7 @@ def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10"
         kept.setdefault((model, receiver, snr), {})[file.stem] = output[:, top:top + side, left:left + side]
 
     models = load_models([verified_path(name) for name in names], device="cpu", names=names)
-    protocol = Protocol(snrs=snrs, starts=("gaussian",), seed=seed, channel="awgn", controls=True)
+    protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=steps, seed=seed, channel="awgn", controls=True)
     document = run_protocol(models, folder, protocol, lpips_note="LPIPS not computed in the demo",
                             fid_info={"skipped": "FID not computed in the demo"},
                             patches=PatchRealism(load_patch_net(), seed=seed), keep_output=keep)
@@ -247,7 +249,8 @@ def _save_results(document: dict, out: Path, started: float, written: list[Path]
     return document
 
 
-def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0) -> dict:
+def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15,20", seed: int = 0,
+             steps: int = SAMPLING_STEPS) -> dict:
     """Train the demo's own models and run the whole demo into ``out`` (``demo --train``); returns
     the results document also written to results.json (the evaluation protocol's format, plus a
     ``demo`` section with the training budget)."""
@@ -270,14 +273,14 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
 
     models = load_models([diff_ckpt], device="cpu")  # holds the frozen JSCC encoder and decoder too
     system = models[0].system
-    document = _score(models, held_dir, snrs, seed, digital=DIGITAL_CODECS, steps=SAMPLING_STEPS)
+    document = _score(models, held_dir, snrs, seed, digital=DIGITAL_CODECS, steps=steps)
     document["demo"] = {
         "jscc_checkpoint": str(jscc_ckpt), "diffusion_checkpoint": str(diff_ckpt),
         "jscc_train_steps": jscc_steps, "diffusion_train_steps": diffusion_steps,
         "train_images": len(list(train_dir.glob("*.png"))), "held_back_images": document["n_images"],
         "train_minutes": round(train_minutes, 2),
     }
-    grid_rows, grid_names = _class_grid(system, held_dir, SAMPLING_STEPS, seed)
+    grid_rows, grid_names = _class_grid(system, held_dir, steps, seed)
     return _finish(document, out, grid_rows, grid_names, started,
                    title=f"diffjscc demo: {document['n_images']} held-back CIFAR-10 images, AWGN, "
                          "k/n = 1/6 real (1/12 complex)")
