@@ -168,6 +168,7 @@ def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10"
                             fid_info={"skipped": "FID not computed in the demo"},
                             patches=PatchRealism(load_patch_net(), seed=seed), keep_output=keep)
     document["demo"] = {"models": {name: model_entry(name)["receiver"] for name in names}, "photos": str(folder),
+                        "sampling_steps": steps or "each model's own",
                         "note": "photo models trained on crops of other photos (shared/data/photos); the embedded "
                                 "photos are crops of Kodak images, which the models never saw"}
     sources = next((crops for (_, receiver, _), crops in kept.items() if receiver == "source"), {})
@@ -278,7 +279,7 @@ def run_demo(out: Path, minutes: float | None = None, snr_text: str = "0,5,10,15
         "jscc_checkpoint": str(jscc_ckpt), "diffusion_checkpoint": str(diff_ckpt),
         "jscc_train_steps": jscc_steps, "diffusion_train_steps": diffusion_steps,
         "train_images": len(list(train_dir.glob("*.png"))), "held_back_images": document["n_images"],
-        "train_minutes": round(train_minutes, 2),
+        "train_minutes": round(train_minutes, 2), "sampling_steps": steps,
     }
     grid_rows, grid_names = _class_grid(system, held_dir, steps, seed)
     return _finish(document, out, grid_rows, grid_names, started,

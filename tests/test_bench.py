@@ -218,7 +218,7 @@ def test_quality_targets_preset_scores_the_shipped_receivers(cifar_root: Path, t
     verdict line, and the training figures are the manifest's."""
     from diffjscc.runtime.pretrained import model_entry, verified_path
 
-    assert main(["quality", "--preset", "targets", "--test-images", "10", "--data-root", str(cifar_root),
+    assert main(["quality", "--preset", "targets", "--test-images", "4", "--data-root", str(cifar_root),
                  "--work", str(tmp_path / "work"), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     result = json.loads((tmp_path / "quality_targets.json").read_text())
@@ -234,7 +234,7 @@ def test_quality_targets_preset_scores_the_shipped_receivers(cifar_root: Path, t
     one = by["512 @ 0 dB", "shipped", "diffusion, one sample"]
     assert one["train_tflop"] == model_entry("diffusion_512")["training"]["train_tflop"]
     assert by["512 @ 0 dB", "guided", "diffusion, one sample"]["network_evaluations"] == 16
-    rows = evaluate_rows([verified_path("diffusion_512")], tmp_path / "work" / "test_10", tmp_path / "eval.json",
+    rows = evaluate_rows([verified_path("diffusion_512")], tmp_path / "work" / "test_4", tmp_path / "eval.json",
                          "--snr", "0", "--steps", "8", "--start", "gaussian,mean", "--samples-per-image", "8")
     diffusion = next(r for r in rows if r["receiver"] == "diffusion" and r["start"] == "gaussian")
     mean = next(r for r in rows if r["start"] == "mean")

@@ -34,7 +34,7 @@ def test_embedded_sample_is_shipped() -> None:
 
 def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--train", "--out", str(out), "--minutes", "0.05", "--snr", "10"]) == 0
+    assert main(["demo", "--train", "--out", str(out), "--minutes", "0.05", "--snr", "10", "--steps", "2"]) == 0
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
     assert {r["codec"] or r["receiver"] for r in rows} == {"deep_jscc", "diffusion", "webp", "jpeg", "jpeg2000",
@@ -48,6 +48,7 @@ def test_demo_writes_grid_table_and_plot(tmp_path: Path, capsys) -> None:
     assert by["control_noise"]["psnr"] == pytest.approx(by["diffusion"]["psnr"], abs=0.05)
     assert by["source"]["fd_cls"] < min(r["fd_cls"] for r in rows if r["receiver"] != "source")
     assert results["demo"]["train_images"] == 256 and results["demo"]["held_back_images"] == 64
+    assert results["demo"]["sampling_steps"] == 2 and by["diffusion"]["steps"] == 2  # --steps 2
 
     # training and held-back images: disjoint by name and by pixels, together the embedded sample
     train, held = _pixels(out / "data" / "train"), _pixels(out / "data" / "held_back")

@@ -108,7 +108,7 @@ def test_packaging_a_further_stage_sums_the_training_of_every_stage(registry: Pa
     and its totals (steps, images, minutes, FLOPs) are their sums; no machine path is shipped."""
     overrides = ["mode=frozen", "jscc_encoder_path=tiny_jscc", "conditioning=residual", "prediction=v",
                  "num_channels=8", "channel_mult=[1]", "attention_resolutions=[]", "batch_size=4", "device=cpu",
-                 "log_interval=1", *[f"{key}={json.dumps(value)}" for key, value in MICRO.items()]]
+                 "log_interval=1", "sample_steps=1", *[f"{key}={json.dumps(value)}" for key, value in MICRO.items()]]
     first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
     assert main(train_argv(cifar_root / "cifar_train", first, 3, 3, overrides)) == 0
     assert main(train_argv(cifar_root / "cifar_train", second, 2, 2,
