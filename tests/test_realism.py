@@ -85,13 +85,13 @@ def test_split(cifar_test_split: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All test images of the shared archive as uint8 (N, 3, 32, 32) and their labels in the
     classifier's class order."""
     from diffjscc.data import ImageFolderDataset
-    from diffjscc.evaluation.metrics import to_uint8
+    from diffjscc.data.folder import read_rgb_array
 
     root = cifar_test_split
     classifier = load_classifier()
     dataset = ImageFolderDataset(root / "cifar_test", with_labels=True, class_names=classifier.class_names)
-    images = torch.stack([to_uint8(dataset[i][0]) for i in range(len(dataset))])
-    return images, torch.tensor(dataset.labels)
+    images = torch.stack([torch.from_numpy(read_rgb_array(path)).permute(2, 0, 1) for path in dataset.files])
+    return images.contiguous(), torch.tensor(dataset.labels)
 
 
 def test_shipped_classifier_is_small_and_has_its_stated_accuracy(test_split) -> None:
