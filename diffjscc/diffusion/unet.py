@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffusers import UNet2DModel
+
 from diffjscc.config import CONDITIONINGS
 from diffjscc.encoders.snr_attention import SNR_SCALE_DB, snr_vector
 
@@ -104,10 +106,6 @@ class ConditionalUNet(nn.Module):
         lift_channels = num_channels if spatial else 0
         estimate_channels = ESTIMATE_CHANNELS if spatial and conditioning == "residual" else 0
         conditional = latent_dim is not None or num_classes is not None or snr_adaptive
-        # imported here, not at the top: diffusers (which imports torch._dynamo) takes ~2.9 s to
-        # import on a 2-core CPU machine, which a process that only runs Deep JSCC never needs
-        from diffusers import UNet2DModel
-
         self.unet = UNet2DModel(
             sample_size=image_size,
             in_channels=in_channels + lift_channels + estimate_channels,
