@@ -94,7 +94,7 @@ def psnr_per_image(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(MSE_FLOOR))
 
 
-def gaussian_window(sigma: float, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
+def _gaussian_window(sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     """The normalised 1-D Gaussian of ``2 * int(3.5 sigma + 0.5) + 1`` taps (torchmetrics' and
     scikit-image's size); its outer product with itself is their 2-D window."""
     taps = 2 * int(3.5 * sigma + 0.5) + 1
@@ -126,7 +126,7 @@ def _similarity_maps(x: Tensor, y: Tensor, sigma: float, pad: int = 0) -> tuple[
     c1, c2 = 0.01**2, 0.03**2
     if pad:
         x, y = F.pad(x, (pad,) * 4, mode="reflect"), F.pad(y, (pad,) * 4, mode="reflect")
-    window = gaussian_window(sigma, x.dtype, x.device)
+    window = _gaussian_window(sigma, x.dtype, x.device)
     mu_x, mu_y, xx, yy, xy = _blur_valid(torch.cat([x, y, x * x, y * y, x * y]), window).split(x.shape[0])
     mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
     var_x, var_y = (xx - mu_xx).clamp_min(0.0), (yy - mu_yy).clamp_min(0.0)
@@ -158,8 +158,9 @@ MS_SSIM_BETAS = tuple(b / sum(_WANG_BETAS[:3]) for b in _WANG_BETAS[:3])
 sum to 1, i.e. (0.0711, 0.4530, 0.4760), so a uniform similarity s at every scale gives s."""
 MS_SSIM_SIGMA = 1.0
 MS_SSIM_KERNEL_SIZE = 2 * int(3.5 * MS_SSIM_SIGMA + 0.5) + 1
-"""Gaussian window of MS-SSIM: sigma = 1 px, 9 taps. torchmetrics sizes a Gaussian window from
-sigma alone (2 * int(3.5 sigma + 0.5) + 1) and ignores ``kernel_size``; we state the size it uses."""
+"""Gaussian window of MS-SSIM: sigma = 1 px, 9 taps, sized from sigma as torchmetrics and
+:func:`_gaussian_window` size it (2 * int(3.5 sigma + 0.5) + 1); the coarsest scale is
+reflect-padded by half of it."""
 
 
 def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
@@ -174,8 +175,8 @@ def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
     exponents renormalised to sum 1 (:data:`MS_SSIM_BETAS`) and a sigma = 1 Gaussian window
     of 9 taps (:data:`MS_SSIM_SIGMA`, :data:`MS_SSIM_KERNEL_SIZE`); K1 = 0.01, K2 = 0.03,
     data range 1. As torchmetrics' ``multiscale_structural_similarity_index_measure`` computes it
-    (whose values this separable code reproduces, see :func:`_similarity_maps`): ``cs_j`` (j < M) is the mean over the valid
-    region (windows inside the image) of all channels; the coarsest scale's ``l_M cs_M`` is the
+    (its values, reproduced here by :func:`_similarity_maps`): ``cs_j`` (j < M) is the mean over
+    the valid region (windows inside the image) of all channels; the coarsest scale's ``l_M cs_M`` is the
     mean over the whole 8x8 image with reflect padding, where a 9-tap window has no valid region.
     Negative terms are clamped at 0 (``normalize="relu"``) so powers stay real on very bad
     reconstructions. ``tests/test_metrics.py`` checks this against a SciPy implementation.

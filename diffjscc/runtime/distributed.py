@@ -210,11 +210,7 @@ def check_distinct_gpus(context: DistContext) -> None:
 
 
 def shutdown() -> None:
-    """Leave the group together: a barrier, then destroy. A rank that tears its gloo pairs down
-    while its peer is still writing files or finishing a collective can make the peer abort at
-    exit ("terminate called without an active exception", seen once under load, 2026-12-04)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
