@@ -35,7 +35,8 @@ LONGEST_FIRST = (
 of a 477 s suite). The README's command hands whole files to two workers in collection order
 (``--dist loadfile --no-loadscope-reorder``): longest first, the short files fill in at the end and
 the two workers finish together. xdist's own order (most tests first) left the long end-to-end
-files for last and one worker idle for ~30 s. A stale list costs balance only, never a test."""
+files for last and one worker idle (same code: 273.6 s -> 257.6 s). A stale list costs balance
+only, never a test."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
