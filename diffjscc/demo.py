@@ -168,8 +168,8 @@ def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10"
                             fid_info={"skipped": "FID not computed in the demo"},
                             patches=PatchRealism(load_patch_net(), seed=seed), keep_output=keep)
     document["demo"] = {"models": {name: model_entry(name)["receiver"] for name in names}, "photos": str(folder),
-                        "sampling_steps": {name: steps or loaded.system.cfg.sample_steps
-                                           for name, loaded in zip(names, models)},
+                        "sampling_steps": {name: steps or model.system.cfg.sample_steps
+                                           for name, model in zip(names, models)},
                         "note": "photo models trained on crops of other photos (shared/data/photos); the embedded "
                                 "photos are crops of Kodak images, which the models never saw"}
     sources = next((crops for (_, receiver, _), crops in kept.items() if receiver == "source"), {})
