@@ -40,10 +40,15 @@ __all__ = [
 MSE_FLOOR = 1e-10
 """Smallest MSE used in PSNR: identical images score ``10 log10(data_range^2 / 1e-10)`` dB."""
 
+
+def _window_taps(sigma: float) -> int:
+    """Taps of a Gaussian window, as torchmetrics and scikit-image size it from sigma."""
+    return 2 * int(3.5 * sigma + 0.5) + 1
+
+
 SSIM_SIGMA = 1.5
-SSIM_KERNEL_SIZE = 11
-"""Gaussian window: torchmetrics and scikit-image both use ``2 * int(3.5 * sigma + 0.5) + 1``
-taps, i.e. 11 for sigma = 1.5."""
+SSIM_KERNEL_SIZE = _window_taps(SSIM_SIGMA)
+"""Gaussian window of SSIM: 11 taps for sigma = 1.5."""
 
 
 def to_unit_range(x: Tensor) -> Tensor:
@@ -95,9 +100,9 @@ def psnr_per_image(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
 
 
 def _gaussian_window(sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The normalised 1-D Gaussian of ``2 * int(3.5 sigma + 0.5) + 1`` taps (torchmetrics' and
-    scikit-image's size); its outer product with itself is their 2-D window."""
-    taps = 2 * int(3.5 * sigma + 0.5) + 1
+    """The normalised 1-D Gaussian of :func:`_window_taps` taps; its outer product with itself is
+    torchmetrics' and scikit-image's 2-D window."""
+    taps = _window_taps(sigma)
     offsets = torch.arange(taps, dtype=dtype, device=device) - (taps - 1) / 2
     window = torch.exp(-0.5 * (offsets / sigma) ** 2)
     return window / window.sum()
@@ -157,10 +162,9 @@ MS_SSIM_BETAS = tuple(b / sum(_WANG_BETAS[:3]) for b in _WANG_BETAS[:3])
 """Exponents of the 3 scales: Wang et al.'s first three (0.0448, 0.2856, 0.3001) renormalised to
 sum to 1, i.e. (0.0711, 0.4530, 0.4760), so a uniform similarity s at every scale gives s."""
 MS_SSIM_SIGMA = 1.0
-MS_SSIM_KERNEL_SIZE = 2 * int(3.5 * MS_SSIM_SIGMA + 0.5) + 1
-"""Gaussian window of MS-SSIM: sigma = 1 px, 9 taps, sized from sigma as torchmetrics and
-:func:`_gaussian_window` size it (2 * int(3.5 sigma + 0.5) + 1); the coarsest scale is
-reflect-padded by half of it."""
+MS_SSIM_KERNEL_SIZE = _window_taps(MS_SSIM_SIGMA)
+"""Gaussian window of MS-SSIM: sigma = 1 px, 9 taps (torchmetrics sizes it from sigma and ignores
+``kernel_size``); the coarsest scale is reflect-padded by half of it."""
 
 
 def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
@@ -186,12 +190,10 @@ def ms_ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
         raise ValueError(f"MS-SSIM (3 scales) needs images of at least 32x32 px, got {tuple(x.shape[-2:])}")
     x, y = _as_float(x), _as_float(y)
     terms = []
-    for scale in range(len(MS_SSIM_BETAS)):
-        if scale < len(MS_SSIM_BETAS) - 1:
-            terms.append(_similarity_maps(x, y, MS_SSIM_SIGMA)[1].mean(dim=(1, 2, 3)))
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        else:
-            pad = (MS_SSIM_KERNEL_SIZE - 1) // 2
-            terms.append(_similarity_maps(x, y, MS_SSIM_SIGMA, pad=pad)[0].mean(dim=(1, 2, 3)))
+    for _ in MS_SSIM_BETAS[:-1]:  # cs_j of the finer scales, valid region
+        terms.append(_similarity_maps(x, y, MS_SSIM_SIGMA)[1].mean(dim=(1, 2, 3)))
+        x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    pad = (MS_SSIM_KERNEL_SIZE - 1) // 2  # l_M cs_M of the coarsest, whole image
+    terms.append(_similarity_maps(x, y, MS_SSIM_SIGMA, pad=pad)[0].mean(dim=(1, 2, 3)))
     betas = torch.tensor(MS_SSIM_BETAS, dtype=x.dtype, device=x.device).view(-1, 1)
     return (torch.stack(terms).relu() ** betas).prod(dim=0)
