@@ -366,10 +366,12 @@ def _peer_lost(err: Exception) -> int:
 
 def _cmd_train(args) -> int:
     from diffjscc.config import load_config
+    from diffjscc.diffusion.unet import import_diffusers
     from diffjscc.evaluation.grids import write_training_grid
     from diffjscc.runtime.distributed import DistributedError, process_group
     from diffjscc.training.trainer import Trainer
 
+    import_diffusers()  # before the process group starts: see its docstring
     cfg = load_config(args.config, args.overrides + (["strict_data=true"] if args.strict else []))
     try:  # one process, or one of the N that torchrun / mpiexec / srun started
         with process_group(args.dist_timeout, cfg.device) as context:
@@ -510,6 +512,7 @@ def _fid_scorer(args, device):
 
 def _cmd_evaluate(args) -> int:
     from diffjscc.channel import parse_snr_list
+    from diffjscc.diffusion.unet import import_diffusers
     from diffjscc.evaluation.digital import CODECS
     from diffjscc.evaluation.lpips import make_lpips
     from diffjscc.evaluation.results import check_results_targets, results_table, write_results
@@ -518,6 +521,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
     from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
+    import_diffusers()  # before the process group starts: see its docstring
     try:
         snrs = parse_snr_list(args.snr)
     except UserError as err:

@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
 # Train the photo models on random crops of ../shared/data/photos (49 Wikimedia Commons photos;
 # their sources: ../shared/data/photos/README.md), to be scored on the 24 Kodak photos:
-#   Deep JSCC photo bases, SNR-adaptive over 0-20 dB, AWGN: deep_jscc_photo_512 (c_out 8: 512 real
-#   symbols per 32x32x3 block, k/n 1/6 real, 1/12 complex) and deep_jscc_photo_128 (c_out 2: 1/24
-#   real, 1/48 complex), each a further stage (init_from) of the CIFAR model with the same symbols,
-#   on CROP x CROP crops with flips, learning rate LR annealed linearly to 0 over STEPS steps.
+#   Deep JSCC photo bases, SNR-adaptive over 0-20 dB, AWGN, on CROP x CROP crops with flips, the
+#   learning rate annealed linearly to 0 over the run:
+#   - deep_jscc_photo_512 (c_out 8: 512 real symbols per 32x32x3 block, k/n 1/6 real, 1/12
+#     complex): a further stage (init_from) of the CIFAR deep_jscc_512, 16 000 steps from 5e-4;
+#   - deep_jscc_photo_128 (c_out 2: 1/24 real, 1/48 complex): from scratch, 30 000 steps from
+#     1e-3 (starting from the CIFAR deep_jscc_128 kept CIFAR's colours: 22.79 dB on Kodak).
 # Resumable: run it again after an interruption and each training continues from its last
 # checkpoint (--resume auto); finished runs are not retrained.
 #
 #   bash scripts/train_photo_models.sh [WORK_DIR]      # default WORK_DIR: runs/photo
 #
-# Environment: PHOTOS (default ../shared/data/photos), STEPS (default 16000), BATCH (default 8),
-# CROP (default 128), LR (default 5e-4), BANDWIDTHS (default "512 128"; two shells with one each and
-# OMP_NUM_THREADS=1 train both side by side).
+# Environment: PHOTOS (default ../shared/data/photos), BATCH (default 8), CROP (default 128),
+# STEPS_512 / STEPS_128, LR_512 / LR_128 and INIT_512 / INIT_128 (init_from; empty: from scratch)
+# for each base, BANDWIDTHS (default "512 128"; two shells with one each and OMP_NUM_THREADS=1
+# train both side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK=${1:-runs/photo}
 PHOTOS=${PHOTOS:-../shared/data/photos}
-STEPS=${STEPS:-16000}
 BATCH=${BATCH:-8}
 CROP=${CROP:-128}
-LR=${LR:-5.0e-4}
+STEPS_512=${STEPS_512:-16000}
+LR_512=${LR_512:-5.0e-4}
+INIT_512=${INIT_512-deep_jscc_512}
+STEPS_128=${STEPS_128:-30000}
+LR_128=${LR_128:-1.0e-3}
+INIT_128=${INIT_128-}
 BANDWIDTHS=${BANDWIDTHS:-512 128}
 DIFFJSCC=${DIFFJSCC:-.venv/bin/diffjscc}
 
@@ -30,10 +37,13 @@ source scripts/train_run.sh  # train LOG_DIR OVERRIDES...: a new run, or the res
 mkdir -p "$WORK"
 for symbols in $BANDWIDTHS; do
     c_out=$((symbols / 64))
+    steps_var=STEPS_$symbols lr_var=LR_$symbols init_var=INIT_$symbols
+    init=()
+    if [ -n "${!init_var}" ]; then init=(--set "init_from=${!init_var}"); fi
     train "$WORK/deep_jscc_photo_$symbols" --set "data_dir=$PHOTOS" --set "crop_size=$CROP" --set mode=jscc \
         --set "c_out=$c_out" --set "latent_dim=$symbols" --set snr_adaptive=true --set "snr_range=[0,20]" \
-        --set device=cpu --set seed=0 --set "batch_size=$BATCH" --set "lr=$LR" --set "total_steps=$STEPS" \
-        --set "init_from=deep_jscc_$symbols" --set save_interval=250 --set log_interval=50
+        --set device=cpu --set seed=0 --set "batch_size=$BATCH" --set "lr=${!lr_var}" --set "total_steps=${!steps_var}" \
+        "${init[@]}" --set save_interval=500 --set log_interval=100
 done
 
 # The photo diffusion receivers: a further stage (init_from) of the CIFAR receiver with the same
@@ -45,7 +55,8 @@ RX_LR=${RX_LR:-2.0e-4}
 RX_BATCH=${RX_BATCH:-32}
 for symbols in $BANDWIDTHS; do
     c_out=$((symbols / 64))
-    base=$(printf "%s/deep_jscc_photo_%s/ckpt_%07d.pt" "$WORK" "$symbols" "$STEPS")
+    steps_var=STEPS_$symbols
+    base=$(printf "%s/deep_jscc_photo_%s/ckpt_%07d.pt" "$WORK" "$symbols" "${!steps_var}")
     train "$WORK/diffusion_photo_$symbols" --set "data_dir=$PHOTOS" --set crop_size=32 --set mode=frozen \
         --set "jscc_encoder_path=$base" --set "c_out=$c_out" --set "latent_dim=$symbols" \
         --set conditioning=residual --set prediction=v --set sample_spacing=trailing --set sample_steps=8 \

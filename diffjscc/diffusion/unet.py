@@ -37,12 +37,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusers import UNet2DModel
-
 from diffjscc.config import CONDITIONINGS
 from diffjscc.encoders.snr_attention import SNR_SCALE_DB, snr_vector
 
 ESTIMATE_CHANNELS = 3  # the Deep JSCC estimate x̂ concatenated in ``residual`` conditioning
+
+
+def import_diffusers() -> None:
+    """Import diffusers now rather than when the first UNet is built.
+
+    The commands that may run as one rank of torchrun / mpiexec (``train``, ``evaluate``) call
+    this before their process group starts, which is when every process imported it before the
+    import became lazy. With the import inside a rank's run instead, a gloo rank aborted at exit
+    ("terminate called without an active exception") in 2 of 3 full test runs; the cause was not
+    found, and this ordering never showed it.
+    """
+    import diffusers  # noqa: F401
 
 
 @dataclass
@@ -106,6 +116,10 @@ class ConditionalUNet(nn.Module):
         lift_channels = num_channels if spatial else 0
         estimate_channels = ESTIMATE_CHANNELS if spatial and conditioning == "residual" else 0
         conditional = latent_dim is not None or num_classes is not None or snr_adaptive
+        # imported here, not at the top: diffusers (which imports torch._dynamo) takes ~2.9 s to
+        # import on a 2-core CPU machine, which a process that only runs Deep JSCC never needs
+        from diffusers import UNet2DModel
+
         self.unet = UNet2DModel(
             sample_size=image_size,
             in_channels=in_channels + lift_channels + estimate_channels,

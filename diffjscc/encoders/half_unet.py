@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from diffusers.models.unets.unet_2d_blocks import get_down_block
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
@@ -81,6 +80,8 @@ class HalfUNetEncoder(nn.Module):
         self.image_size = image_size
         self.c_out = c_out
         self.latent_size = latent_size
+
+        from diffusers.models.unets.unet_2d_blocks import get_down_block  # lazily: see diffjscc.diffusion.unet
 
         self.conv_in = nn.Conv2d(in_channels, num_channels, kernel_size=3, padding=1)
         blocks: list[nn.Module] = []
