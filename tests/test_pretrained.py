@@ -216,6 +216,22 @@ def test_transmit_a_photo_whole_without_seams(cifar_root: Path, tmp_path: Path, 
     assert min(_seam_ratios(to_uint8(stitched).permute(1, 2, 0).numpy(), photo)) > 1.5
 
 
+@pytest.mark.skipif("deep_jscc_512" not in SHIPPED_NAMES, reason="the package ships no deep_jscc_512")
+def test_a_deep_jscc_transmit_never_imports_diffusers(cifar_root: Path, tmp_path: Path) -> None:
+    """Deep JSCC needs no UNet, so its process never pays the ~3 s import of diffusers; a
+    diffusion model's process does import it (the check sees the import)."""
+    _photo(cifar_root, 128, tmp_path / "photo.png")
+    script = ("import sys\nfrom diffjscc.cli import main\n"
+              "code = main(['transmit', '--model', sys.argv[1], '--snr', '10', '--steps', '1', sys.argv[2], sys.argv[3]])\n"
+              "print('diffusers imported:', 'diffusers' in sys.modules, 'exit', code)\n")
+    for name, imported in (("deep_jscc_512", False), ("diffusion_512", True)):
+        if name not in SHIPPED_NAMES:
+            continue
+        done = subprocess.run([sys.executable, "-c", script, name, str(tmp_path / "photo.png"),
+                               str(tmp_path / f"{name}.png")], capture_output=True, text=True, timeout=300)
+        assert f"diffusers imported: {imported} exit 0" in done.stdout, done.stdout + done.stderr
+
+
 @pytest.mark.skipif("deep_jscc_photo_512" not in SHIPPED_NAMES, reason="the package ships no photo model")
 def test_a_photo_model_sends_a_kodak_photo_without_seams_or_notes(kodak: Path, tmp_path: Path, capsys) -> None:
     """The photo model on kodim15 (a face, 768x512) at 10 dB: no seams on the 32-pixel grid, no
