@@ -371,8 +371,8 @@ def _cmd_train(args) -> int:
     from diffjscc.runtime.distributed import DistributedError, process_group
     from diffjscc.training.trainer import Trainer
 
-    import_diffusers()  # before the process group starts: see its docstring
     cfg = load_config(args.config, args.overrides + (["strict_data=true"] if args.strict else []))
+    import_diffusers()  # before the process group starts (see its docstring), after the config is checked
     try:  # one process, or one of the N that torchrun / mpiexec / srun started
         with process_group(args.dist_timeout, cfg.device) as context:
             result = Trainer(cfg, resume=args.resume, progress=not args.no_progress, dist=context,
@@ -521,7 +521,6 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.runtime.distributed import DistributedError, barrier, process_group
     from diffjscc.runtime.device import configure_job_numerics, resolve_device
 
-    import_diffusers()  # before the process group starts: see its docstring
     try:
         snrs = parse_snr_list(args.snr)
     except UserError as err:
@@ -557,6 +556,7 @@ def _cmd_evaluate(args) -> int:
         fid_reference = ImageFolderDataset(args.fid_ref).files
     device = resolve_device(args.device)
     configure_job_numerics(device)  # the receivers' speed settings; the metrics run in full fp32
+    import_diffusers()  # before the process group starts (see its docstring), after the arguments are checked
     try:  # one process, or one of the N that torchrun / mpiexec / srun started: sharded, rank 0 writes
         with process_group(args.dist_timeout, args.device) as context:
             device = context.place(device)

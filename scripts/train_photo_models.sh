@@ -15,8 +15,9 @@
 #
 # Environment: PHOTOS (default ../shared/data/photos), BATCH (default 8), CROP (default 128),
 # STEPS_512 / STEPS_128, LR_512 / LR_128 and INIT_512 / INIT_128 (init_from; empty: from scratch)
-# for each base, STAGE2_STEPS_512 / STAGE2_STEPS_128 (0: none) and STAGE2_LR for its second stage, BANDWIDTHS (default "512 128"; two shells with one each and OMP_NUM_THREADS=1
-# train both side by side).
+# for each base, STAGE2_STEPS_512 / STAGE2_STEPS_128 (0: none) and STAGE2_LR for its second stage,
+# BANDWIDTHS (default "512 128"; two shells with one each and OMP_NUM_THREADS=1 train both side by
+# side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -100,7 +101,7 @@ for symbols in $BANDWIDTHS; do
 done
 
 # Kodak scores of the four shipped photo models into the manifest (diffjscc models prints them),
-# with the by-eye contact sheets: Deep JSCC on all 24 photos, the diffusion receivers (about 35 s a
+# with the by-eye contact sheets: Deep JSCC on all 24 photos, the diffusion receivers (17-35 s a
 # photo on one thread) on the contact sheet's 6. bench/results/kodak_photo.json is this file.
 models=deep_jscc_photo_512,deep_jscc_photo_128 receivers=diffusion_photo_512,diffusion_photo_128
 command="python -m bench kodak --models $models --few-models $receivers --snr 0,10,20"
