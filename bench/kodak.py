@@ -35,6 +35,7 @@ from diffjscc.data import load_image_tensor
 from diffjscc.data.folder import image_files
 from diffjscc.errors import UserError
 from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, to_uint8
+from diffjscc.evaluation.perceptual import PERCEPTUAL_METRICS, make_perceptual
 from diffjscc.evaluation.transmit import transmit_image
 from diffjscc.whole_image import padded_size
 from diffjscc.runtime.pretrained import path_or_model
@@ -66,8 +67,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="normalise power per 32x32-pixel block (as CIFAR training) instead of per photo")
     parser.add_argument("--steps", type=int, default=None,
                         help="diffusion receivers' sampling steps (default: each model's own)")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="diffusion receivers' classifier-free guidance scale (default 1: none)")
     parser.add_argument("--sheet", type=Path, default=None,
                         help="write the by-eye contact sheets (one per SNR) into this folder")
+    parser.add_argument("--lpips-weights", type=Path, default=None,
+                        help="LPIPS' AlexNet (torchvision's alexnet-owt-7be5be79.pth); default: the torch hub cache")
+    parser.add_argument("--vgg16-weights", type=Path, default=None,
+                        help="DISTS' VGG16 (torchvision's vgg16-397923af.pth); default: the torch hub cache")
+    parser.add_argument("--dists-weights", type=Path, default=None, help="DISTS' alpha/beta (the authors' weights.pt)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/kodak.json"))
@@ -126,10 +134,11 @@ def _training(name: str) -> dict:
             "trained_on": "photo crops" if entry.get("photo") else "CIFAR-10 32x32", "base": entry.get("base")}
 
 
-def score_models(names: list[str], folder: Path, snrs: list[float], args, sheet: dict,
+def score_models(names: list[str], folder: Path, snrs: list[float], args, sheet: dict, perceptual: tuple,
                  only: list[str] | None = None) -> list[dict]:
-    """The evaluation protocol (``diffjscc evaluate`` on whole images, with the controls and patch
-    realism) of the models ``names`` on the photos of ``folder`` (``only``: those files); one row per
+    """The evaluation protocol (``diffjscc evaluate`` on whole images, with the controls, patch
+    realism and ``perceptual``, :func:`~diffjscc.evaluation.perceptual.make_perceptual`'s scorer
+    and notes) of the models ``names`` on the photos of ``folder`` (``only``: those files); one row per
     model, receiver and SNR, with the per-image colour errors and times folded in."""
     from diffjscc.evaluation.patches import PatchRealism, load_patch_net
     from diffjscc.evaluation.sweep import Protocol, load_models, run_protocol
@@ -143,8 +152,8 @@ def score_models(names: list[str], folder: Path, snrs: list[float], args, sheet:
             sheet.setdefault((model, receiver, snr), {})[file.stem] = output[:, top:top + SHEET_SIDE, left:left + SHEET_SIDE]
 
     protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=args.steps, seed=args.seed, channel="awgn",
-                        controls=True)
-    document = run_protocol(models, folder, protocol, lpips_note="LPIPS not computed by bench kodak",
+                        controls=True, guidance=args.guidance)
+    document = run_protocol(models, folder, protocol, perceptual=perceptual[0], perceptual_notes=perceptual[1],
                             fid_info={"skipped": "FID not computed by bench kodak"}, progress=False,
                             patches=PatchRealism(load_patch_net(), seed=args.seed), selection=selection,
                             keep_output=keep, echo=lambda *a, **k: None)
@@ -158,7 +167,8 @@ def score_models(names: list[str], folder: Path, snrs: list[float], args, sheet:
             "snr_db": row["snr_db"], "channel": "awgn", "n_images": row["n"], "steps": row["steps"] or None,
             "k_over_n": row["k_over_n"], "k_over_n_complex": row["k_over_n_complex"],
             "psnr": row["psnr"], "ms_ssim": row["ms_ssim"], "patch_fd": row["patch_fd"],
-            "patch_kid": row["patch_kid"], "colour_error_max": max(colours),
+            "patch_kid": row["patch_kid"], **{name: row[name] for name in PERCEPTUAL_METRICS},
+            "colour_error_max": max(colours),
             "colour_error_median": statistics.median(colours),
             "seconds_per_image": statistics.fmean(r["seconds"] for r in records),
             **_training(row["model"]),
@@ -237,18 +247,20 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | system | trained on (minutes, TFLOP) | k/n real, complex | SNR dB | PSNR | MS-SSIM | patch FD | "
-             "patch KID | colour error max (median) | s/image | n |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "patch KID | LPIPS | DISTS | colour error max (median) | s/image | n |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cost = (f" ({r['train_minutes']:.0f} min, {r['train_tflop']:.0f} TFLOP)"
                 if r.get("train_minutes") is not None else "")
         lines.append(f"| {r['model']} | {r['system']} | {r.get('trained_on', '?')}{cost} | "
                      f"1/{1 / r['k_over_n']:.0f}, 1/{1 / r['k_over_n_complex']:.0f} | {r['snr_db']:g} | "
                      f"{r['psnr']:.2f} | {r['ms_ssim']:.4f} | {_fmt(r['patch_fd'], '.3f')} | "
-                     f"{_fmt(r['patch_kid'], '.3f')} | {r['colour_error_max']:.1f} ({r['colour_error_median']:.1f}) | "
+                     f"{_fmt(r['patch_kid'], '.3f')} | {_fmt(r.get('lpips'), '.4f')} | "
+                     f"{_fmt(r.get('dists'), '.4f')} | {r['colour_error_max']:.1f} ({r['colour_error_median']:.1f}) | "
                      f"{r['seconds_per_image']:.2f} | {r['n_images']} |")
     for a in ANCHORS:
         lines.append(f"| {a['system']} | {a['source']} | DIV2K (GPU, days) | —, 1/{1 / a['k_over_n_complex']:.0f} | 10 | "
-                     f"{a['psnr']:.2f} | — | — | — | — | — | 24 |")
+                     f"{a['psnr']:.2f} | — | — | — | — | — | — | — | 24 |")
     return "\n".join(lines)
 
 
@@ -264,16 +276,18 @@ def run(args: argparse.Namespace) -> int:
         return _run_power_per_block(names, snrs, args)
     sheet: dict = {}
     rows = []
+    perceptual = make_perceptual(args.lpips_weights, args.vgg16_weights, args.dists_weights)
     for name in names:
-        rows += score_models([name], args.kodak, snrs, args, sheet)
+        rows += score_models([name], args.kodak, snrs, args, sheet, perceptual)
     for name in few:  # the slow receivers: only the photos of the contact sheet
-        rows += score_models([name], args.kodak, snrs, args, sheet, only=list(SHEET_CROPS))
+        rows += score_models([name], args.kodak, snrs, args, sheet, perceptual, only=list(SHEET_CROPS))
     text = table(rows)
     found = verdicts(rows)
     print(text)
     print("\n".join(found))
     write_json(args.json, {"benchmark": "kodak", "kodak": str(args.kodak), "models": names, "few_models": few,
                            "few_models_photos": list(SHEET_CROPS), "snrs": snrs, "steps": args.steps,
+                           "guidance": args.guidance,
                            "psnr_is": "mean of per-image PSNR (as the literature reports Kodak)",
                            "controls": "source: the photos themselves; control_noise: Deep JSCC plus Gaussian noise "
                                        "scaled per photo to the diffusion output's PSNR",
@@ -281,8 +295,10 @@ def run(args: argparse.Namespace) -> int:
                                             "trained on the training photos, against the photos' own patches",
                            "targets": {"deep_jscc_10db_psnr_by_symbols": TARGETS_10DB,
                                        "colour_error_levels": COLOUR_TARGET},
-                           "verdicts": found, "anchors": ANCHORS, "machine": machine_info(), "rows": rows})
-    args.json.with_suffix(".md").write_text(text + "\n\n" + "\n".join(f"- {line}" for line in found) + "\n")
+                           "perceptual": perceptual[1], "verdicts": found, "anchors": ANCHORS,
+                           "machine": machine_info(), "rows": rows})
+    skipped = [note for name, note in perceptual[1].items() if all(r[name] is None for r in rows)]
+    args.json.with_suffix(".md").write_text(text + "\n\n" + "\n".join(f"- {line}" for line in found + skipped) + "\n")
     if args.sheet is not None:
         for path in write_sheets(sheet, rows, args.sheet):
             print(f"wrote {path}")

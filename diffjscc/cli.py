@@ -15,6 +15,7 @@ from diffjscc import __version__
 from diffjscc.config import CHANNELS, EQUALIZERS, FEW_STEPS, SAMPLERS, SPACINGS, SPREAD_SCALE
 from diffjscc.data.folder import SUBSETS
 from diffjscc.errors import EXIT_USAGE, UserError
+from diffjscc.evaluation.perceptual import ALEXNET_WEIGHTS, PERCEPTUAL_METRICS, VGG16_WEIGHTS
 from diffjscc.runtime.pretrained import checkpoint_for, verified_path
 
 EXIT_PEER_LOST = 1  # distributed training: another process died or stopped answering
@@ -185,6 +186,14 @@ def _add_evaluate(sub) -> None:
                    help="FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth or torch-fidelity's "
                         "weights-inception-2015-12-05-6726825d.pth); default: looked up in the torch hub "
                         "cache. Never downloaded: without the file FID is skipped, with a notice")
+    p.add_argument("--lpips-weights", type=Path, default=None, metavar="PATH",
+                   help=f"LPIPS-Alex's backbone: torchvision's ImageNet AlexNet ({ALEXNET_WEIGHTS}); default: looked "
+                        "up in the torch hub cache. Never downloaded: without it LPIPS is null, with the reason")
+    p.add_argument("--vgg16-weights", type=Path, default=None, metavar="PATH",
+                   help=f"DISTS' backbone: torchvision's ImageNet VGG16 ({VGG16_WEIGHTS}); default: the torch hub cache")
+    p.add_argument("--dists-weights", type=Path, default=None, metavar="PATH",
+                   help="DISTS' alpha/beta: the authors' weights.pt (DISTS_pytorch). With --vgg16-weights it adds "
+                        "DISTS; without them DISTS is null, with the reason")
     p.add_argument("--fid-ref", type=Path, default=None, metavar="DIR",
                    help="reference folder for FID statistics (default: the evaluated source images); "
                         "statistics are cached in it as .fid_stats_<hash>.npz")
@@ -225,7 +234,7 @@ def _add_plot(sub) -> None:
                    help="results.json / results.csv of 'diffjscc evaluate', or folders holding results.json")
     p.add_argument("--out", type=Path, required=True, help="output PNG")
     p.add_argument("--metrics", default=None,
-                   help="comma-separated subset of psnr,ssim,ms_ssim,fd_cls,kid_cls,acc_cls,fid,lpips")
+                   help="comma-separated subset of psnr,ssim,ms_ssim,fd_cls,kid_cls,acc_cls,fid,lpips,dists")
     p.add_argument("--perception-distortion", action="store_true",
                    help="instead: PSNR (x) against fd_cls (y) for each receiver and control, points labelled by SNR")
     p.add_argument("--ratio-snr", type=float, default=None,
@@ -514,7 +523,7 @@ def _cmd_evaluate(args) -> int:
     from diffjscc.channel import parse_snr_list
     from diffjscc.diffusion.unet import import_diffusers
     from diffjscc.evaluation.digital import CODECS
-    from diffjscc.evaluation.lpips import make_lpips
+    from diffjscc.evaluation.perceptual import make_perceptual
     from diffjscc.evaluation.results import check_results_targets, results_table, write_results
     from diffjscc.evaluation.sweep import (Protocol, check_digital, check_receivers, load_models, protocol_images,
                                            run_protocol)
@@ -570,9 +579,11 @@ def _cmd_evaluate(args) -> int:
             fid, fid_info = _fid_scorer(args, device)
             if fid is None:
                 say(f"diffjscc: {fid_info['skipped']}", file=sys.stderr)
-            lpips, lpips_note = make_lpips(device=device, batch_size=args.batch_size)
-            if lpips is None:
-                say(f"diffjscc: {lpips_note}", file=sys.stderr)
+            perceptual, perceptual_notes = make_perceptual(args.lpips_weights, args.vgg16_weights,
+                                                           args.dists_weights, device=device)
+            for name, note in perceptual_notes.items():
+                if perceptual is None or name not in perceptual.metrics:
+                    say(f"diffjscc: {note}", file=sys.stderr)
             realism = None
             if not args.no_realism:
                 from diffjscc.evaluation.classifier import load_classifier
@@ -586,7 +597,8 @@ def _cmd_evaluate(args) -> int:
                 if args.patch_net is not None or shipped_patch_net_path().is_file():
                     patches = PatchRealism(load_patch_net(args.patch_net, device=device), seed=args.seed)
             document = run_protocol(models, args.data, protocol, fid=fid, fid_info=fid_info,
-                                    fid_reference=fid_reference, lpips=lpips, lpips_note=lpips_note,
+                                    fid_reference=fid_reference, perceptual=perceptual,
+                                    perceptual_notes=perceptual_notes,
                                     realism=realism, patches=patches, progress=not args.no_progress,
                                     selection=selection)
             written = write_results(document, args.out, args.json, args.overwrite) if context.is_main else []
@@ -614,7 +626,7 @@ def _cmd_plot(args) -> int:
     metrics = None
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        unknown = set(metrics) - {"psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "acc_cls", "fid", "lpips"}
+        unknown = set(metrics) - {"psnr", "ssim", "ms_ssim", "fd_cls", "kid_cls", "acc_cls", "fid", *PERCEPTUAL_METRICS}
         if unknown:
             raise UserError(f"--metrics: unknown metric(s) {', '.join(sorted(unknown))}")
     try:

@@ -164,7 +164,7 @@ def run_photo_demo(out: Path, photos: Path | None = None, snr_text: str = "0,10"
 
     models = load_models([verified_path(name) for name in names], device="cpu", names=names)
     protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=steps, seed=seed, channel="awgn", controls=True)
-    document = run_protocol(models, folder, protocol, lpips_note="LPIPS not computed in the demo",
+    document = run_protocol(models, folder, protocol,
                             fid_info={"skipped": "FID not computed in the demo"},
                             patches=PatchRealism(load_patch_net(), seed=seed), keep_output=keep)
     document["demo"] = {"models": {name: model_entry(name)["receiver"] for name in names}, "photos": str(folder),
@@ -202,7 +202,7 @@ def _score(models, held_dir: Path, snrs: list[float], seed: int, digital: tuple[
     from diffjscc.evaluation.sweep import Protocol, run_protocol
 
     protocol = Protocol(snrs=snrs, starts=("gaussian",), steps=steps, seed=seed, digital=digital, controls=True)
-    return run_protocol(models, held_dir, protocol, lpips_note="LPIPS not computed in the demo",
+    return run_protocol(models, held_dir, protocol,
                         realism=RealismScorer(load_classifier(), seed=seed),
                         fid_info={"skipped": "FID not computed in the demo: it needs the Inception-v3 weights "
                                              "file (diffjscc evaluate --fid-weights PATH)"})

@@ -209,31 +209,25 @@ def test_sharded_fid_combines_feature_statistics(setup: dict, tmp_path: Path) ->
 
 LPIPS_DRIVER = """
 import json, sys, torch
-from torchmetrics.regression import MeanAbsoluteError
-from diffjscc.evaluation.lpips import LPIPSScorer
+from diffjscc.evaluation.perceptual import PerceptualScorer
 from diffjscc.evaluation.scoring import score_outputs
 from diffjscc.runtime.distributed import process_group
 
 with process_group(60.0, "cpu") as ctx:
-    # a stand-in for LPIPS (torchvision does not import here): any torchmetrics mean metric
-    scorer = LPIPSScorer(MeanAbsoluteError(sync_on_compute=False), batch_size=2)
+    # stand-ins for LPIPS and DISTS (their ImageNet weights are not here): per-pair mean absolute errors
+    mae = lambda x, y: (x - y).abs().mean(dim=(1, 2, 3))
+    scorer = PerceptualScorer({"lpips": mae, "dists": lambda x, y: 2 * mae(x, y)}, batch_size=2)
     images = torch.arange(3 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 3, 32, 32)
     mine = images if ctx.rank == 0 else images[:0]  # rank 1 has nothing to score
-    scores = score_outputs(mine, (mine.int() + 10).clamp(max=255).to(torch.uint8), lpips=scorer, sharded=True,
-                       samples=1)
-    print(json.dumps({"rank": ctx.rank, "lpips": scores["lpips"]}), flush=True)
+    scores = score_outputs(mine, (mine.int() + 10).clamp(max=255).to(torch.uint8), perceptual=scorer,
+                           sharded=True, samples=1)
+    print(json.dumps({"rank": ctx.rank, "lpips": scores["lpips"], "dists": scores["dists"]}), flush=True)
 """
 
 
-def test_lpips_in_sharded_evaluation_with_an_empty_rank(tmp_path: Path) -> None:
-    """A rank with no images must not hang the other in the metric's own sync (torchmetrics syncs
-    in compute() unless told not to); both ranks get the mean over all images."""
-    from torchmetrics.regression import MeanAbsoluteError
-
-    from diffjscc.evaluation.lpips import LPIPSScorer
-
-    with pytest.raises(ValueError, match="sync_on_compute=False"):
-        LPIPSScorer(MeanAbsoluteError())
+def test_lpips_and_dists_in_sharded_evaluation_with_an_empty_rank(tmp_path: Path) -> None:
+    """A rank with no images must not hang the other or skew the mean: both ranks get the mean of
+    LPIPS and DISTS over all images (each rank's mean weighted by its count)."""
     script = tmp_path / "lpips_driver.py"
     script.write_text(LPIPS_DRIVER)
     base = _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
@@ -252,3 +246,4 @@ def test_lpips_in_sharded_evaluation_with_an_empty_rank(tmp_path: Path) -> None:
     images = torch.arange(3 * 3 * 32 * 32).remainder(251).float()
     expected = ((images + 10).clamp(max=255) - images).mean().item() / 255
     assert [r["lpips"] for r in results] == pytest.approx([expected, expected], rel=1e-6)
+    assert [r["dists"] for r in results] == pytest.approx([2 * expected, 2 * expected], rel=1e-6)

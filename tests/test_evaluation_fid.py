@@ -1,4 +1,4 @@
-"""FID, its Inception network, MS-SSIM at 32x32 and LPIPS availability, offline, on real images.
+"""FID, its Inception network and MS-SSIM at 32x32, offline, on real images.
 
 FID with a small fixed random conv net passed in code: 0 for identical sets, growing with
 noise; the reference-statistics cache; the TF1 resize against its closed form; the Inception
@@ -29,7 +29,6 @@ from diffjscc.evaluation.inception import (
     load_fid_inception,
     resize_bilinear_tf1,
 )
-from diffjscc.evaluation.lpips import make_lpips
 from diffjscc.evaluation.metrics import ms_ssim_per_image
 
 
@@ -194,19 +193,6 @@ def test_ms_ssim_is_valid_at_32px(cifar_images) -> None:
     scores = [float(ms_ssim_per_image(x, _noisy(_u8(cifar_images[:16]), s).float() / 255).mean())
               for s in (0.02, 0.1, 0.3)]
     assert 1 > scores[0] > scores[1] > scores[2] > 0
-
-
-def test_lpips_is_null_with_a_reason_when_unavailable() -> None:
-    scorer, note = make_lpips()
-    try:
-        importlib.import_module("torchvision")
-        has_torchvision = True
-    except Exception:
-        has_torchvision = False
-    if scorer is None:
-        assert note.startswith("LPIPS skipped:")
-        if not has_torchvision:
-            assert "torchvision" in note
 
 
 def test_numerics_id_names_what_changes_features() -> None:

@@ -173,7 +173,7 @@ def markdown_table(
 
 # ---- evaluation results (``diffjscc plot``) ----------------------------------------------------
 _METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fid": "FID (lower is better)",
-                  "lpips": "LPIPS (lower is better)", "fd_cls": "fd_cls (not Inception FID; lower is better)",
+                  "lpips": "LPIPS (lower is better)", "dists": "DISTS (lower is better)", "fd_cls": "fd_cls (not Inception FID; lower is better)",
                   "kid_cls": "kid_cls (not Inception KID; lower is better)", "acc_cls": "acc_cls (classifier top-1)"}
 _LEGEND_BELOW_MAX = 10
 """Legends with more entries go to the right of the panels, one entry a line: below them, a long
@@ -311,7 +311,7 @@ def plot_results(
     if not rows:
         raise ValueError("no result rows to plot")
     if metrics is None:
-        metrics = ["psnr", "ssim", "ms_ssim"] + [m for m in ("fid", "lpips") if any(r.get(m) is not None for r in rows)]
+        metrics = ["psnr", "ssim", "ms_ssim"] + [m for m in ("fid", "lpips", "dists") if any(r.get(m) is not None for r in rows)]
     metrics = [m for m in metrics if any(r.get(m) is not None for r in rows)]
     if not metrics:
         raise ValueError("none of the requested metrics has values in these results")

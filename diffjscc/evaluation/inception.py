@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffjscc.errors import UserError
+from diffjscc.runtime.weights import find_weights, load_state_dict_file
 
 __all__ = [
     "FID_INPUT_SIZE",
@@ -248,31 +249,14 @@ class FIDInceptionV3(nn.Module):
 
 
 def find_inception_weights(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The FID weights file: ``explicit`` (must exist), else the torch hub cache, else None.
-
-    The hub cache is ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints``),
-    where torchmetrics/torch-fidelity and pytorch-fid store the file when they download it.
-    """
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UserError(f"--fid-weights: file not found: {path}")
-        return path
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    for name in FID_WEIGHT_NAMES:
-        if (cache / name).is_file():
-            return cache / name
-    return None
+    """The FID weights file: ``explicit`` (must exist), else the torch hub cache (where
+    torchmetrics/torch-fidelity and pytorch-fid store it when they download it), else None."""
+    return find_weights(explicit, FID_WEIGHT_NAMES, "--fid-weights")
 
 
 def load_fid_inception(path: str | os.PathLike, device: torch.device | str = "cpu") -> FIDInceptionV3:
     """Build :class:`FIDInceptionV3` with the weights of ``path`` (a state dict), safely loaded."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle/zip errors of a wrong or truncated file
-        raise UserError(f"cannot read FID weights {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise UserError(f"FID weights {path} are not a state dict")
+    state = load_state_dict_file(path, "FID weights")
     net = FIDInceptionV3()
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)

@@ -2,7 +2,7 @@
 them with what produced them, and its files — results.json (everything), results.csv (the rows)
 and results.md (the table) — written here and read back here (``diffjscc plot``).
 
-The document's format is ``diffjscc-evaluation/6``: keys ``format, versions, seed, data,
+The document's format is ``diffjscc-evaluation/7``: keys ``format, versions, seed, data,
 n_images, images, checkpoints, settings, numerics, metrics, notes, results`` (and ``per_image``,
 each image's scores, when whole images of mixed sizes were evaluated); every row has exactly the keys of
 :data:`ROW_FIELDS`, in that order (also the CSV's columns).
@@ -31,14 +31,15 @@ from diffjscc.evaluation.metrics import (
     SSIM_KERNEL_SIZE,
     SSIM_SIGMA,
 )
+from diffjscc.evaluation.perceptual import PERCEPTUAL_METRICS
 
 __all__ = ["FORMAT", "ROW_FIELDS", "ResultRow", "finish_rows", "read_results", "results_document",
            "results_table", "write_results"]
 
-FORMAT = "diffjscc-evaluation/6"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
+FORMAT = "diffjscc-evaluation/7"  # 2: k_over_n_complex, control, fd_cls, kid_cls(_std), acc_cls; 3: sampler;
 # 4: guidance, eta; 5: spacing; 6: images (the files scored and those skipped), numerics, per_image (whole images),
 # patch_fd, patch_kid, spread, equalizer, and the digital rows' codec, channel_code, mcs, modulation, code_rate,
-# header, bits_sent
+# header, bits_sent; 7: dists, dists_note (and LPIPS without torchvision, from a weights path)
 
 
 class ResultRow(TypedDict):
@@ -69,8 +70,10 @@ class ResultRow(TypedDict):
     spread: float | None  # K >= 2 outputs per image: mean over pixels and images of their per-pixel std, 8-bit levels
     fid: float | None
     fid_note: str | None
-    lpips: float | None
+    lpips: float | None  # LPIPS-Alex v0.1 (lower is more similar), null with lpips_note without its weights
     lpips_note: str | None
+    dists: float | None  # DISTS (lower is more similar), null with dists_note without its weights
+    dists_note: str | None
     fd_cls: float | None  # Fréchet distance in the diffjscc classifier's features (NOT Inception FID)
     kid_cls: float | None  # unbiased polynomial-kernel MMD^2 there (NOT Inception KID): subset mean
     kid_cls_std: float | None  # its standard deviation over the subsets
@@ -98,9 +101,9 @@ ROW_FIELDS: list[str] = list(ResultRow.__annotations__)
 """Columns of results.csv, in order; every row of results.json has exactly these keys."""
 
 
-def finish_rows(rows: list[dict], fid_note: str | None, lpips_note: str | None) -> list[ResultRow]:
-    """Rows with every field, in :data:`ROW_FIELDS` order, and the reason beside a missing FID
-    or LPIPS (an infinite FID — fewer than 2 images — is recorded as missing)."""
+def finish_rows(rows: list[dict], fid_note: str | None, perceptual_notes: dict[str, str]) -> list[ResultRow]:
+    """Rows with every field, in :data:`ROW_FIELDS` order, and the reason beside a missing FID,
+    LPIPS or DISTS (an infinite FID — fewer than 2 images — is recorded as missing)."""
     finished = []
     for row in rows:
         row = dict(row)
@@ -110,7 +113,8 @@ def finish_rows(rows: list[dict], fid_note: str | None, lpips_note: str | None) 
             row["fid"], row["fid_note"] = None, "FID needs at least 2 images"
         else:
             row["fid_note"] = None
-        row["lpips_note"] = lpips_note if row["lpips"] is None else None
+        for name in PERCEPTUAL_METRICS:
+            row[f"{name}_note"] = perceptual_notes.get(name) if row.get(name) is None else None
         row["k_over_n_complex"] = row["k_over_n"] / 2  # two real symbols make one complex channel use
         for key in ("fd_cls", "kid_cls", "kid_cls_std", "acc_cls"):
             if row.get(key) is not None and not math.isfinite(row[key]):
@@ -143,7 +147,7 @@ def _versions() -> dict:
 
 
 def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[dict], settings: dict,
-                     fid_info: dict, lpips_note: str, notes: list[str], rows: list[ResultRow],
+                     fid_info: dict, perceptual_notes: dict[str, str], notes: list[str], rows: list[ResultRow],
                      realism_info: dict | None = None, images: dict | None = None,
                      numerics: dict | None = None, per_image: list[dict] | None = None,
                      patch_info: dict | None = None) -> dict:
@@ -159,7 +163,8 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
         "checkpoints": checkpoints,
         "settings": settings,
         "numerics": numerics,  # what the receivers ran under (TF32, bf16 autocast); the metrics: full fp32
-        "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": lpips_note,
+        "metrics": {**_metric_definitions(), "fid": fid_info, "lpips": perceptual_notes.get("lpips"),
+                    "dists": perceptual_notes.get("dists"),
                     "realism": realism_info or {"note": "fd_cls/kid_cls/acc_cls not computed"}},
         "notes": notes,
         "results": rows,
@@ -173,9 +178,9 @@ def results_document(*, seed: int, data: Path, n_images: int, checkpoints: list[
 
 TABLE_COLUMNS = ["system", "model", "channel", "equalizer", "snr_db", "k_over_n", "k_over_n_complex", "steps",
                  "samples_per_image", "psnr", "ssim", "ms_ssim", "spread", "fd_cls", "kid_cls", "acc_cls", "patch_fd", "patch_kid", "fid",
-                 "lpips", "lost_fraction", "modulation", "code_rate", "n"]
+                 "lpips", "dists", "lost_fraction", "modulation", "code_rate", "n"]
 TABLE_FORMATS = {"spread": ".2f", "patch_fd": ".3f", "patch_kid": ".4f",
-                 "k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f",
+                 "k_over_n": ".4f", "k_over_n_complex": ".4f", "ssim": ".4f", "ms_ssim": ".4f", "lpips": ".4f", "dists": ".4f",
                  "lost_fraction": ".2f", "snr_db": "g", "code_rate": ".3f", "fd_cls": ".3f", "kid_cls": ".4f",
                  "acc_cls": ".3f"}
 
@@ -195,8 +200,9 @@ def results_table(document: dict) -> str:
         lines.append(fid["skipped"])
     elif fid.get("reference"):
         lines.append(f"FID: Inception-v3 pool features vs {fid['reference']}")
-    if document["metrics"]["lpips"] and not any(r["lpips"] is not None for r in rows):
-        lines.append(document["metrics"]["lpips"])
+    for name in PERCEPTUAL_METRICS:
+        if document["metrics"].get(name) and not any(r.get(name) is not None for r in rows):
+            lines.append(document["metrics"][name])
     realism = document["metrics"].get("realism") or {}
     if any(r.get("fd_cls") is not None for r in rows):
         accuracy = realism.get("classifier_test_accuracy")

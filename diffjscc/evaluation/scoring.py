@@ -1,6 +1,6 @@
 """Scores of one set of outputs against its sources: per-image PSNR, SSIM and MS-SSIM (means over
-images x samples), the spread of K samples per image, LPIPS, and the distribution metrics FID and ``fd_cls``/``kid_cls`` (with the
-classifier's ``acc_cls``), combinable exactly across ranks.
+images x samples), the spread of K samples per image, LPIPS and DISTS, and the distribution metrics
+FID and ``fd_cls``/``kid_cls`` (with the classifier's ``acc_cls``), combinable exactly across ranks.
 
 With K samples per image the distribution metrics score each of the K sets of N outputs and
 average the K scores, so every row is scored on N outputs (their bias depends on the count).
@@ -9,7 +9,7 @@ Per-image metrics run on 8-bit outputs (the pixels a saved PNG holds), so a scor
 on float values a file could not keep. Sharded (``sharded=True``), each rank passes its share of
 the images and gets the scores of the union: sums of per-image PSNR/SSIM/MS-SSIM and the pair
 count are summed over ranks, FID's feature statistics likewise
-(:class:`~diffjscc.evaluation.fid.FIDScorer`), LPIPS (a mean per rank) is weighted by count.
+(:class:`~diffjscc.evaluation.fid.FIDScorer`), LPIPS and DISTS (means per rank) are weighted by count.
 
 Every score is computed in full fp32 (TF32 off, :func:`~diffjscc.runtime.device.full_fp32`),
 even where the receivers ran with TF32 on a GPU.
@@ -24,8 +24,8 @@ import torch
 
 from diffjscc.errors import UserError
 from diffjscc.evaluation.fid import FIDScorer
-from diffjscc.evaluation.lpips import LPIPSScorer
 from diffjscc.evaluation.metrics import ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
+from diffjscc.evaluation.perceptual import PERCEPTUAL_METRICS, PerceptualScorer
 from diffjscc.evaluation.realism import RealismScorer
 from diffjscc.runtime.device import full_fp32
 from diffjscc.runtime.distributed import all_reduce_sum
@@ -40,10 +40,10 @@ def _images_float(u8: torch.Tensor) -> torch.Tensor:
 
 @full_fp32()  # every score in full fp32, whatever the receiver ran under
 def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | None = None,
-                  lpips: LPIPSScorer | None = None, batch: int = 256, sharded: bool = False,
+                  perceptual: PerceptualScorer | None = None, batch: int = 256, sharded: bool = False,
                   realism: RealismScorer | None = None, labels: torch.Tensor | None = None,
                   samples: int | None = None) -> dict:
-    """PSNR, SSIM, MS-SSIM (per-image means), LPIPS, FID and the classifier's ``fd_cls``,
+    """PSNR, SSIM, MS-SSIM (per-image means), LPIPS, DISTS, FID and the classifier's ``fd_cls``,
     ``kid_cls`` (± ``kid_cls_std``) and ``acc_cls`` of uint8 outputs against uint8 sources.
 
     ``outputs`` may hold K samples per source, ordered sample-major (row ``k * N + i`` is sample
@@ -73,20 +73,22 @@ def score_outputs(source: torch.Tensor, outputs: torch.Tensor, fid: FIDScorer | 
     if repeats > 1:  # each image's K outputs: rows i, N + i, 2N + i, ...
         per_set = outputs.reshape(repeats, source.shape[0], *outputs.shape[1:])
         sums[4] = sum(float(pixel_spread(per_set[:, i]).mean()) for i in range(source.shape[0]))
-    local_lpips = 0.0
-    if lpips is not None and outputs.shape[0]:
-        local_lpips = lpips.score(_images_float(target), _images_float(outputs))
+    held = [] if perceptual is None else [name for name in PERCEPTUAL_METRICS if name in perceptual.metrics]
+    distances = dict.fromkeys(held, 0.0)
+    if held and outputs.shape[0]:
+        distances.update({name: value for name, value in
+                          perceptual.score(_images_float(target), _images_float(outputs)).items() if name in held})
     if sharded:
         sums = all_reduce_sum(sums)
-        if lpips is not None:  # a mean per rank: weight it by the rank's count
-            weighted = torch.tensor([local_lpips * outputs.shape[0]], dtype=torch.float64)
-            local_lpips = float(all_reduce_sum(weighted)[0]) / float(sums[3])
+        if held:  # means per rank: weight them by the rank's count
+            weighted = torch.tensor([distances[name] * outputs.shape[0] for name in held], dtype=torch.float64)
+            distances = dict(zip(held, (all_reduce_sum(weighted) / float(sums[3])).tolist()))
     count = float(sums[3])
     scores = {name: float(sums[i]) / count for i, name in enumerate(("psnr", "ssim", "ms_ssim"))}
     scores["spread"] = float(sums[4]) * repeats / count if repeats > 1 and count else None
     sets = [outputs[k * source.shape[0]:(k + 1) * source.shape[0]] for k in range(repeats)]
     scores["fid"] = sum(fid.score(part, sharded=sharded) for part in sets) / repeats if fid is not None else None
-    scores["lpips"] = float(local_lpips) if lpips is not None else None
+    scores.update({name: distances.get(name) for name in PERCEPTUAL_METRICS})
     if realism is not None:
         scores.update(realism.score(outputs, labels, repeats=repeats, sharded=sharded))
     return scores

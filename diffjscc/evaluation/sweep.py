@@ -57,8 +57,8 @@ from diffjscc.evaluation.digital import (
 from diffjscc.evaluation.codecs import HEIF_MISSING, QualitySearch
 from diffjscc.evaluation.link import MCS_TABLE, check_digital_channel
 from diffjscc.evaluation.fid import FIDScorer
-from diffjscc.evaluation.lpips import LPIPSScorer
 from diffjscc.evaluation.patches import PatchRealism
+from diffjscc.evaluation.perceptual import PERCEPTUAL_METRICS, PerceptualScorer
 from diffjscc.evaluation.metrics import SSIM_KERNEL_SIZE, ms_ssim_per_image, psnr_per_image, ssim_per_image, to_uint8
 from diffjscc.evaluation.realism import RealismScorer, labels_from_file_names
 from diffjscc.evaluation.report import SweepConsole, realism_verdicts
@@ -313,7 +313,8 @@ def _output_sets(chunks: list[torch.Tensor], sharded: bool) -> int:
 
 @torch.no_grad()
 def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tensor, labels: torch.Tensor | None,
-                source_u8: torch.Tensor, protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
+                source_u8: torch.Tensor, protocol: Protocol, fid: FIDScorer | None,
+                perceptual: PerceptualScorer | None,
                 console: SweepConsole, realism: RealismScorer | None = None,
                 realism_labels: torch.Tensor | None = None) -> list[dict]:
     system, cfg = model.system, model.system.cfg
@@ -357,14 +358,14 @@ def _model_rows(model: EvalModel, receivers: list[Receiver], images: torch.Tenso
                        spacing=(protocol.spacing or cfg.sample_spacing) if receiver.uses_unet else None,
                        oracle=receiver.oracle, control=receiver.control,
                        samples_per_image=K if receiver.per_sample else 1)
-            row.update(score_outputs(my_source, scored, fid, lpips, sharded=sharded, realism=realism,
+            row.update(score_outputs(my_source, scored, fid, perceptual, sharded=sharded, realism=realism,
                                      labels=my_labels, samples=_output_sets(chunks, sharded)))
             rows.append(row)
             console.row(row, receiver.describe(receiver.note, samples=K))
     return rows
 
 
-ROW_MEANS = ("psnr", "ssim", "ms_ssim", "lpips", "spread", "patch_fd")
+ROW_MEANS = ("psnr", "ssim", "ms_ssim", *PERCEPTUAL_METRICS, "spread", "patch_fd")
 """The scores of a whole-image row that are means of its per-image values."""
 PER_IMAGE_SCORES = (*ROW_MEANS, "colour_error", "seconds")
 """What the per-image records of a whole-image evaluation hold for each image, row by row:
@@ -386,18 +387,19 @@ def _check_whole_images(models: Sequence[EvalModel]) -> None:
                             f"other sizes than {cfg.image_size}x{cfg.image_size}")
 
 
-def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, lpips: LPIPSScorer | None,
+def _image_scores(source_u8: torch.Tensor, outputs_u8: torch.Tensor, perceptual: PerceptualScorer | None,
                   patch_fd: float | None = None, seconds: float = math.nan) -> list[float]:
     """:data:`PER_IMAGE_SCORES` of one image's S outputs (S, 3, H, W) against its source (3, H, W):
-    means over the S outputs; NaN where a score does not apply (MS-SSIM under 32 px, LPIPS
-    unavailable, the spread of one output, no patch network)."""
+    means over the S outputs; NaN where a score does not apply (MS-SSIM under 32 px, LPIPS or
+    DISTS unavailable, the spread of one output, no patch network)."""
     x = source_u8[None].float().div(255).expand_as(outputs_u8)
     y = outputs_u8.float() / 255
     small = min(source_u8.shape[-2:]) < 32
+    distances = perceptual.score(x, y) if perceptual is not None else dict.fromkeys(PERCEPTUAL_METRICS)
     return [float(psnr_per_image(x, y).double().mean()),
             float(ssim_per_image(x, y).double().mean()) if min(source_u8.shape[-2:]) >= SSIM_KERNEL_SIZE else math.nan,
             math.nan if small else float(ms_ssim_per_image(x, y).double().mean()),
-            lpips.score(x, y) if lpips is not None else math.nan,
+            *(math.nan if value is None else value for value in distances.values()),
             float(pixel_spread(outputs_u8).mean()) if outputs_u8.shape[0] > 1 else math.nan,
             math.nan if patch_fd is None else patch_fd,
             float((outputs_u8.double().mean(dim=(2, 3)) - source_u8.double().mean(dim=(1, 2))).abs().amax(1).mean()),
@@ -433,7 +435,7 @@ def _row_patch_scores(patches: PatchRealism, sets: list[list[torch.Tensor]], ref
 
 @torch.no_grad()
 def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[torch.Tensor], files: list[Path],
-                      protocol: Protocol, lpips: LPIPSScorer | None, console: SweepConsole,
+                      protocol: Protocol, perceptual: PerceptualScorer | None, console: SweepConsole,
                       patches: PatchRealism | None = None,
                       source_patches: dict[int, torch.Tensor] | None = None,
                       reference: torch.Tensor | None = None,
@@ -441,7 +443,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
     """Rows of images of any size, each sent whole as ``transmit`` sends it
     (:mod:`diffjscc.whole_image`: edges repeated to the windows' grid, one received latent,
     the diffusion receiver through blended windows) and scored at its own size; and one
-    record per image and row (:data:`PER_IMAGE_SCORES`). A row's PSNR (SSIM, MS-SSIM, LPIPS,
+    record per image and row (:data:`PER_IMAGE_SCORES`). A row's PSNR (SSIM, MS-SSIM, LPIPS, DISTS,
     spread) is the mean of the per-image values, as the literature reports Kodak; its k/n is
     the symbols of all images over their RGB values. Image ``i`` draws its noise from
     :func:`~diffjscc.runtime.seeding.batch_seeds` (seed, i): a batch of one. With ``patches``,
@@ -482,7 +484,7 @@ def _whole_image_rows(model: EvalModel, receivers: list[Receiver], images: list[
                 patch_fd = (_patch_scores(patches, outputs, source_patches[index], sets[receiver.name])
                             if patches is not None else None)
                 scores[receiver.name].append([float(index), float(symbols[-1])]
-                                             + _image_scores(source_u8, outputs, lpips, patch_fd, seconds))
+                                             + _image_scores(source_u8, outputs, perceptual, patch_fd, seconds))
             console.advance(1)
         for receiver in receivers:  # the same on every rank: every image's numbers, in image order
             local = torch.tensor(scores[receiver.name], dtype=torch.float64).reshape(-1, 2 + len(PER_IMAGE_SCORES))
@@ -534,7 +536,7 @@ def _digital_schemes(protocol: Protocol) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: list[str],
-                        groups: list[tuple[str, int, int]], protocol: Protocol, lpips: LPIPSScorer | None,
+                        groups: list[tuple[str, int, int]], protocol: Protocol, perceptual: PerceptualScorer | None,
                         console: SweepConsole, patches: PatchRealism | None = None,
                         source_patches: dict[int, torch.Tensor] | None = None,
                         reference: torch.Tensor | None = None) -> tuple[list[dict], list[dict]]:
@@ -543,7 +545,7 @@ def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: l
     of the models; :func:`~diffjscc.whole_image.transmitted_symbols` per image, as the JSCC rows
     count them), over the ideal code or LDPC + QAM (its own frame, and under ``adaptive`` its own
     MCS, per image), and scored at its own size, as :func:`_whole_image_rows` scores the JSCC
-    rows: a row's PSNR (SSIM, MS-SSIM, LPIPS) is the mean of the per-image values, its ``k_over_n``
+    rows: a row's PSNR (SSIM, MS-SSIM, LPIPS, DISTS) is the mean of the per-image values, its ``k_over_n``
     that of the JSCC rows, its ``n_symbols`` the mean over images of the real channel uses sent.
     A lost image is the mean colour of all the images (pixel-weighted). Image ``i`` draws its
     codeword failures (and block fade) from (seed, i), as in :class:`~.digital.LdpcLink`."""
@@ -600,7 +602,7 @@ def _whole_digital_rows(images: list[torch.Tensor], files: list[Path], codecs: l
                                 own: list[list[torch.Tensor]] = [[]]
                                 patch_fd = (_patch_scores(patches, output, source_patches[i], own)
                                             if patches is not None else None)
-                                scored[key] = (_image_scores(sources[i], output, lpips, patch_fd), own[0])
+                                scored[key] = (_image_scores(sources[i], output, perceptual, patch_fd), own[0])
                             scores, features = scored[key]
                             sets[0].extend(features)
                             outputs.append(key)
@@ -673,7 +675,7 @@ def _digital_system(label: str, channel_code: str, mcs: str, header: str) -> str
 
 
 def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[tuple[str, int, int]],
-                  protocol: Protocol, fid: FIDScorer | None, lpips: LPIPSScorer | None,
+                  protocol: Protocol, fid: FIDScorer | None, perceptual: PerceptualScorer | None,
                   console: SweepConsole, realism: RealismScorer | None = None,
                   realism_labels: torch.Tensor | None = None) -> list[dict]:
     images = source_u8.permute(0, 2, 3, 1).contiguous().numpy()
@@ -721,7 +723,7 @@ def _digital_rows(source_u8: torch.Tensor, codecs: list[str], kinds_and_n: list[
                                "mean_bytes": sent / fitted if fitted else 0.0, "lost_fraction": lost / images.shape[0],
                                "bits_sent": 8 * sent / images.shape[0], "codec": name, "header": header,
                                "checkpoint": "", **fields}
-                        row.update(score_outputs(my_source, outputs, fid, lpips, sharded=sharded, realism=realism,
+                        row.update(score_outputs(my_source, outputs, fid, perceptual, sharded=sharded, realism=realism,
                                                  labels=my_labels, samples=1))
                         rows.append(row)
                         console.row(row, f"MCS {chosen_note}" if mcs == ADAPTIVE else "")
@@ -836,7 +838,8 @@ def _checkpoints(models: Sequence[EvalModel]) -> list[dict]:
              "channel": m.system.cfg.channel, "latent_dim": m.system.cfg.latent_dim} for m in models]
 
 
-def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: ImageSelection, protocol: Protocol, fid_info: dict, lpips: LPIPSScorer | None, lpips_note: str,
+def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: ImageSelection, protocol: Protocol,
+                      fid_info: dict, perceptual: PerceptualScorer | None, perceptual_notes: dict,
                       console: SweepConsole, patches: PatchRealism | None = None,
                       keep_output: OutputHook | None = None) -> dict:
     """:func:`run_protocol` on images that are not all of the models' size: each sent whole
@@ -846,8 +849,8 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: Im
     notes = list(protocol.notes) + _skipped_notes(selection, data_dir)
     sizes = sorted({f"{image.shape[-1]}x{image.shape[-2]}" for image in images})
     notes.append(f"whole images of {len(sizes)} size(s) ({', '.join(sizes)}), each sent whole as 'transmit' sends "
-                 f"it (edges repeated to the windows' grid); PSNR, SSIM, MS-SSIM, LPIPS and spread are means of "
-                 f"per-image values (per_image in results.json), k/n is all images' symbols over their RGB values")
+                 f"it (edges repeated to the windows' grid); PSNR, SSIM, MS-SSIM, LPIPS, DISTS and spread are "
+                 f"means of per-image values (per_image in results.json), k/n is all images' symbols over their RGB values")
     if fid_info.get("skipped") is None:
         fid_info = {**fid_info, "skipped": "FID not computed: the images have mixed sizes (sent whole)"}
     notes.append("fd_cls/kid_cls/acc_cls not computed: the classifier knows 32x32 CIFAR-10 images, not whole photos")
@@ -875,27 +878,28 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: Im
     with console.bar(work):
         for model in models:
             receivers = [r for r in _model_receivers(model, protocol, deep_jscc_seen, notes) if r.start != "inversion"]
-            model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, lpips, console,
+            model_rows, model_records = _whole_image_rows(model, receivers, images, files, protocol, perceptual, console,
                                                           patches, source_patches, reference, keep_output)
             rows += model_rows
             records += model_records
         if digital:
             started = time.perf_counter()
-            digital_rows, digital_records = _whole_digital_rows(images, files, digital, groups, protocol, lpips,
+            digital_rows, digital_records = _whole_digital_rows(images, files, digital, groups, protocol, perceptual,
                                                                 console, patches, source_patches, reference)
             rows += digital_rows
             records += digital_records
             console.say(f"digital rows: {time.perf_counter() - started:.1f} s")
-    results = finish_rows(rows, fid_note=fid_info["skipped"], lpips_note=None if lpips is not None else lpips_note)
+    results = finish_rows(rows, fid_note=fid_info["skipped"], perceptual_notes=perceptual_notes)
     notes += _row_notes(results, console)
     notes += _digital_notes(protocol, digital)
     if digital:
         notes.append("digital rows of whole images: each image coded whole to the budget of the real channel uses "
                      "its JSCC comparison spends on it (edge-padded as the JSCC rows send it), its own LDPC frame "
-                     "(and adaptive MCS) per image; PSNR, SSIM, MS-SSIM and LPIPS are means of per-image values, "
+                     "(and adaptive MCS) per image; PSNR, SSIM, MS-SSIM, LPIPS and DISTS are means of per-image values, "
                      "n_symbols and budget_bytes means over images, a lost image the mean colour of all images")
     return results_document(seed=protocol.seed, data=data_dir, n_images=len(images), checkpoints=_checkpoints(models),
-                            settings=_settings(protocol, digital), fid_info=fid_info, lpips_note=lpips_note, notes=notes,
+                            settings=_settings(protocol, digital), fid_info=fid_info,
+                            perceptual_notes=perceptual_notes, notes=notes,
                             rows=results, images=selection.describe(protocol.subset, protocol.limit),
                             numerics=_numerics(models), per_image=records, patch_info=patch_info)
 
@@ -903,7 +907,7 @@ def _run_whole_images(models: Sequence[EvalModel], data_dir: Path, selection: Im
 def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol,
                  fid: FIDScorer | None = None, fid_info: dict | None = None,
                  fid_reference: Sequence[Path] | None = None,
-                 lpips: LPIPSScorer | None = None, lpips_note: str = "",
+                 perceptual: PerceptualScorer | None = None, perceptual_notes: dict | None = None,
                  realism: RealismScorer | None = None, patches: PatchRealism | None = None,
                  progress: bool = True, echo: Callable[..., None] = print,
                  selection: ImageSelection | None = None, keep_output: OutputHook | None = None) -> dict:
@@ -929,9 +933,11 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     for path, reason in selection.skipped:
         console.say(f"skipped unreadable image {path}: {reason}")
     fid_info = dict(fid_info or {})
+    perceptual_notes = {name: (perceptual_notes or {}).get(name) or f"{name.upper()} not computed"
+                        for name in PERCEPTUAL_METRICS}
     if isinstance(images, list):
-        return _run_whole_images(models, Path(data_dir), selection, protocol, fid_info, lpips, lpips_note, console,
-                                 patches, keep_output)
+        return _run_whole_images(models, Path(data_dir), selection, protocol, fid_info, perceptual, perceptual_notes,
+                                 console, patches, keep_output)
     source_u8 = to_uint8(images)
     if fid is not None:
         fid_info.update(prepare_fid_reference(fid, files, source_u8, data_dir, fid_reference,
@@ -973,18 +979,18 @@ def run_protocol(models: Sequence[EvalModel], data_dir: Path, protocol: Protocol
     with console.bar(work):
         for model in models:
             receivers = _model_receivers(model, protocol, deep_jscc_seen, notes)
-            rows += _model_rows(model, receivers, images, labels, source_u8, protocol, fid, lpips, console,
+            rows += _model_rows(model, receivers, images, labels, source_u8, protocol, fid, perceptual, console,
                                 realism, realism_labels)
         if digital and kinds_and_n:
-            rows += _digital_rows(source_u8, digital, kinds_and_n, protocol, fid, lpips, console, realism,
+            rows += _digital_rows(source_u8, digital, kinds_and_n, protocol, fid, perceptual, console, realism,
                                   realism_labels)
     results = finish_rows(rows, fid_note=None if fid is not None else fid_info.get("skipped", "FID not computed"),
-                          lpips_note=None if lpips is not None else lpips_note)
+                          perceptual_notes=perceptual_notes)
     notes += _row_notes(results, console)
     notes += _digital_notes(protocol, digital)
     return results_document(
         seed=protocol.seed, data=data_dir, n_images=int(images.shape[0]),
         checkpoints=_checkpoints(models), settings=_settings(protocol, digital),
         images=selection.describe(protocol.subset, protocol.limit), numerics=_numerics(models),
-        fid_info=fid_info, lpips_note=lpips_note, notes=notes, rows=results,
+        fid_info=fid_info, perceptual_notes=perceptual_notes, notes=notes, rows=results,
         realism_info=realism_info)
