@@ -75,26 +75,37 @@ done
 # The photo diffusion receivers: a further stage (init_from) of the CIFAR receiver with the same
 # symbols, around the photo Deep JSCC above (frozen), on 32x32 crops of the same photos (the
 # receiver works on 32x32 windows of a photo; its Deep JSCC base is read from the run above).
-# Environment: RX_STEPS_512 / RX_STEPS_128 (default 3000 / 5000), RX_LR (default 2e-4), RX_BATCH
-# (default 32).
+# diffusion_photo_128's base was trained from scratch, so its symbols mean something else than the
+# CIFAR base's: a second stage (from the first's EMA weights, new draws) gives it longer to learn them.
+# Environment: RX_STEPS_512 / RX_STEPS_128 (default 3000 / 5000), RX_STAGE2_STEPS_512 /
+# RX_STAGE2_STEPS_128 (default 0 / 15000), RX_LR (default 2e-4, both stages), RX_BATCH (default 32).
 RX_STEPS_512=${RX_STEPS_512:-3000}
 RX_STEPS_128=${RX_STEPS_128:-5000}
+RX_STAGE2_STEPS_512=${RX_STAGE2_STEPS_512:-0}
+RX_STAGE2_STEPS_128=${RX_STAGE2_STEPS_128:-15000}
 RX_LR=${RX_LR:-2.0e-4}
 RX_BATCH=${RX_BATCH:-32}
 for symbols in $BANDWIDTHS; do
     c_out=$((symbols / 64))
-    rx_steps_var=RX_STEPS_$symbols
+    rx_steps_var=RX_STEPS_$symbols rx_stage2_var=RX_STAGE2_STEPS_$symbols
     read -r run step <<< "$(base_run "$symbols")"
     base=$(printf "%s/ckpt_%07d.pt" "$run" "$step")
-    train "$WORK/diffusion_photo_$symbols" --set "data_dir=$PHOTOS" --set crop_size=32 --set mode=frozen \
+    rx_settings=(--set "data_dir=$PHOTOS" --set crop_size=32 --set mode=frozen \
         --set "jscc_encoder_path=$base" --set "c_out=$c_out" --set "latent_dim=$symbols" \
         --set conditioning=residual --set prediction=v --set sample_spacing=trailing --set sample_steps=8 \
         --set condition_dropout=0.1 --set bf16=auto --set snr_adaptive=true --set "snr_range=[0,20]" \
-        --set device=cpu --set seed=2 --set "batch_size=$RX_BATCH" --set "lr=$RX_LR" \
-        --set "total_steps=${!rx_steps_var}" --set "init_from=diffusion_$symbols" --set save_interval=250 \
-        --set log_interval=50
-    "$PYTHON" scripts/package_models.py add "diffusion_photo_$symbols" --run "$WORK/diffusion_photo_$symbols" \
-        --step "${!rx_steps_var}" --base "deep_jscc_photo_$symbols" --command "bash scripts/train_photo_models.sh" \
+        --set device=cpu --set "batch_size=$RX_BATCH" --set "lr=$RX_LR" --set save_interval=250 \
+        --set log_interval=50)
+    train "$WORK/diffusion_photo_$symbols" "${rx_settings[@]}" --set seed=2 \
+        --set "total_steps=${!rx_steps_var}" --set "init_from=diffusion_$symbols"
+    rx_run=$WORK/diffusion_photo_$symbols rx_step=${!rx_steps_var}
+    if [ "${!rx_stage2_var}" -gt 0 ]; then
+        first=$(printf "%s/ckpt_%07d.pt" "$rx_run" "$rx_step")
+        rx_run=$WORK/diffusion_photo_${symbols}_stage2 rx_step=${!rx_stage2_var}
+        train "$rx_run" "${rx_settings[@]}" --set seed=3 --set "total_steps=$rx_step" --set "init_from=$first"
+    fi
+    "$PYTHON" scripts/package_models.py add "diffusion_photo_$symbols" --run "$rx_run" \
+        --step "$rx_step" --base "deep_jscc_photo_$symbols" --command "bash scripts/train_photo_models.sh" \
         --description "diffusion receiver (residual around Deep JSCC, v-prediction, trailing steps, guidance-ready; DPM-Solver++(2M), 8 steps)" \
         --data "random 32x32 crops (with flips) of the 49 Wikimedia Commons photos of shared/data/photos" \
         --sources "$CREDIT"
