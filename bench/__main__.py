@@ -6,7 +6,8 @@ receivers at the same training budget), ``memory`` (peak memory of a training st
 ``snr-adaptive`` (SNR-adaptive Deep JSCC against single-SNR models), ``knobs`` (guidance scale
 and η against PSNR and realism), ``kodak`` (the 24 Kodak photos sent whole: the field's table),
 ``data`` (photo crops against CIFAR-10 PNG files, items/s), ``digital`` (5G LDPC decoding speed,
-BLER tables, the table against full simulation). Each prints a table and writes JSON under
+BLER tables, the table against full simulation), ``residual-bands`` (where in frequency a diffusion
+sample departs from its Deep JSCC). Each prints a table and writes JSON under
 ``bench/results/``.
 """
 
@@ -17,11 +18,12 @@ import sys
 
 import torch
 
-from bench import data, digital, knobs, kodak, memory, quality, sample, snr_adaptive, train_step
+from bench import data, digital, knobs, kodak, memory, quality, residual_bands, sample, snr_adaptive, train_step
 from diffjscc.errors import EXIT_USAGE, UserError
 
 SUBCOMMANDS = {"train-step": train_step, "sample": sample, "quality": quality, "memory": memory,
-               "snr-adaptive": snr_adaptive, "knobs": knobs, "kodak": kodak, "data": data, "digital": digital}
+               "snr-adaptive": snr_adaptive, "knobs": knobs, "kodak": kodak, "data": data, "digital": digital,
+               "residual-bands": residual_bands}
 
 
 def main(argv: list[str] | None = None) -> int:

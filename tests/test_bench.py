@@ -265,3 +265,19 @@ def test_kodak_scores_photos_whole_with_controls_patch_realism_and_verdicts(koda
     text = out.with_suffix(".md").read_text()
     assert "SwinJSCC" in text and "reported" in text and "published" in text  # anchors, labelled
     assert (tmp_path / "sheet" / "kodak_sheet_10dB.png").is_file()  # kodim01's bricks
+
+
+def test_residual_bands_low_pass_against_closed_forms() -> None:
+    """The low-pass of ``python -m bench residual-bands`` keeps a constant (edges repeated), keeps
+    an impulse's sum, and takes a pixel-scale checkerboard almost to its mean."""
+    from bench.residual_bands import low_pass
+
+    constant = torch.full((3, 20, 24), 7.0, dtype=torch.float64)
+    torch.testing.assert_close(low_pass(constant, 2.0), constant)
+    impulse = torch.zeros(3, 41, 41, dtype=torch.float64)
+    impulse[:, 20, 20] = 1.0
+    blurred = low_pass(impulse, 2.0)
+    assert blurred.shape == impulse.shape and float(blurred[0].sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(blurred[0, 20, 20]) == pytest.approx(1 / (2 * torch.pi * 4), rel=0.02)  # the 2-D Gaussian's peak
+    board = (torch.arange(32)[:, None] + torch.arange(32)[None, :]).remainder(2).double().expand(3, 32, 32)
+    assert float((low_pass(board, 2.0)[:, 8:-8, 8:-8] - 0.5).abs().max()) < 1e-3
