@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         sigmas = [float(v) for v in args.sigmas.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"--sigmas: expected comma-separated numbers, got {args.sigmas!r}") from None
+    if not sigmas or min(sigmas) <= 0 or len(set(sigmas)) < len(sigmas):
+        raise UserError(f"--sigmas: expected distinct positive scales, got {args.sigmas!r}")
     names = [n.strip() for n in args.photos.split(",") if n.strip()]
     system = load_system(str(path_or_model(args.model)))
     if system.unet is None:
