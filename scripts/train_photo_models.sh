@@ -112,12 +112,19 @@ for symbols in $BANDWIDTHS; do
 done
 
 # Kodak scores of the four shipped photo models into the manifest (diffjscc models prints them),
-# with the by-eye contact sheets: Deep JSCC on all 24 photos, the diffusion receivers (17-35 s a
-# photo on one thread) on the contact sheet's 6. bench/results/kodak_photo.json is this file.
+# with the by-eye contact sheets: the table of all four (Deep JSCC on all 24 photos, the diffusion
+# receivers on the contact sheet's 6; bench/results/kodak_photo.json is this file), then each
+# diffusion receiver alone on all 24 photos (15-18 s a photo on one thread; bench/results/
+# kodak_<receiver>_all24.json are these files), whose rows are the receivers' manifest scores.
 models=deep_jscc_photo_512,deep_jscc_photo_128 receivers=diffusion_photo_512,diffusion_photo_128
 command="python -m bench kodak --models $models --few-models $receivers --snr 0,10,20"
 "$PYTHON" -m bench kodak --models "$models" --few-models "$receivers" --snr 0,10,20 \
     --sheet "$WORK/kodak_sheet" --json "$WORK/kodak_photo.json"
-for name in ${models//,/ } ${receivers//,/ }; do
+for name in ${models//,/ }; do
     "$PYTHON" scripts/package_models.py kodak-scores "$name" "$WORK/kodak_photo.json" --command "$command"
+done
+for name in ${receivers//,/ }; do
+    "$PYTHON" -m bench kodak --models "$name" --snr 0,10,20 --threads 1 --json "$WORK/kodak_${name}_all24.json"
+    "$PYTHON" scripts/package_models.py kodak-scores "$name" "$WORK/kodak_${name}_all24.json" \
+        --command "python -m bench kodak --models $name --snr 0,10,20 --threads 1"
 done
